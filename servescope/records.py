@@ -1,0 +1,60 @@
+"""Record types shared by collectors, the load generator, the store and the dashboard."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class Sample:
+    """One normalized observation from a scrape, with the raw series it came from.
+
+    `concept` is the runtime-independent name (e.g. ``running``); `raw_name` and `labels`
+    are exactly what the server exposed, so nothing is lost by normalizing. Histograms
+    carry their count in `value` and ``{"sum": s, "buckets": [[le, cumulative], ...]}``
+    in `extra`.
+    """
+
+    concept: str
+    value: float
+    raw_name: str
+    labels: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """Raw stamps of one request, as the client saw them.
+
+    All ``*_ns`` stamps are nanoseconds since the Unix epoch, derived from
+    ``time.perf_counter_ns()`` anchored once per process to ``time.time_ns()``: differences
+    between stamps of one request are exact perf-counter differences. `event_offsets_ns`
+    holds the arrival of every event that carried generated content, as offsets from
+    `send_ns`. Every latency metric is derived from these stamps afterwards.
+    """
+
+    request_id: str
+    intended_ns: int
+    send_ns: int
+    headers_ns: int | None = None
+    first_token_ns: int | None = None
+    last_token_ns: int | None = None
+    end_ns: int | None = None
+    event_offsets_ns: list[int] = field(default_factory=list)
+    reasoning_event_offsets_ns: list[int] = field(default_factory=list)
+    prompt_tokens: int | None = None
+    output_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    token_count_source: str = "usage"  # "usage" (server-reported) or "events" (counted)
+    target_prompt_tokens: int | None = None
+    target_output_tokens: int | None = None
+    status_code: int | None = None
+    error_class: str | None = None
+    error: str | None = None
+    worker: str = "local"
+    user_id: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error_class is None
