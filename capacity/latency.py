@@ -6,6 +6,7 @@ so a number means the same thing everywhere.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -51,7 +52,7 @@ def tpot_ms(r: RequestRecord) -> float | None:
 def itl_ms(r: RequestRecord) -> list[float]:
     """Every gap between consecutive content events of one request."""
     offs = r.event_offsets_ns
-    return [(b - a) / NS_PER_MS for a, b in zip(offs, offs[1:], strict=False)]
+    return [(b - a) / NS_PER_MS for a, b in itertools.pairwise(offs)]
 
 
 def ttft_from_intended_ms(r: RequestRecord) -> float | None:

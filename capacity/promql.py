@@ -9,6 +9,7 @@ quantile lands in the +Inf bucket.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -19,13 +20,13 @@ Buckets = list[tuple[float, float]]  # [(le, cumulative count)], ascending le, +
 def increase(points: Sequence[Point]) -> float:
     """Total increase of a counter over the points, counting resets as restarts from 0."""
     total = 0.0
-    for (_, prev), (_, cur) in zip(points, points[1:], strict=False):
+    for (_, prev), (_, cur) in itertools.pairwise(points):
         total += cur - prev if cur >= prev else cur
     return total
 
 
 def resets(points: Sequence[Point]) -> int:
-    return sum(1 for (_, a), (_, b) in zip(points, points[1:], strict=False) if b < a)
+    return sum(1 for (_, a), (_, b) in itertools.pairwise(points) if b < a)
 
 
 def rate(points: Sequence[Point]) -> float | None:
@@ -38,7 +39,7 @@ def rate(points: Sequence[Point]) -> float | None:
 def rates(points: Sequence[Point]) -> list[Point]:
     """Per-second rate between consecutive points, stamped at the later point."""
     out = []
-    for (t0, v0), (t1, v1) in zip(points, points[1:], strict=False):
+    for (t0, v0), (t1, v1) in itertools.pairwise(points):
         if t1 > t0:
             out.append((t1, ((v1 - v0) if v1 >= v0 else v1) / (t1 - t0)))
     return out

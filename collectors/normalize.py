@@ -112,7 +112,9 @@ def normalize(text: str, mapping: RuntimeMapping, source: str, ts: float) -> Sna
                 if s.name.endswith("_total")
             )
         else:
-            snap.samples.extend(Sample(concept, s.value, s.name, dict(s.labels)) for s in fam.samples)
+            snap.samples.extend(
+                Sample(concept, s.value, s.name, dict(s.labels)) for s in fam.samples
+            )
     # Free KV tokens per engine = capacity x (1 - usage).
     for s in [s for s in snap.samples if s.concept == "kv_usage"]:
         cap = kv_caps.get(s.labels.get("engine", ""))

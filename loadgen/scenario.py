@@ -12,6 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from servescope.durations import parse_duration
 
 
+# A run bounded by request count alone still stops after this long.
+REQUESTS_ONLY_TIME_CAP = 3600.0
+
+
 class ScenarioError(ValueError):
     """A scenario file is unreadable or invalid; str() names the file and the field."""
 
@@ -163,13 +167,13 @@ class Scenario(_Strict):
                 {
                     "concurrency": concurrency or max(s.concurrency for s in self.stages),
                     "duration": duration
-                    or (self.duration_s if requests is None else 24 * 3600.0),
+                    or (self.duration_s if requests is None else REQUESTS_ONLY_TIME_CAP),
                 }
             ]
         if requests is not None:
             data["max_requests"] = requests
             if duration is None and concurrency is not None:
-                data["stages"][0]["duration"] = 24 * 3600.0
+                data["stages"][0]["duration"] = REQUESTS_ONLY_TIME_CAP
         return Scenario.model_validate(data)
 
 

@@ -159,9 +159,8 @@ class Store:
                     f"(v{SCHEMA_VERSION}); upgrade servescope"
                 )
             for v in range(version, SCHEMA_VERSION):
-                for statement in MIGRATIONS[v].split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
+                for statement in _statements(MIGRATIONS[v]):
+                    conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {v + 1}")
 
     @property
@@ -375,6 +374,18 @@ class Store:
 
     def count_requests(self, run_id: int) -> int:
         return self._query("SELECT COUNT(*) FROM requests WHERE run_id=?", (run_id,))[0][0]
+
+
+def _statements(script: str) -> Iterator[str]:
+    """Split a script into statements with SQLite's own tokenizer (comments may hold ';')."""
+    buf = ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            yield buf
+            buf = ""
+    if buf.strip():
+        raise StoreError(f"incomplete SQL statement in migration: {buf.strip()[:80]}")
 
 
 def _decode_run(row: sqlite3.Row) -> dict[str, Any]:

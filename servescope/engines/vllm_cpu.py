@@ -72,7 +72,7 @@ def _run_streaming(cmd: list[str], progress: Progress, what: str) -> None:
     assert proc.stdout is not None
     for line in proc.stdout:
         line = line.rstrip()
-        tail = (tail + [line])[-20:]
+        tail = ([*tail, line])[-20:]
         if line.startswith(("Collecting", "Downloading", "Installing", "Successfully")):
             progress(f"{what} [{time.monotonic() - started:5.0f}s] {line[:110]}")
     if proc.wait() != 0:

@@ -1,0 +1,137 @@
+"""One timed, streaming OpenAI-compatible chat request -> one RequestRecord.
+
+Works for vLLM, llama.cpp, SGLang and Ollama's /v1. Usage is always requested
+(`stream_options.include_usage`); token counts come from it, and only when a server sends
+none are content events counted instead (recorded as ``token_count_source="events"``).
+Every failure becomes an error class on the record; nothing here raises for a bad server.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from loadgen.clock import now_ns
+from loadgen.sse import SSEParser, parse_openai_chunk
+from servescope.records import RequestRecord
+
+
+@dataclass
+class ChatRequest:
+    model: str
+    messages: list[dict[str, str]]
+    max_tokens: int
+    ignore_eos: bool = True  # vLLM/llama.cpp: generate exactly max_tokens
+    extra_body: dict[str, Any] = field(default_factory=dict)
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": self.messages,
+            "max_tokens": self.max_tokens,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "temperature": 0.0,
+        }
+        if self.ignore_eos:
+            body["ignore_eos"] = True
+        body.update(self.extra_body)
+        return body
+
+
+def stream_chat(
+    client: httpx.Client,
+    url: str,
+    req: ChatRequest,
+    request_id: str,
+    intended_ns: int,
+    timeout: float,
+    headers: dict[str, str] | None = None,
+) -> RequestRecord:
+    """Send `req` to `url` (the full /v1/chat/completions URL) and time every event."""
+    hdrs = {"x-request-id": request_id, "accept": "text/event-stream", **(headers or {})}
+    content = json.dumps(req.body()).encode()
+    rec = RequestRecord(
+        request_id=request_id,
+        intended_ns=intended_ns,
+        send_ns=0,
+        target_output_tokens=req.max_tokens,
+    )
+    parser = SSEParser()
+    usage: dict[str, Any] | None = None
+    done = False
+    rec.send_ns = now_ns()
+    try:
+        with client.stream(
+            "POST", url, content=content, headers={**hdrs, "content-type": "application/json"},
+            timeout=timeout,
+        ) as resp:
+            rec.headers_ns = now_ns()
+            rec.status_code = resp.status_code
+            if resp.status_code >= 400:
+                body = resp.read()[:300].decode("utf-8", "replace")
+                rec.end_ns = now_ns()
+                rec.error_class = f"http_{resp.status_code}"
+                rec.error = f"HTTP {resp.status_code}: {body.strip()}"
+                return rec
+            for chunk in resp.iter_raw():
+                arrived = now_ns()
+                for event in parser.feed(chunk, arrived):
+                    if event.data.strip() == "[DONE]":
+                        done = True
+                        continue
+                    try:
+                        info = parse_openai_chunk(event.data)
+                    except ValueError:
+                        rec.error_class = "malformed_event"
+                        rec.error = f"event data is not JSON: {event.data[:120]!r}"
+                        continue
+                    if info.error:
+                        rec.error_class = "server_error_event"
+                        rec.error = info.error[:300]
+                    if info.content:
+                        if rec.first_token_ns is None:
+                            rec.first_token_ns = arrived
+                        rec.last_token_ns = arrived
+                        rec.event_offsets_ns.append(arrived - rec.send_ns)
+                    if info.reasoning:
+                        rec.reasoning_event_offsets_ns.append(arrived - rec.send_ns)
+                    if info.usage:
+                        usage = info.usage
+            rec.end_ns = now_ns()
+    except httpx.TimeoutException as exc:
+        rec.end_ns = now_ns()
+        rec.error_class = "timeout"
+        rec.error = f"{type(exc).__name__} after {timeout:.0f}s"
+    except httpx.ConnectError as exc:
+        rec.end_ns = now_ns()
+        rec.error_class = "connect"
+        rec.error = str(exc)[:300]
+    except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+        rec.end_ns = now_ns()
+        rec.error_class = "dropped"
+        rec.error = f"connection dropped mid-stream: {exc}"[:300]
+    except httpx.HTTPError as exc:
+        rec.end_ns = now_ns()
+        rec.error_class = type(exc).__name__
+        rec.error = str(exc)[:300]
+    if rec.error_class is None and not done and usage is None:
+        rec.error_class = "dropped"
+        rec.error = "stream ended before [DONE]"
+    _apply_usage(rec, usage)
+    return rec
+
+
+def _apply_usage(rec: RequestRecord, usage: dict[str, Any] | None) -> None:
+    if usage:
+        rec.prompt_tokens = usage.get("prompt_tokens")
+        rec.output_tokens = usage.get("completion_tokens")
+        details = usage.get("completion_tokens_details") or {}
+        rec.reasoning_tokens = details.get("reasoning_tokens")
+        rec.token_count_source = "usage"
+    else:
+        rec.output_tokens = len(rec.event_offsets_ns) or None
+        rec.token_count_source = "events"

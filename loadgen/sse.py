@@ -1,0 +1,95 @@
+"""Server-sent events, parsed by events (buffered to a blank line), not by TCP chunks.
+
+A chunk may hold half an event or several; an event is complete only at its blank line,
+and it is stamped with the arrival time of the chunk that completed it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(slots=True)
+class Event:
+    data: str
+    arrived_ns: int
+    event: str | None = None
+
+
+class SSEParser:
+    """Feed bytes as they arrive; get back the events they complete."""
+
+    def __init__(self) -> None:
+        self._buf = b""
+
+    def feed(self, chunk: bytes, arrived_ns: int) -> list[Event]:
+        self._buf += chunk.replace(b"\r\n", b"\n")
+        events = []
+        while True:
+            end = self._buf.find(b"\n\n")
+            if end < 0:
+                break
+            block, self._buf = self._buf[:end], self._buf[end + 2 :]
+            event = _parse_block(block.decode("utf-8", errors="replace"), arrived_ns)
+            if event is not None:
+                events.append(event)
+        return events
+
+    @property
+    def pending(self) -> bytes:
+        """Bytes of an event that never completed (a truncated stream)."""
+        return self._buf
+
+
+def _parse_block(block: str, arrived_ns: int) -> Event | None:
+    data_lines: list[str] = []
+    name = None
+    for line in block.split("\n"):
+        if not line or line.startswith(":"):
+            continue  # comment / keep-alive
+        field, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if field == "data":
+            data_lines.append(value)
+        elif field == "event":
+            name = value
+    if not data_lines:
+        return None
+    return Event(data="\n".join(data_lines), arrived_ns=arrived_ns, event=name)
+
+
+@dataclass(slots=True)
+class ChunkInfo:
+    """What one OpenAI-style chat/completions chunk carries."""
+
+    content: str = ""
+    reasoning: str = ""
+    usage: dict[str, Any] | None = None
+    finish_reason: str | None = None
+    error: str | None = None
+
+
+def parse_openai_chunk(data: str) -> ChunkInfo:
+    """Classify a chunk: generated content, reasoning, usage, or none of them.
+
+    A role-only, empty-content or usage-only chunk is not a token.
+    Raises ValueError for data that is not a JSON object.
+    """
+    obj = json.loads(data)
+    if not isinstance(obj, dict):
+        raise ValueError("event data is not a JSON object")
+    info = ChunkInfo(usage=obj.get("usage") or None)
+    if "error" in obj:
+        err = obj["error"]
+        info.error = err.get("message", str(err)) if isinstance(err, dict) else str(err)
+    for choice in obj.get("choices") or []:
+        delta = choice.get("delta")
+        if delta is None:  # /v1/completions streams `text`
+            info.content += choice.get("text") or ""
+        else:
+            info.content += delta.get("content") or ""
+            info.reasoning += delta.get("reasoning_content") or delta.get("reasoning") or ""
+        info.finish_reason = choice.get("finish_reason") or info.finish_reason
+    return info

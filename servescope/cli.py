@@ -1,0 +1,284 @@
+"""The `servescope` command line: collect, scrape, load, dashboard, demo, engine.
+
+Heavy imports happen inside each command: `load` must import Locust (which monkey-patches
+the process for gevent) before anything else touches sockets or ssl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from servescope.durations import parse_duration
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+EXIT_BAD_INPUT = 2
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit status `code`."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _store(args: argparse.Namespace):
+    from servescope.store import Store
+
+    return Store(args.db)
+
+
+def _scenario_path(text: str) -> Path:
+    path = Path(text)
+    if not path.exists() and not path.suffix:
+        candidate = REPO_ROOT / "scenarios" / f"{text}.yaml"
+        if candidate.exists():
+            return candidate
+    return path
+
+
+def _auth_headers(env_name: str | None) -> dict[str, str]:
+    """Bearer token from an environment variable; the key itself is never printed or stored."""
+    name = env_name or "SERVESCOPE_API_KEY"
+    key = os.environ.get(name)
+    if env_name and not key:
+        raise CliError(f"--api-key-env {env_name}: that environment variable is not set",
+                       EXIT_BAD_INPUT)
+    return {"authorization": f"Bearer {key}"} if key else {}
+
+
+# -- commands ---------------------------------------------------------------------------
+def cmd_scrape(args: argparse.Namespace) -> int:
+    from collectors.scrape import ScrapeError, scrape
+
+    try:
+        snap = scrape(args.source, args.runtime, timeout=args.timeout)
+    except ScrapeError as exc:
+        raise CliError(str(exc)) from None
+    data = snap.to_json(include_raw=not args.no_raw)
+    if args.json:
+        print(json.dumps(data, indent=2, default=str))
+        return 0
+    for key in ("running", "waiting", "kv_usage", "kv_capacity_tokens", "kv_free_tokens",
+                "prompt_tokens_total", "generation_tokens_total", "preemptions_total"):
+        print(f"{key:26} {data[key]}")
+    for name, h in data["histograms"].items():
+        mean = h["sum"] / h["count"] if h["count"] else None
+        print(f"{name:26} count={h['count']:.0f} mean={mean}")
+    return 0
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    from collectors.loop import Collector, TargetSpec
+
+    try:
+        specs = [TargetSpec.parse(t) for t in args.target]
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_BAD_INPUT) from None
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise CliError(f"--target names must be unique, got {names}", EXIT_BAD_INPUT)
+    store = _store(args)
+    collector = Collector(specs, store, interval=args.interval)
+    print(f"collecting {', '.join(f'{s.name} ({s.runtime} {s.url})' for s in specs)} every "
+          f"{args.interval:g}s into {store.path}; Ctrl-C stops", file=sys.stderr)
+    collector.start()
+    deadline = time.monotonic() + args.duration if args.duration else None
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        collector.stop()
+    for w in collector.workers:
+        print(f"{w.spec.name}: {w.scrapes_ok} scrapes stored, {w.scrapes_failed} failed",
+              file=sys.stderr)
+    return 0
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    # Locust first: it monkey-patches sockets and ssl for gevent.
+    from loadgen.run import LoadError, run_load
+    from loadgen.scenario import ScenarioError, load_scenario
+
+    try:
+        scenario = load_scenario(_scenario_path(args.scenario))
+        scenario = scenario.with_overrides(args.concurrency, args.duration, args.requests)
+    except ScenarioError as exc:
+        raise CliError(str(exc), EXIT_BAD_INPUT) from None
+    store = _store(args)
+    headers = _auth_headers(args.api_key_env)
+    print(f"run {scenario.name} against {args.target} ({len(scenario.stages)} stage(s), "
+          f"{scenario.duration_s:.0f}s, max {scenario.max_requests or 'unbounded'} requests); "
+          f"store {store.path}", file=sys.stderr)
+    try:
+        run_id, summary = run_load(
+            scenario, args.target, store, model=args.model, out=args.out, headers=headers,
+            ignore_eos=not args.no_ignore_eos, show_progress=not args.quiet,
+        )
+    except LoadError as exc:
+        raise CliError(str(exc)) from None
+    _print_summary(run_id, summary, args.out)
+    return 0 if summary["status"] in ("finished", "interrupted") else 1
+
+
+def _print_summary(run_id: int, s: dict, out: Path | None) -> None:
+    def fmt(v):
+        return "-" if v is None else f"{v:.1f}"
+
+    print(f"run {run_id} {s['status']}: {s['requests_ok']} ok, {s['requests_failed']} failed, "
+          f"{fmt(s['output_tokens_per_s'])} output tok/s, {fmt(s['requests_per_s'])} req/s")
+    print(f"{'metric':24}{'p50':>10}{'p90':>10}{'p95':>10}{'p99':>10}{'mean':>10}")
+    for m in ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms", "e2e_from_intended_ms"):
+        d = s[m]
+        print(f"{m:24}" + "".join(f"{fmt(d[k]):>10}" for k in ("p50", "p90", "p95", "p99",
+                                                                 "mean")))
+    for slo in s.get("slos", []):
+        verdict = {True: "met", False: "MISSED", None: "unmeasured"}[slo["met"]]
+        print(f"SLO {slo['metric']} {slo['stat']} <= {slo['target_ms']:g} ms: {verdict} "
+              f"({fmt(slo['observed_ms'])})")
+    if s["errors_by_class"]:
+        print(f"errors: {s['errors_by_class']}")
+    if out:
+        print(f"summary written to {out}")
+
+
+def dashboard_command(db: Path, host: str, port: int) -> list[str]:
+    return [
+        sys.executable, "-m", "streamlit", "run", str(REPO_ROOT / "dashboard" / "app.py"),
+        "--server.address", host, "--server.port", str(port), "--server.headless", "true",
+        "--browser.gatherUsageStats", "false", "--", "--db", str(db),
+    ]
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    store = _store(args)
+    print(f"dashboard on http://{args.host}:{args.port} (store {store.path})", file=sys.stderr)
+    os.execv(sys.executable, dashboard_command(store.path, args.host, args.port))
+    return 0  # not reached
+
+
+def cmd_engine(args: argparse.Namespace) -> int:
+    from servescope.engines.vllm_cpu import EngineError, ensure_env, start_local_vllm
+
+    try:
+        if args.action == "install":
+            ensure_env()
+            return 0
+        server = start_local_vllm(port=args.port, max_num_seqs=args.max_num_seqs)
+    except EngineError as exc:
+        raise CliError(str(exc)) from None
+    print(f"vLLM serving {server.served_model_name} at {server.url}; Ctrl-C stops it")
+    try:
+        while server.proc and server.proc.poll() is None:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from servescope.demo import run_demo
+
+    return run_demo(args)
+
+
+# -- parser -----------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="servescope", description=__doc__.splitlines()[0])
+    p.add_argument("--db", type=Path, default=None,
+                   help="store file (default: $SERVESCOPE_DB or ~/.local/share/servescope/)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("scrape", help="print one normalized snapshot of a server's metrics")
+    s.add_argument("source", help="server URL (its /metrics) or a saved /metrics file")
+    s.add_argument("--runtime", default="vllm", choices=["vllm"])
+    s.add_argument("--json", action="store_true", help="print the snapshot as JSON")
+    s.add_argument("--no-raw", action="store_true", help="leave unmapped metrics out")
+    s.add_argument("--timeout", type=_duration, default=5.0)
+    s.set_defaults(func=cmd_scrape)
+
+    c = sub.add_parser("collect", help="scrape targets on an interval into the store")
+    c.add_argument("--target", action="append", required=True,
+                   help="NAME=RUNTIME:URL, e.g. local=vllm:http://127.0.0.1:8000 (repeatable)")
+    c.add_argument("--interval", type=_duration, default=2.0, help="e.g. 2s (default)")
+    c.add_argument("--duration", type=_duration, default=None, help="stop after this long")
+    c.set_defaults(func=cmd_collect)
+
+    ld = sub.add_parser("load", help="run a load scenario against an OpenAI-compatible server")
+    ld.add_argument("scenario", help="scenario YAML (or the name of one in scenarios/)")
+    ld.add_argument("--target", required=True, help="server base URL, e.g. http://127.0.0.1:8000")
+    ld.add_argument("--model", help="model name (default: the first one /v1/models lists)")
+    ld.add_argument("--concurrency", type=int, help="one closed-loop stage with N users")
+    ld.add_argument("--duration", type=_duration, help="e.g. 30s; with --concurrency")
+    ld.add_argument("--requests", type=int, help="stop after N requests")
+    ld.add_argument("--out", type=Path, help="write the summary JSON here")
+    ld.add_argument("--api-key-env", help="environment variable holding a bearer token "
+                    "(default SERVESCOPE_API_KEY if set)")
+    ld.add_argument("--no-ignore-eos", action="store_true",
+                    help="do not ask the server to ignore EOS (for servers that reject it)")
+    ld.add_argument("--quiet", action="store_true", help="no progress line")
+    ld.set_defaults(func=cmd_load)
+
+    d = sub.add_parser("dashboard", help="serve the Streamlit dashboard")
+    d.add_argument("--host", default="127.0.0.1")
+    d.add_argument("--port", type=int, default=8501)
+    d.set_defaults(func=cmd_dashboard)
+
+    e = sub.add_parser("engine", help="install or serve the local vLLM CPU engine")
+    e.add_argument("action", choices=["install", "serve"])
+    e.add_argument("--port", type=int, default=8000)
+    e.add_argument("--max-num-seqs", type=int, default=8)
+    e.set_defaults(func=cmd_engine)
+
+    m = sub.add_parser("demo", help="local vLLM + collector + a scenario + the dashboard")
+    m.add_argument("--target", help="use this running server instead of starting vLLM")
+    m.add_argument("--scenario", default="chat")
+    m.add_argument("--host", default="127.0.0.1")
+    m.add_argument("--port", type=int, default=8501)
+    m.add_argument("--vllm-port", type=int, default=8000)
+    m.add_argument("--no-dashboard", action="store_true")
+    m.add_argument("--exit-after-run", action="store_true",
+                   help="stop when the scenario finished (default: keep serving until Ctrl-C)")
+    m.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("httpx", "httpcore", "locust"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return args.func(args)
+    except CliError as exc:
+        print(f"servescope {args.command}: error: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
