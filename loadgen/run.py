@@ -6,6 +6,7 @@ imports it only for the `load` command.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -52,10 +53,8 @@ def target_config(base_url: str, client: httpx.Client) -> dict[str, Any]:
     """What the server tells about its configuration, stored with the run."""
     config: dict[str, Any] = {"url": base_url}
     config.update(server_info(base_url, "vllm", client))
-    try:
+    with contextlib.suppress(ScrapeError):  # not a vLLM, or no /metrics: fine
         config.update(scrape(base_url, "vllm", client=client).info)
-    except ScrapeError:
-        pass
     return config
 
 

@@ -11,7 +11,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from servescope.durations import parse_duration
 
-
 # A run bounded by request count alone still stops after this long.
 REQUESTS_ONLY_TIME_CAP = 3600.0
 
@@ -84,6 +83,8 @@ Distribution = Annotated[Fixed | Uniform | Normal | LogNormal, Field(discriminat
 def _lengths(value: Any) -> Any:
     """A bare integer means a fixed length."""
     if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise ValueError(f"token count must be a positive integer, got {value}")
         return {"dist": "fixed", "value": value}
     return value
 

@@ -275,13 +275,13 @@ class Store:
             params.append(until)
         sql += " ORDER BY ts"
         rows = self._query(sql, params)
-        df = pd.DataFrame(
-            [tuple(r) for r in rows],
+        return pd.DataFrame(
+            [
+                (r[0], r[1], r[2], r[3], json.loads(r[4]), json.loads(r[5]) if r[5] else None)
+                for r in rows
+            ],
             columns=["ts", "concept", "value", "raw_name", "labels", "extra"],
         )
-        df["labels"] = df["labels"].map(json.loads)
-        df["extra"] = df["extra"].map(lambda x: json.loads(x) if x else None)
-        return df
 
     # -- runs -----------------------------------------------------------------------
     def create_run(

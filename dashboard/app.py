@@ -1,0 +1,55 @@
+"""The servescope dashboard: ``streamlit run dashboard/app.py -- --db PATH``.
+
+Without ``--db`` it reads the store named by ``SERVESCOPE_DB``, else the default path. The
+dashboard only reads the store; collectors and load runs write to it meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import streamlit as st
+
+from dashboard import live, run
+from servescope.store import Store, default_db_path
+
+
+def db_path(argv: Sequence[str]) -> Path:
+    """``--db PATH`` from the script's arguments, else `default_db_path()`."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--db")
+    args, _ = parser.parse_known_args(list(argv))
+    return Path(args.db).expanduser() if args.db else default_db_path()
+
+
+@st.cache_resource
+def open_store(path: str) -> Store:
+    """One store handle per process, shared by all sessions (Store is thread-safe)."""
+    return Store(path)
+
+
+def main() -> None:
+    st.set_page_config(page_title="servescope", page_icon=":material/monitoring:", layout="wide")
+    store = open_store(str(db_path(sys.argv[1:])))
+
+    def live_page() -> None:
+        live.render(store)
+
+    def run_page() -> None:
+        run.render(store)
+
+    page = st.navigation(
+        [
+            st.Page(live_page, title="Live", icon=":material/monitoring:", url_path="live",
+                    default=True),
+            st.Page(run_page, title="Run", icon=":material/speed:", url_path="run"),
+        ]
+    )
+    st.sidebar.caption(f"Store: `{store.path}`")
+    page.run()
+
+
+main()

@@ -1,0 +1,231 @@
+"""Plotly figure builders (and the few display formatters they share with the pages).
+
+Pure: DataFrames and numbers in, figures out, no Streamlit, so each chart can be built and
+checked in a test (or reused in a static report) without a running app.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+CHART_HEIGHT = 300
+QUANTILE_NAMES = {0.5: "p50", 0.9: "p90", 0.95: "p95", 0.99: "p99"}
+PHASE_COLORS = {
+    "queue": "#9aa5b1",
+    "prefill": "#f28e2b",
+    "decode": "#4e79a7",
+    "TTFT": "#f28e2b",
+    "after first token": "#4e79a7",
+}
+
+_URL_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]+@")
+
+
+def local_time(ts: pd.Series) -> pd.Series:
+    """Unix seconds -> naive local datetimes: plotly would otherwise label axes in UTC."""
+    tz = datetime.now().astimezone().tzinfo
+    return pd.to_datetime(ts, unit="s", utc=True).dt.tz_convert(tz).dt.tz_localize(None)
+
+
+def local_clock(ts: float) -> str:
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def ago(ts: float, now: float | None = None) -> str:
+    """A rough age ("3 min ago"): easier to judge at a glance than a clock time."""
+    seconds = max(0.0, (time.time() if now is None else now) - ts)
+    if seconds < 90:
+        return f"{seconds:.0f} s ago"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min ago"
+    if seconds < 36 * 3600:
+        return f"{seconds / 3600:.1f} h ago"
+    return f"{seconds / 86400:.1f} days ago"
+
+
+def redact_urls(text: str) -> str:
+    """Text with user:password@ removed from any URL in it (a target URL or an error
+    message quoting one), so credentials are never shown."""
+    return _URL_CREDENTIALS.sub(r"\1", text)
+
+
+def _layout(fig: go.Figure, title: str, x_title: str, y_title: str) -> go.Figure:
+    fig.update_layout(
+        title={"text": title, "font": {"size": 15}},
+        height=CHART_HEIGHT,
+        margin={"l": 10, "r": 10, "t": 45, "b": 10},
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "xanchor": "right", "x": 1},
+        hovermode="x unified",
+    )
+    fig.update_xaxes(title_text=x_title)
+    fig.update_yaxes(title_text=y_title, rangemode="tozero")
+    return fig
+
+
+def _note_if_empty(fig: go.Figure, message: str = "no data in this time range") -> go.Figure:
+    if not fig.data:
+        fig.add_annotation(
+            text=message, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5,
+            font={"color": "gray"},
+        )
+        fig.update_xaxes(showticklabels=False)
+        fig.update_yaxes(showticklabels=False)
+    return fig
+
+
+def time_lines(
+    series: Mapping[str, pd.DataFrame],
+    title: str,
+    y_title: str,
+    scale: float = 1.0,
+    dashed: Sequence[str] = (),
+) -> go.Figure:
+    """One line per named DataFrame(ts, value), values multiplied by `scale`."""
+    fig = go.Figure()
+    for name, frame in series.items():
+        if frame.empty:
+            continue
+        fig.add_trace(
+            go.Scatter(
+                x=local_time(frame["ts"]),
+                y=frame["value"] * scale,
+                name=name,
+                mode="lines",
+                line={"dash": "dash" if name in dashed else "solid"},
+            )
+        )
+    return _note_if_empty(_layout(fig, title, "local time", y_title))
+
+
+def running_waiting_figure(running: pd.DataFrame, waiting: pd.DataFrame) -> go.Figure:
+    return time_lines(
+        {"running": running, "waiting": waiting}, "Requests running and waiting", "requests"
+    )
+
+
+def kv_usage_figure(usage: pd.DataFrame) -> go.Figure:
+    fig = time_lines({"KV cache used": usage}, "KV cache usage", "used (%)", scale=100.0)
+    if fig.data:
+        fig.update_yaxes(range=[0, 100])
+    return fig
+
+
+def kv_headroom_figure(free: pd.DataFrame, capacity: pd.DataFrame) -> go.Figure:
+    """Free KV tokens against the capacity: how many more tokens of context fit now."""
+    return time_lines(
+        {"free": free, "capacity": capacity},
+        "KV cache headroom",
+        "tokens",
+        dashed=("capacity",),
+    )
+
+
+def throughput_figure(prompt_rate: pd.DataFrame, generation_rate: pd.DataFrame) -> go.Figure:
+    return time_lines(
+        {"prompt": prompt_rate, "generation": generation_rate},
+        "Token throughput (server)",
+        "tokens/s",
+    )
+
+
+def quantile_figure(quantiles: pd.DataFrame, title: str, scale: float = 1000.0) -> go.Figure:
+    """Lines per quantile from DataFrame(ts, q, value); seconds -> ms by default."""
+    series = {
+        QUANTILE_NAMES.get(q, f"q{q:g}"): frame[["ts", "value"]]
+        for q, frame in quantiles.groupby("q", sort=True)
+    } if not quantiles.empty else {}
+    fig = time_lines(series, title, "ms", scale=scale)
+    fig.update_traces(connectgaps=False)
+    return fig
+
+
+def latency_histogram(
+    values_ms: Sequence[float], title: str, x_title: str, marks: Mapping[str, float] = {}
+) -> go.Figure:
+    """Histogram with a vertical line for each mark (percentiles, SLO targets)."""
+    fig = go.Figure()
+    if len(values_ms):
+        fig.add_trace(go.Histogram(x=list(values_ms), name="requests", nbinsx=50))
+        for label, x in (marks or {}).items():
+            if x is None or not np.isfinite(x):
+                continue
+            is_slo = label.startswith("SLO")
+            fig.add_vline(
+                x=x,
+                line={"dash": "dot" if is_slo else "dash", "width": 1,
+                      "color": "crimson" if is_slo else "gray"},
+                annotation_text=label,
+                annotation_position="top",
+            )
+    fig = _layout(fig, title, x_title, "count")
+    fig.update_layout(hovermode="closest", showlegend=False)
+    return _note_if_empty(fig, "no successful requests")
+
+
+def ecdf_figure(values_ms: Mapping[str, Sequence[float]], title: str) -> go.Figure:
+    """Empirical CDFs: the share of requests at or below each latency."""
+    fig = go.Figure()
+    for name, values in values_ms.items():
+        if not len(values):
+            continue
+        xs = np.sort(np.asarray(values, dtype=float))
+        ys = np.arange(1, len(xs) + 1) / len(xs) * 100.0
+        fig.add_trace(go.Scatter(x=xs, y=ys, name=name, mode="lines", line={"shape": "hv"}))
+    fig = _layout(fig, title, "latency (ms)", "requests at or below (%)")
+    fig.update_layout(hovermode="closest")
+    return _note_if_empty(fig, "no successful requests")
+
+
+def latency_scatter(requests: pd.DataFrame, start_s: float) -> go.Figure:
+    """E2E per request against when it was sent, ok and failed apart.
+
+    `requests` has columns send_s, e2e_ms, ok (as from capacity.latency.request_table).
+    """
+    fig = go.Figure()
+    if not requests.empty:
+        for ok, name, color in ((True, "ok", "#4e79a7"), (False, "error", "crimson")):
+            part = requests[(requests["ok"] == ok) & requests["e2e_ms"].notna()]
+            if part.empty:
+                continue
+            fig.add_trace(
+                go.Scatter(
+                    x=part["send_s"] - start_s, y=part["e2e_ms"], name=name, mode="markers",
+                    marker={"color": color, "size": 5, "opacity": 0.7},
+                )
+            )
+    fig = _layout(fig, "E2E latency over the run", "sent at (s since run start)", "E2E (ms)")
+    fig.update_layout(hovermode="closest")
+    return _note_if_empty(fig, "no requests with an end time")
+
+
+def time_split_figure(
+    server_ms: Mapping[str, float | None], client_ms: Mapping[str, float | None]
+) -> go.Figure:
+    """Where the time went: the server's mean queue/prefill/decode per request stacked next
+    to the client's mean TTFT and the rest of its E2E, so the gap (HTTP, tokenization,
+    network, the client itself) is visible."""
+    fig = go.Figure()
+    rows = (("server (mean per request)", server_ms), ("client (mean per request)", client_ms))
+    for row_name, parts in rows:
+        for phase, ms in parts.items():
+            if ms is None:
+                continue
+            fig.add_trace(
+                go.Bar(
+                    y=[row_name], x=[ms], name=phase, orientation="h",
+                    marker={"color": PHASE_COLORS.get(phase)},
+                    text=[f"{phase} {ms:,.0f} ms"], textposition="inside",
+                    insidetextanchor="middle",
+                )
+            )
+    fig = _layout(fig, "Where the time went", "ms", "")
+    fig.update_layout(barmode="stack", hovermode="closest", height=230)
+    fig.update_yaxes(rangemode="normal")
+    return _note_if_empty(fig, "no server or client timings")

@@ -1,0 +1,158 @@
+"""Live page: what each collected server is doing now, from the store's samples."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import streamlit as st
+
+from capacity.series import (
+    counter_rate_series,
+    gauge_series,
+    histogram_quantile_series,
+    kv_usage_series,
+)
+from dashboard import figures
+from dashboard.figures import ago, local_clock, redact_urls
+from servescope.store import Store
+
+REFRESH_S = 5
+TIME_RANGES: dict[str, float | None] = {
+    "last 5 min": 300.0,
+    "last 15 min": 900.0,
+    "last 1 h": 3600.0,
+    "all": None,
+}
+QUANTILE_WINDOW_S = 30.0
+EMPTY_STATE = (
+    "No targets in the store yet. Start a collector against a running server, e.g. "
+    "`servescope collect --target local=vllm:http://127.0.0.1:8000`, or run `make run` "
+    "to start a local server, the collector and a load run together."
+)
+LIVE_CONCEPTS = (
+    "running",
+    "waiting",
+    "kv_usage",
+    "kv_capacity_tokens",
+    "kv_free_tokens",
+    "prompt_tokens_total",
+    "generation_tokens_total",
+    "ttft_seconds",
+    "itl_seconds",
+)
+
+
+def render(store: Store) -> None:
+    st.title("Live")
+    targets = store.targets()
+    if not targets:
+        st.info(EMPTY_STATE)
+        return
+    names = [t["name"] for t in targets]
+    left, middle, right = st.columns([3, 2, 1], vertical_alignment="bottom")
+    chosen = left.multiselect("Targets", names, default=names)
+    range_label = middle.radio("Time range", list(TIME_RANGES), index=1, horizontal=True)
+    auto = right.toggle(f"Auto-refresh ({REFRESH_S} s)", value=True)
+    if not chosen:
+        st.info("Pick at least one target.")
+        return
+    show = st.fragment(_render_targets, run_every=REFRESH_S if auto else None)
+    show(store, chosen, TIME_RANGES[range_label])
+
+
+def _render_targets(store: Store, names: list[str], range_s: float | None) -> None:
+    # Re-read targets on every refresh: status and info change while we watch.
+    by_name = {t["name"]: t for t in store.targets()}
+    now = time.time()
+    since = None if range_s is None else now - range_s
+    for name in names:
+        if name in by_name:
+            _render_target(store, by_name[name], since)
+    st.caption(f"Updated {local_clock(now)}.")
+
+
+def _render_target(store: Store, target: dict[str, Any], since: float | None) -> None:
+    with st.container(border=True):
+        _target_header(target)
+        df = store.samples(target["id"], concepts=LIVE_CONCEPTS, since=since)
+        if df.empty:
+            st.info(
+                "No samples from this target in the selected time range. Pick a longer "
+                "range, or check that `servescope collect` is running against it."
+            )
+            return
+        row1 = st.columns(3)
+        row1[0].plotly_chart(
+            figures.running_waiting_figure(
+                gauge_series(df, "running"), gauge_series(df, "waiting")
+            ),
+            key=f"running-{target['id']}",
+        )
+        row1[1].plotly_chart(
+            figures.kv_usage_figure(kv_usage_series(df)), key=f"kv-usage-{target['id']}"
+        )
+        row1[2].plotly_chart(
+            figures.kv_headroom_figure(
+                gauge_series(df, "kv_free_tokens"), gauge_series(df, "kv_capacity_tokens")
+            ),
+            key=f"kv-free-{target['id']}",
+        )
+        row2 = st.columns(3)
+        row2[0].plotly_chart(
+            figures.throughput_figure(
+                counter_rate_series(df, "prompt_tokens_total"),
+                counter_rate_series(df, "generation_tokens_total"),
+            ),
+            key=f"tokens-{target['id']}",
+        )
+        for column, concept, label in (
+            (row2[1], "ttft_seconds", "TTFT"),
+            (row2[2], "itl_seconds", "Inter-token latency"),
+        ):
+            quantiles = histogram_quantile_series(df, concept, window_s=QUANTILE_WINDOW_S)
+            title = f"{label} (server, {QUANTILE_WINDOW_S:.0f} s window)"
+            column.plotly_chart(
+                figures.quantile_figure(quantiles, title), key=f"{concept}-{target['id']}"
+            )
+
+
+def _target_header(target: dict[str, Any]) -> None:
+    info = target.get("info") or {}
+    title_col, status_col = st.columns([3, 2], vertical_alignment="center")
+    title_col.subheader(f"{target['name']}")
+    title_col.caption(f"{target['runtime']} at {redact_urls(target['url'])}")
+    status, since = target.get("status"), target.get("status_since")
+    when = f" since {local_clock(since)} ({ago(since)})" if since else ""
+    if status == "up":
+        status_col.badge(f"up{when}", icon=":material/check_circle:", color="green")
+    elif status == "down":
+        status_col.badge(f"down{when}", icon=":material/error:", color="red")
+        if target.get("last_error"):
+            status_col.caption(f"Last error: {redact_urls(target['last_error'])}")
+    else:
+        status_col.badge("never scraped", color="gray")
+    facts = st.columns(4)
+    facts[0].metric("Served model", info.get("model") or "unknown")
+    facts[1].metric("max_model_len", _tokens(info.get("max_model_len")))
+    caps = [c for c in (info.get("cache_config") or {}).values() if isinstance(c, dict)]
+    facts[2].metric("KV capacity", _tokens(_kv_capacity_tokens(caps)))
+    facts[3].metric("Engines", len(caps) or "unknown")
+
+
+def _kv_capacity_tokens(cache_configs: list[dict[str, Any]]) -> int | None:
+    """Summed over engines, from cache_config_info labels (blocks x block size)."""
+    total = 0
+    for labels in cache_configs:
+        try:
+            total += int(float(labels["num_gpu_blocks"]) * float(labels["block_size"]))
+        except (KeyError, TypeError, ValueError):
+            try:
+                total += int(float(labels["kv_cache_size_tokens"]))
+            except (KeyError, TypeError, ValueError):
+                return None
+    return total or None
+
+
+def _tokens(n: int | None) -> str:
+    return f"{n:,} tokens" if n else "unknown"

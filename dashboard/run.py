@@ -1,0 +1,283 @@
+"""Run page: one load run as the client measured it, joined with what the server's
+histograms say about the same window."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import pandas as pd
+import streamlit as st
+
+from capacity.latency import metric_values, request_table, summarize
+from capacity.series import HistogramWindow, histogram_window
+from dashboard import figures
+from dashboard.figures import local_clock, redact_urls
+from servescope.records import RequestRecord
+from servescope.store import Store
+
+EMPTY_STATE = (
+    "No load runs in the store yet. Run one with "
+    "`servescope load scenarios/chat.yaml --target http://127.0.0.1:8000`, or `make run` "
+    "to start a local server, the collector and a load run together."
+)
+NO_SERVER_DATA = (
+    "No collector data covers this run's window, so the server's queue / prefill / decode "
+    "split is missing. Run `servescope collect --target local=vllm:{url}` while the load "
+    "run is going to get it next time."
+)
+METRIC_LABELS = {
+    "ttft_ms": "TTFT",
+    "itl_ms": "ITL",
+    "tpot_ms": "TPOT",
+    "e2e_ms": "E2E",
+    "ttft_from_intended_ms": "TTFT from intended send",
+    "e2e_from_intended_ms": "E2E from intended send",
+    "send_lag_ms": "send lag (client)",
+}
+PHASES = {"queue": "queue_seconds", "prefill": "prefill_seconds", "decode": "decode_seconds"}
+# Scrapes are seconds apart: widen the run's window so the scrapes just before its start
+# and just after its end are the ones compared.
+WINDOW_PAD_S = 5.0
+
+
+def render(store: Store) -> None:
+    st.title("Run")
+    runs = store.runs()
+    if not runs:
+        st.info(EMPTY_STATE)
+        return
+    by_id = {r["id"]: r for r in runs}
+    run_id = st.selectbox("Run", list(by_id), format_func=lambda i: run_label(by_id[i]))
+    run = by_id[run_id]
+    _run_header(run)
+    records = store.requests(run_id)
+    if not records:
+        st.warning("This run recorded no requests.")
+        return
+    summary = summarize(records)
+    _summary_metrics(summary)
+    _slo_section(run, summary)
+    st.subheader("Latency (client)")
+    st.dataframe(latency_table(summary), hide_index=True)
+    _distributions(records, summary, _slos(run))
+    _time_split(store, run, summary)
+    table = pd.DataFrame(request_table(records))
+    st.download_button(
+        "Download per-request CSV",
+        table.to_csv(index=False).encode(),
+        file_name=f"servescope-run-{run_id}-requests.csv",
+        mime="text/csv",
+    )
+
+
+def run_label(run: Mapping[str, Any]) -> str:
+    return (
+        f"#{run['id']} {run['name']} {run['scenario_name']} {run['status']} "
+        f"{local_clock(run['started_at'])}"
+    )
+
+
+def latency_table(summary: Mapping[str, Any]) -> pd.DataFrame:
+    """One row per latency metric: p50/p95/p99, mean and count in ms."""
+    rows = []
+    for metric, label in METRIC_LABELS.items():
+        dist = summary.get(metric) or {}
+        rows.append(
+            {
+                "metric": label,
+                "p50 (ms)": dist.get("p50"),
+                "p95 (ms)": dist.get("p95"),
+                "p99 (ms)": dist.get("p99"),
+                "mean (ms)": dist.get("mean"),
+                "samples": dist.get("count", 0),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def slo_rows(slos: Mapping[str, Mapping[str, float]], summary: Mapping[str, Any]) -> list[dict]:
+    """Each SLO target against the measured value; `passed` is None when nothing was
+    measured (no successful requests), which is neither a pass nor a fail."""
+    rows = []
+    for metric, targets in slos.items():
+        for stat, target in (targets or {}).items():
+            measured = (summary.get(metric) or {}).get(stat)
+            rows.append(
+                {
+                    "metric": METRIC_LABELS.get(metric, metric),
+                    "statistic": stat,
+                    "target (ms)": float(target),
+                    "measured (ms)": measured,
+                    "passed": None if measured is None else measured <= target,
+                }
+            )
+    return rows
+
+
+def same_server(a: str, b: str) -> bool:
+    """Whether two URLs reach the same host:port (localhost and 127.0.0.1 are one)."""
+    key = _host_port(a)
+    return key is not None and key == _host_port(b)
+
+
+def _host_port(url: str) -> tuple[str, int] | None:
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    host = (parts.hostname or "").lower()
+    if not host:
+        return None
+    if host in ("localhost", "::1", "0.0.0.0"):
+        host = "127.0.0.1"
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return None
+    return host, port
+
+
+def _slos(run: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    slos = (run.get("scenario") or {}).get("slos") or {}
+    return {metric: dict(targets) for metric, targets in slos.items() if targets}
+
+
+def _run_header(run: Mapping[str, Any]) -> None:
+    target = run.get("target") or {}
+    ended = run.get("ended_at")
+    duration = (ended or time.time()) - run["started_at"]
+    parts = [
+        f"target {redact_urls(run['target_url'])}",
+        f"model {target.get('model') or 'unknown'}",
+        f"started {local_clock(run['started_at'])}",
+        f"{duration:,.0f} s",
+        f"status {run['status']}",
+    ]
+    st.caption(" · ".join(parts))
+    if run["status"] == "running":
+        st.info("This run is still going; rerun the page for newer requests.")
+
+
+def _summary_metrics(summary: Mapping[str, Any]) -> None:
+    cols = st.columns(5)
+    cols[0].metric("Requests ok", summary["requests_ok"])
+    cols[1].metric("Requests failed", summary["requests_failed"])
+    cols[2].metric("Output tokens/s", _number(summary["output_tokens_per_s"]))
+    cols[3].metric("Requests/s", _number(summary["requests_per_s"], digits=2))
+    cols[4].metric("Active span", f"{summary['duration_s']:,.1f} s")
+    if summary["errors_by_class"]:
+        errors = ", ".join(f"{k}: {v}" for k, v in sorted(summary["errors_by_class"].items()))
+        st.warning(f"Failed requests by class: {errors}")
+    if "events" in summary["token_count_sources"]:
+        st.caption(
+            "Some output token counts were counted from stream events because the server "
+            "sent no usage; they may differ from the tokenizer's count."
+        )
+
+
+def _slo_section(run: Mapping[str, Any], summary: Mapping[str, Any]) -> None:
+    rows = slo_rows(_slos(run), summary)
+    if not rows:
+        return
+    st.subheader("SLOs")
+    verdicts = [r["passed"] for r in rows]
+    if all(v is True for v in verdicts):
+        st.success(f"All {len(rows)} SLO targets met.")
+    elif any(v is False for v in verdicts):
+        failed = sum(v is False for v in verdicts)
+        st.error(f"{failed} of {len(rows)} SLO targets missed.")
+    else:
+        st.warning("SLOs could not be checked: no successful requests.")
+    table = pd.DataFrame(rows)
+    table["passed"] = table["passed"].map({True: "pass", False: "FAIL", None: "no data"})
+    st.dataframe(table, hide_index=True)
+
+
+def _distributions(
+    records: list[RequestRecord], summary: Mapping[str, Any], slos: Mapping[str, Any]
+) -> None:
+    values = {m: metric_values(records, m) for m in ("ttft_ms", "e2e_ms", "itl_ms")}
+    cols = st.columns(3)
+    for col, metric in zip(cols, values, strict=True):
+        label = METRIC_LABELS[metric]
+        col.plotly_chart(
+            figures.latency_histogram(
+                values[metric],
+                f"{label} distribution",
+                f"{label} (ms)",
+                marks=_marks(summary.get(metric) or {}, slos.get(metric) or {}),
+            ),
+            key=f"hist-{metric}",
+        )
+    table = pd.DataFrame(request_table(records))
+    left, right = st.columns(2)
+    left.plotly_chart(
+        figures.ecdf_figure(
+            {"TTFT": values["ttft_ms"], "E2E": values["e2e_ms"]}, "TTFT and E2E, cumulative"
+        ),
+        key="ecdf",
+    )
+    right.plotly_chart(
+        figures.latency_scatter(table, float(table["send_s"].min())), key="scatter"
+    )
+
+
+def _marks(dist: Mapping[str, Any], slo: Mapping[str, float]) -> dict[str, float | None]:
+    marks: dict[str, float | None] = {p: dist.get(p) for p in ("p50", "p95", "p99")}
+    marks.update({f"SLO {stat}": float(target) for stat, target in slo.items()})
+    return marks
+
+
+def server_split(
+    store: Store, target_url: str, since: float, until: float
+) -> tuple[str, dict[str, HistogramWindow], HistogramWindow | None] | None:
+    """The first collected target on the run's host:port whose histograms cover the
+    window: (target name, phase -> window, e2e window); None when none does."""
+    for target in store.targets():
+        if not same_server(target["url"], target_url):
+            continue
+        df = store.samples(
+            target["id"], concepts=[*PHASES.values(), "e2e_seconds"], since=since, until=until
+        )
+        phases = {
+            phase: window
+            for phase, concept in PHASES.items()
+            if (window := histogram_window(df, concept, since, until)) is not None
+        }
+        if phases:
+            return target["name"], phases, histogram_window(df, "e2e_seconds", since, until)
+    return None
+
+
+def _time_split(store: Store, run: Mapping[str, Any], summary: Mapping[str, Any]) -> None:
+    st.subheader("Where the time went")
+    since = run["started_at"] - WINDOW_PAD_S
+    until = (run.get("ended_at") or time.time()) + WINDOW_PAD_S
+    ttft = (summary.get("ttft_ms") or {}).get("mean")
+    e2e = (summary.get("e2e_ms") or {}).get("mean")
+    client = {"TTFT": ttft, "after first token": None if e2e is None else e2e - (ttft or 0.0)}
+    found = server_split(store, run["target_url"], since, until)
+    phases = found[1] if found else {}
+    server_ms = {p: (w.mean * 1000.0 if w.mean is not None else None) for p, w in phases.items()}
+    st.plotly_chart(figures.time_split_figure(server_ms, client), key="time-split")
+    if found is None:
+        st.info(NO_SERVER_DATA.format(url=redact_urls(run["target_url"])))
+        return
+    name, phases, e2e_window = found
+    window = e2e_window or next(iter(phases.values()))
+    st.caption(
+        f"Server means per request from `{name}`'s histograms between "
+        f"{local_clock(window.first_ts)} and {local_clock(window.last_ts)}: "
+        f"{window.count:,.0f} requests finished on the server, {summary['requests_ok']:,} "
+        "succeeded at the client. Queue + prefill is the server's share of TTFT and decode "
+        "its share of the rest; what is left is HTTP, tokenization, network and the client."
+    )
+    if window.count and abs(window.count - summary["requests_ok"]) > 0.1 * window.count:
+        st.caption(
+            "The counts differ by more than 10%: other traffic reached the server, or the "
+            "collector did not cover the whole run, so the server means are approximate."
+        )
+
+
+def _number(value: float | None, digits: int = 1) -> str:
+    return "n/a" if value is None else f"{value:,.{digits}f}"

@@ -1,0 +1,95 @@
+"""`servescope demo` (what `make run` runs): a real vLLM on this machine, the collector,
+a short scenario, and the dashboard, all on loopback. Ctrl-C stops everything it started;
+what was measured stays in the store."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from collectors.loop import Collector, TargetSpec
+from servescope.cli import REPO_ROOT, CliError, _scenario_path, dashboard_command
+from servescope.store import Store
+
+
+def _say(msg: str) -> None:
+    print(f"[servescope] {msg}", file=sys.stderr, flush=True)
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from servescope.engines.vllm_cpu import EngineError, free_port, start_local_vllm
+
+    store = Store(args.db)
+    scenario = _scenario_path(args.scenario)
+    if not scenario.exists():
+        raise CliError(f"--scenario {args.scenario}: no such file", 2)
+    server = None
+    dashboard = None
+    load = None
+    collector = None
+    try:
+        if args.target:
+            url = args.target.rstrip("/")
+            _say(f"using the running server at {url}")
+        else:
+            port = args.vllm_port
+            if not _port_free("127.0.0.1", port):
+                port = free_port()
+                _say(f"port {args.vllm_port} is busy; vLLM will use {port}")
+            try:
+                server = start_local_vllm(port=port)
+            except EngineError as exc:
+                raise CliError(str(exc)) from None
+            url = server.url
+        spec = TargetSpec(name="demo-vllm" if server else "demo-target", runtime="vllm", url=url)
+        collector = Collector([spec], store, interval=2.0)
+        collector.start()
+        _say(f"collecting {url}/metrics every 2s into {store.path}")
+        if not args.no_dashboard:
+            if not _port_free(args.host, args.port):
+                raise CliError(f"dashboard port {args.host}:{args.port} is busy; use --port")
+            dashboard = subprocess.Popen(dashboard_command(store.path, args.host, args.port),
+                                         stdout=subprocess.DEVNULL, cwd=REPO_ROOT)
+            _say(f"dashboard: http://{args.host}:{args.port}")
+        out = Path(store.path).with_name("demo-summary.json")
+        _say(f"running scenario {scenario} against {url}")
+        load = subprocess.Popen([sys.executable, "-m", "servescope.cli", "--db", str(store.path),
+                                 "load", str(scenario), "--target", url, "--out", str(out)])
+        load.wait()
+        if load.returncode != 0:
+            _say(f"load run exited with {load.returncode}")
+        if args.exit_after_run:
+            return load.returncode
+        where = f"http://{args.host}:{args.port}" if dashboard else "the store"
+        _say(f"scenario done; still collecting. Look at {where}. Ctrl-C stops everything.")
+        while True:
+            time.sleep(1)
+            if dashboard is not None and dashboard.poll() is not None:
+                raise CliError(f"the dashboard exited with {dashboard.returncode}")
+    except KeyboardInterrupt:
+        _say("stopping (measurements are kept in the store)")
+        return 0
+    finally:
+        if load is not None and load.poll() is None:
+            load.wait(30)  # it got the same Ctrl-C and is saving its summary
+        if collector is not None:
+            collector.stop()
+        if dashboard is not None and dashboard.poll() is None:
+            dashboard.terminate()
+            dashboard.wait(10)
+        if server is not None:
+            server.stop()
+        store.close()

@@ -1,0 +1,49 @@
+"""Small test helpers: run the CLI as a user would, serve captured pages on loopback."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def servescope(*args: str, db: Path | None = None, timeout: float = 300, **kw):
+    env = dict(os.environ)
+    if db is not None:
+        env["SERVESCOPE_DB"] = str(db)
+    return subprocess.run(
+        [sys.executable, "-m", "servescope.cli", *args],
+        capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO_ROOT, **kw,
+    )
+
+
+class PageServer:
+    """Serves fixed bytes at /metrics on 127.0.0.1 (a captured page from a real server)."""
+
+    def __init__(self, body: bytes, status: int = 200) -> None:
+        page = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - http.server's naming
+                self.send_response(page.status)
+                self.send_header("content-type", "text/plain; version=0.0.4")
+                self.send_header("content-length", str(len(page.body)))
+                self.end_headers()
+                self.wfile.write(page.body)
+
+            def log_message(self, *args):
+                pass
+
+        self.body, self.status = body, status
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

