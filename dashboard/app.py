@@ -43,8 +43,9 @@ def main() -> None:
 
     page = st.navigation(
         [
-            st.Page(live_page, title="Live", icon=":material/monitoring:", url_path="live",
-                    default=True),
+            st.Page(
+                live_page, title="Live", icon=":material/monitoring:", url_path="live", default=True
+            ),
             st.Page(run_page, title="Run", icon=":material/speed:", url_path="run"),
         ]
     )
@@ -52,4 +53,5 @@ def main() -> None:
     page.run()
 
 
-main()
+if __name__ == "__main__":
+    main()

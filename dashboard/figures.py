@@ -72,7 +72,12 @@ def _layout(fig: go.Figure, title: str, x_title: str, y_title: str) -> go.Figure
 def _note_if_empty(fig: go.Figure, message: str = "no data in this time range") -> go.Figure:
     if not fig.data:
         fig.add_annotation(
-            text=message, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5,
+            text=message,
+            showarrow=False,
+            xref="paper",
+            yref="paper",
+            x=0.5,
+            y=0.5,
             font={"color": "gray"},
         )
         fig.update_xaxes(showticklabels=False)
@@ -137,35 +142,76 @@ def throughput_figure(prompt_rate: pd.DataFrame, generation_rate: pd.DataFrame) 
 
 def quantile_figure(quantiles: pd.DataFrame, title: str, scale: float = 1000.0) -> go.Figure:
     """Lines per quantile from DataFrame(ts, q, value); seconds -> ms by default."""
-    series = {
-        QUANTILE_NAMES.get(q, f"q{q:g}"): frame[["ts", "value"]]
-        for q, frame in quantiles.groupby("q", sort=True)
-    } if not quantiles.empty else {}
+    series = (
+        {
+            QUANTILE_NAMES.get(q, f"q{q:g}"): frame[["ts", "value"]]
+            for q, frame in quantiles.groupby("q", sort=True)
+        }
+        if not quantiles.empty
+        else {}
+    )
     fig = time_lines(series, title, "ms", scale=scale)
     fig.update_traces(connectgaps=False)
     return fig
 
 
 def latency_histogram(
-    values_ms: Sequence[float], title: str, x_title: str, marks: Mapping[str, float] = {}
+    values_ms: Sequence[float],
+    title: str,
+    x_title: str,
+    marks: Mapping[str, float | None] | None = None,
+    bins: int = 60,
 ) -> go.Figure:
-    """Histogram with a vertical line for each mark (percentiles, SLO targets)."""
+    """Histogram with a vertical line for each mark (percentiles, SLO targets).
+
+    Binned here, not in the browser: pooled ITL easily holds a million gaps. Bins stop at
+    3 x p99 so one stray outlier cannot squash the shape into a single bar; how many lie
+    beyond is said on the chart.
+    """
     fig = go.Figure()
-    if len(values_ms):
-        fig.add_trace(go.Histogram(x=list(values_ms), name="requests", nbinsx=50))
+    values = np.asarray(values_ms, dtype=float)
+    values = values[np.isfinite(values)]
+    if values.size:
+        upper = min(float(values.max()), 3 * float(np.percentile(values, 99)))
+        upper = upper if upper > values.min() else float(values.min()) + 1.0
+        counts, edges = np.histogram(values, bins=bins, range=(float(values.min()), upper))
+        fig.add_trace(
+            go.Bar(
+                x=(edges[:-1] + edges[1:]) / 2,
+                y=counts,
+                width=np.diff(edges),
+                name="requests",
+                marker={"line": {"width": 0}},
+            )
+        )
+        beyond = int((values > upper).sum())
+        if beyond:
+            fig.add_annotation(
+                text=f"{beyond:,} above {upper:,.0f} ms not shown",
+                showarrow=False,
+                xref="paper",
+                yref="paper",
+                x=1,
+                y=1,
+                xanchor="right",
+                font={"color": "gray"},
+            )
         for label, x in (marks or {}).items():
             if x is None or not np.isfinite(x):
                 continue
             is_slo = label.startswith("SLO")
             fig.add_vline(
                 x=x,
-                line={"dash": "dot" if is_slo else "dash", "width": 1,
-                      "color": "crimson" if is_slo else "gray"},
+                line={
+                    "dash": "dot" if is_slo else "dash",
+                    "width": 1,
+                    "color": "crimson" if is_slo else "gray",
+                },
                 annotation_text=label,
                 annotation_position="top",
             )
     fig = _layout(fig, title, x_title, "count")
-    fig.update_layout(hovermode="closest", showlegend=False)
+    fig.update_layout(hovermode="closest", showlegend=False, bargap=0)
     return _note_if_empty(fig, "no successful requests")
 
 
@@ -196,7 +242,10 @@ def latency_scatter(requests: pd.DataFrame, start_s: float) -> go.Figure:
                 continue
             fig.add_trace(
                 go.Scatter(
-                    x=part["send_s"] - start_s, y=part["e2e_ms"], name=name, mode="markers",
+                    x=part["send_s"] - start_s,
+                    y=part["e2e_ms"],
+                    name=name,
+                    mode="markers",
                     marker={"color": color, "size": 5, "opacity": 0.7},
                 )
             )
@@ -219,9 +268,13 @@ def time_split_figure(
                 continue
             fig.add_trace(
                 go.Bar(
-                    y=[row_name], x=[ms], name=phase, orientation="h",
+                    y=[row_name],
+                    x=[ms],
+                    name=phase,
+                    orientation="h",
                     marker={"color": PHASE_COLORS.get(phase)},
-                    text=[f"{phase} {ms:,.0f} ms"], textposition="inside",
+                    text=[f"{phase} {ms:,.0f} ms"],
+                    textposition="inside",
                     insidetextanchor="middle",
                 )
             )

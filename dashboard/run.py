@@ -217,9 +217,7 @@ def _distributions(
         ),
         key="ecdf",
     )
-    right.plotly_chart(
-        figures.latency_scatter(table, float(table["send_s"].min())), key="scatter"
-    )
+    right.plotly_chart(figures.latency_scatter(table, float(table["send_s"].min())), key="scatter")
 
 
 def _marks(dist: Mapping[str, Any], slo: Mapping[str, float]) -> dict[str, float | None]:

