@@ -78,7 +78,10 @@ class TargetCollector(threading.Thread):
             self._set_state(False, str(exc))
             return
         if self.up is not True:
-            info = server_info(self.spec.url, self.spec.runtime, client, self.timeout)
+            if self.spec.runtime == "auto":  # detected: keep it for the store and later scrapes
+                self.spec = TargetSpec(self.spec.name, snap.runtime, self.spec.url)
+                self.store.upsert_target(self.spec.name, snap.runtime, self.spec.url)
+            info = server_info(self.spec.url, snap.runtime, client, self.timeout)
             info.update(snap.info)
             self.store.set_target_info(self.target_id, info)
         self.store.add_samples(self.target_id, snap.ts, snap.samples)

@@ -56,7 +56,71 @@ VLLM = RuntimeMapping(
     info_family="vllm:cache_config_info",
 )
 
-MAPPINGS: dict[str, RuntimeMapping] = {m.runtime: m for m in (VLLM,)}
+# llama.cpp server (--metrics). It dropped its KV-usage gauges; KV use comes from /slots.
+LLAMACPP = RuntimeMapping(
+    runtime="llamacpp",
+    gauges={
+        "running": "llamacpp:requests_processing",
+        "waiting": "llamacpp:requests_deferred",
+    },
+    counters={
+        "prompt_tokens_total": "llamacpp:prompt_tokens",
+        "generation_tokens_total": "llamacpp:tokens_predicted",
+        "prompt_tokens_cached_total": "llamacpp:prompt_tokens_cached",
+        "prefill_seconds_total": "llamacpp:prompt_seconds",
+        "decode_seconds_total": "llamacpp:tokens_predicted_seconds",
+    },
+    histograms={},
+)
+
+# SGLang: names from its documented production metrics; latency histograms as vLLM's.
+SGLANG = RuntimeMapping(
+    runtime="sglang",
+    gauges={
+        "running": "sglang:num_running_reqs",
+        "waiting": "sglang:num_queue_reqs",
+        "kv_usage": "sglang:token_usage",
+        "kv_capacity_tokens": "sglang:max_total_num_tokens",
+        "preemptions_total": "sglang:num_retracted_reqs",
+    },
+    counters={
+        "prompt_tokens_total": "sglang:prompt_tokens",
+        "generation_tokens_total": "sglang:generation_tokens",
+        "prompt_tokens_cached_total": "sglang:cached_tokens",
+    },
+    histograms={
+        "ttft_seconds": "sglang:time_to_first_token_seconds",
+        "itl_seconds": "sglang:inter_token_latency_seconds",
+        "e2e_seconds": "sglang:e2e_request_latency_seconds",
+        "queue_seconds": "sglang:queue_time_seconds",
+    },
+    aliases={"sglang:time_per_output_token_seconds": "sglang:inter_token_latency_seconds"},
+)
+
+# Hugging Face TGI: names from its documented metrics.
+TGI = RuntimeMapping(
+    runtime="tgi",
+    gauges={"running": "tgi_batch_current_size", "waiting": "tgi_queue_size"},
+    counters={"requests_finished_total": "tgi_request_success"},
+    histograms={
+        "queue_seconds": "tgi_request_queue_duration",
+        "inference_seconds": "tgi_request_inference_duration",
+        "e2e_seconds": "tgi_request_duration",
+        "tpot_seconds": "tgi_request_mean_time_per_token_duration",
+        "request_prompt_tokens": "tgi_request_input_length",
+        "request_generation_tokens": "tgi_request_generated_tokens",
+    },
+)
+
+MAPPINGS: dict[str, RuntimeMapping] = {m.runtime: m for m in (VLLM, LLAMACPP, SGLANG, TGI)}
+
+# Runtime auto-detection: the metric-name prefix each runtime's /metrics page carries.
+PREFIXES: dict[str, str] = {
+    "vllm:": "vllm",
+    "sglang:": "sglang",
+    "llamacpp:": "llamacpp",
+    "tgi_": "tgi",
+}
 
 # The concepts every snapshot reports (null where the runtime does not say).
 SCALAR_CONCEPTS = (
@@ -71,4 +135,7 @@ SCALAR_CONCEPTS = (
     "requests_finished_total",
     "prefix_cache_queries_total",
     "prefix_cache_hits_total",
+    "prompt_tokens_cached_total",
+    "prefill_seconds_total",
+    "decode_seconds_total",
 )

@@ -106,15 +106,20 @@ def normalize(text: str, mapping: RuntimeMapping, source: str, ts: float) -> Sna
         if kind == "histograms":
             snap.samples.extend(_histogram_samples(concept, fam))
         elif kind == "counters":
+            # A counter's _created twin is not the counter (some servers also expose
+            # counters without the _total suffix).
             snap.samples.extend(
                 Sample(concept, s.value, s.name, dict(s.labels))
                 for s in fam.samples
-                if s.name.endswith("_total")
+                if not s.name.endswith("_created")
             )
         else:
             snap.samples.extend(
                 Sample(concept, s.value, s.name, dict(s.labels)) for s in fam.samples
             )
+    for s in snap.samples:
+        if s.concept == "kv_capacity_tokens" and s.raw_name != mapping.info_family:
+            kv_caps.setdefault(s.labels.get("engine", ""), s.value)
     # Free KV tokens per engine = capacity x (1 - usage).
     for s in [s for s in snap.samples if s.concept == "kv_usage"]:
         cap = kv_caps.get(s.labels.get("engine", ""))

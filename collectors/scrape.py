@@ -8,8 +8,9 @@ from typing import Any
 
 import httpx
 
-from collectors.mappings import MAPPINGS
-from collectors.normalize import ParseError, Snapshot, normalize
+from collectors.llamacpp import props_info, slots_samples
+from collectors.mappings import MAPPINGS, PREFIXES
+from collectors.normalize import ParseError, Snapshot, normalize, parse_families
 
 
 class ScrapeError(RuntimeError):
@@ -62,37 +63,80 @@ def fetch_text(source: str, client: httpx.Client | None = None, timeout: float =
     return resp.text
 
 
+def detect_runtime(text: str) -> str | None:
+    """The runtime whose metric prefix the page carries (None when none does)."""
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            for prefix, runtime in PREFIXES.items():
+                if line.startswith(prefix):
+                    return runtime
+    return None
+
+
 def scrape(
     source: str, runtime: str = "vllm", client: httpx.Client | None = None, timeout: float = 5.0
 ) -> Snapshot:
-    try:
-        mapping = MAPPINGS[runtime]
-    except KeyError:
+    """Fetch and normalize one page. `runtime="auto"` detects it from the metric names."""
+    if runtime != "auto" and runtime not in MAPPINGS:
         raise ScrapeError(
-            f"unknown runtime {runtime!r}; known: {', '.join(sorted(MAPPINGS))}"
-        ) from None
+            f"unknown runtime {runtime!r}; known: auto, {', '.join(sorted(MAPPINGS))}"
+        )
     text = fetch_text(source, client, timeout)
     ts = time.time()
+    if runtime == "auto":
+        runtime = detect_runtime(text) or ""
+        if not runtime:
+            try:
+                parse_families(text)
+            except ParseError as exc:
+                raise ScrapeError(f"{source}: {exc}") from exc
+            raise ScrapeError(f"{source}: no known runtime's metrics in the page "
+                              f"(looked for {', '.join(PREFIXES)})")
     try:
-        return normalize(text, mapping, source=source, ts=ts)
+        snap = normalize(text, MAPPINGS[runtime], source=source, ts=ts)
     except ParseError as exc:
         raise ScrapeError(f"{source}: {exc}") from exc
+    if runtime == "llamacpp" and _is_url(source):
+        slots = _get_json(base_url(source) + "/slots", client, timeout)
+        if isinstance(slots, list):
+            snap.samples.extend(slots_samples(slots))
+    return snap
+
+
+def _is_url(source: str) -> bool:
+    return source.startswith(("http://", "https://"))
+
+
+def _get_json(url: str, client: httpx.Client | None, timeout: float) -> Any:
+    """JSON at `url`, or None when the endpoint is missing or answers garbage."""
+    try:
+        resp = (client or httpx).get(url, timeout=timeout)
+        resp.raise_for_status()
+        return resp.json()
+    except (httpx.HTTPError, ValueError):
+        return None
 
 
 def server_info(
     source: str, runtime: str, client: httpx.Client | None = None, timeout: float = 5.0
 ) -> dict[str, Any]:
-    """What the server says about itself (vLLM: /v1/models -> served models, max_model_len).
-    Empty for a saved file or when the endpoint is unavailable."""
-    if runtime != "vllm" or not source.startswith(("http://", "https://")):
+    """What the server says about itself (vLLM: /v1/models -> served models and
+    max_model_len; llama.cpp: /props). Empty for a saved file or a missing endpoint."""
+    if not _is_url(source):
         return {}
-    url = base_url(source) + "/v1/models"
-    try:
-        resp = (client or httpx).get(url, timeout=timeout)
-        resp.raise_for_status()
-        data = resp.json().get("data", [])
-    except (httpx.HTTPError, ValueError):
+    base = base_url(source)
+    if runtime == "llamacpp":
+        props = _get_json(base + "/props", client, timeout)
+        return props_info(props) if isinstance(props, dict) else {}
+    data = _get_json(base + "/v1/models", client, timeout)
+    if not isinstance(data, dict):
         return {}
-    models = [{"id": m.get("id"), "max_model_len": m.get("max_model_len")} for m in data]
-    return {"models": models, "model": models[0]["id"] if models else None,
-            "max_model_len": models[0]["max_model_len"] if models else None}
+    models = [
+        {"id": m.get("id"), "max_model_len": m.get("max_model_len")}
+        for m in data.get("data") or []
+        if isinstance(m, dict)
+    ]
+    if not models:
+        return {}
+    return {"models": models, "model": models[0]["id"],
+            "max_model_len": models[0]["max_model_len"]}

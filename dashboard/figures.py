@@ -16,13 +16,43 @@ import pandas as pd
 import plotly.graph_objects as go
 
 CHART_HEIGHT = 300
+ECDF_MAX_POINTS = 1000
+# A short modebar (no logo, no select/lasso tools) that leaves room for chart titles.
+PLOTLY_CONFIG = {
+    "displaylogo": False,
+    "modeBarButtonsToRemove": [
+        "zoom2d",
+        "pan2d",
+        "select2d",
+        "lasso2d",
+        "zoomIn2d",
+        "zoomOut2d",
+        "autoScale2d",
+    ],
+}
 QUANTILE_NAMES = {0.5: "p50", 0.9: "p90", 0.95: "p95", 0.99: "p99"}
-PHASE_COLORS = {
+# Fixed colors per series name, so "waiting" or "p99" look the same on every chart and
+# lines on one chart never come out as two shades of one hue.
+COLORS = {
+    "running": "#4e79a7",
+    "waiting": "#e15759",
+    "KV cache used": "#4e79a7",
+    "free": "#59a14f",
+    "capacity": "#9aa5b1",
+    "prompt": "#f28e2b",
+    "generation": "#4e79a7",
+    "p50": "#4e79a7",
+    "p90": "#76b7b2",
+    "p95": "#f28e2b",
+    "p99": "#e15759",
+    "TTFT": "#f28e2b",
+    "E2E": "#4e79a7",
+    "after first token": "#4e79a7",
     "queue": "#9aa5b1",
     "prefill": "#f28e2b",
     "decode": "#4e79a7",
-    "TTFT": "#f28e2b",
-    "after first token": "#4e79a7",
+    "ok": "#4e79a7",
+    "error": "#e15759",
 }
 
 _URL_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]+@")
@@ -57,15 +87,33 @@ def redact_urls(text: str) -> str:
 
 
 def _layout(fig: go.Figure, title: str, x_title: str, y_title: str) -> go.Figure:
+    # Title on its own line, legend left-aligned under it: the modebar (top right) then
+    # covers neither.
     fig.update_layout(
-        title={"text": title, "font": {"size": 15}},
+        title={"text": title, "font": {"size": 15}, "x": 0, "xanchor": "left", "y": 0.98},
         height=CHART_HEIGHT,
-        margin={"l": 10, "r": 10, "t": 45, "b": 10},
-        legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "xanchor": "right", "x": 1},
+        margin={"l": 10, "r": 10, "t": 70, "b": 10},
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "left", "x": 0},
         hovermode="x unified",
     )
     fig.update_xaxes(title_text=x_title)
     fig.update_yaxes(title_text=y_title, rangemode="tozero")
+    return fig
+
+
+def _clock_axis(fig: go.Figure) -> go.Figure:
+    """Clock-time ticks (dates only when the range spans days), never rotated."""
+    fig.update_xaxes(
+        tickformatstops=[
+            {"dtickrange": [None, 1000], "value": "%H:%M:%S.%L"},
+            {"dtickrange": [1000, 60_000], "value": "%H:%M:%S"},
+            {"dtickrange": [60_000, 86_400_000], "value": "%H:%M"},
+            {"dtickrange": [86_400_000, None], "value": "%b %d"},
+        ],
+        tickangle=0,
+        nticks=6,
+        hoverformat="%Y-%m-%d %H:%M:%S",
+    )
     return fig
 
 
@@ -103,15 +151,15 @@ def time_lines(
                 y=frame["value"] * scale,
                 name=name,
                 mode="lines",
-                line={"dash": "dash" if name in dashed else "solid"},
+                line={"dash": "dash" if name in dashed else "solid", "color": COLORS.get(name)},
             )
         )
-    return _note_if_empty(_layout(fig, title, "local time", y_title))
+    return _note_if_empty(_clock_axis(_layout(fig, title, "local time", y_title)))
 
 
 def running_waiting_figure(running: pd.DataFrame, waiting: pd.DataFrame) -> go.Figure:
     return time_lines(
-        {"running": running, "waiting": waiting}, "Requests running and waiting", "requests"
+        {"running": running, "waiting": waiting}, "Requests running / waiting", "requests"
     )
 
 
@@ -135,7 +183,7 @@ def kv_headroom_figure(free: pd.DataFrame, capacity: pd.DataFrame) -> go.Figure:
 def throughput_figure(prompt_rate: pd.DataFrame, generation_rate: pd.DataFrame) -> go.Figure:
     return time_lines(
         {"prompt": prompt_rate, "generation": generation_rate},
-        "Token throughput (server)",
+        "Tokens/s (server)",
         "tokens/s",
     )
 
@@ -208,7 +256,7 @@ def latency_histogram(
                     "color": "crimson" if is_slo else "gray",
                 },
                 annotation_text=label,
-                annotation_position="top",
+                annotation_position="bottom right" if is_slo else "top",
             )
     fig = _layout(fig, title, x_title, "count")
     fig.update_layout(hovermode="closest", showlegend=False, bargap=0)
@@ -221,9 +269,22 @@ def ecdf_figure(values_ms: Mapping[str, Sequence[float]], title: str) -> go.Figu
     for name, values in values_ms.items():
         if not len(values):
             continue
-        xs = np.sort(np.asarray(values, dtype=float))
-        ys = np.arange(1, len(xs) + 1) / len(xs) * 100.0
-        fig.add_trace(go.Scatter(x=xs, y=ys, name=name, mode="lines", line={"shape": "hv"}))
+        arr = np.asarray(values, dtype=float)
+        if arr.size > ECDF_MAX_POINTS:  # the curve, not every request, goes to the browser
+            ys = np.linspace(0.0, 100.0, ECDF_MAX_POINTS + 1)
+            xs = np.percentile(arr, ys)
+        else:
+            xs = np.sort(arr)
+            ys = np.arange(1, arr.size + 1) / arr.size * 100.0
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=ys,
+                name=name,
+                mode="lines",
+                line={"shape": "hv", "color": COLORS.get(name)},
+            )
+        )
     fig = _layout(fig, title, "latency (ms)", "requests at or below (%)")
     fig.update_layout(hovermode="closest")
     return _note_if_empty(fig, "no successful requests")
@@ -236,7 +297,7 @@ def latency_scatter(requests: pd.DataFrame, start_s: float) -> go.Figure:
     """
     fig = go.Figure()
     if not requests.empty:
-        for ok, name, color in ((True, "ok", "#4e79a7"), (False, "error", "crimson")):
+        for ok, name in ((True, "ok"), (False, "error")):
             part = requests[(requests["ok"] == ok) & requests["e2e_ms"].notna()]
             if part.empty:
                 continue
@@ -246,7 +307,7 @@ def latency_scatter(requests: pd.DataFrame, start_s: float) -> go.Figure:
                     y=part["e2e_ms"],
                     name=name,
                     mode="markers",
-                    marker={"color": color, "size": 5, "opacity": 0.7},
+                    marker={"color": COLORS[name], "size": 5, "opacity": 0.7},
                 )
             )
     fig = _layout(fig, "E2E latency over the run", "sent at (s since run start)", "E2E (ms)")
@@ -272,13 +333,15 @@ def time_split_figure(
                     x=[ms],
                     name=phase,
                     orientation="h",
-                    marker={"color": PHASE_COLORS.get(phase)},
+                    marker={"color": COLORS.get(phase)},
                     text=[f"{phase} {ms:,.0f} ms"],
                     textposition="inside",
                     insidetextanchor="middle",
                 )
             )
-    fig = _layout(fig, "Where the time went", "ms", "")
-    fig.update_layout(barmode="stack", hovermode="closest", height=230)
+    fig = _layout(fig, "Mean time per request: server phases and client view", "ms", "")
+    fig.update_layout(
+        barmode="stack", hovermode="closest", height=230, legend={"traceorder": "normal"}
+    )
     fig.update_yaxes(rangemode="normal")
     return _note_if_empty(fig, "no server or client timings")

@@ -50,10 +50,12 @@ def render(store: Store) -> None:
         st.info(EMPTY_STATE)
         return
     names = [t["name"] for t in targets]
-    left, middle, right = st.columns([3, 2, 1], vertical_alignment="bottom")
+    left, middle, right = st.columns([4, 4, 2], vertical_alignment="bottom")
     chosen = left.multiselect("Targets", names, default=names)
-    range_label = middle.radio("Time range", list(TIME_RANGES), index=1, horizontal=True)
-    auto = right.toggle(f"Auto-refresh ({REFRESH_S} s)", value=True)
+    range_label = middle.segmented_control(
+        "Time range", list(TIME_RANGES), default="last 15 min", required=True
+    )
+    auto = right.toggle(f"Auto-refresh every {REFRESH_S} s", value=True)
     if not chosen:
         st.info("Pick at least one target.")
         return
@@ -82,39 +84,29 @@ def _render_target(store: Store, target: dict[str, Any], since: float | None) ->
                 "range, or check that `servescope collect` is running against it."
             )
             return
-        row1 = st.columns(3)
-        row1[0].plotly_chart(
+        charts = [
             figures.running_waiting_figure(
                 gauge_series(df, "running"), gauge_series(df, "waiting")
             ),
-            key=f"running-{target['id']}",
-        )
-        row1[1].plotly_chart(
-            figures.kv_usage_figure(kv_usage_series(df)), key=f"kv-usage-{target['id']}"
-        )
-        row1[2].plotly_chart(
+            figures.kv_usage_figure(kv_usage_series(df)),
             figures.kv_headroom_figure(
                 gauge_series(df, "kv_free_tokens"), gauge_series(df, "kv_capacity_tokens")
             ),
-            key=f"kv-free-{target['id']}",
-        )
-        row2 = st.columns(3)
-        row2[0].plotly_chart(
             figures.throughput_figure(
                 counter_rate_series(df, "prompt_tokens_total"),
                 counter_rate_series(df, "generation_tokens_total"),
             ),
-            key=f"tokens-{target['id']}",
-        )
-        for column, concept, label in (
-            (row2[1], "ttft_seconds", "TTFT"),
-            (row2[2], "itl_seconds", "Inter-token latency"),
-        ):
-            quantiles = histogram_quantile_series(df, concept, window_s=QUANTILE_WINDOW_S)
-            title = f"{label} (server, {QUANTILE_WINDOW_S:.0f} s window)"
-            column.plotly_chart(
-                figures.quantile_figure(quantiles, title), key=f"{concept}-{target['id']}"
-            )
+            figures.quantile_figure(
+                histogram_quantile_series(df, "ttft_seconds", window_s=QUANTILE_WINDOW_S),
+                f"TTFT (server, {QUANTILE_WINDOW_S:.0f} s window)",
+            ),
+            figures.quantile_figure(
+                histogram_quantile_series(df, "itl_seconds", window_s=QUANTILE_WINDOW_S),
+                f"ITL (server, {QUANTILE_WINDOW_S:.0f} s window)",
+            ),
+        ]
+        for i, (column, fig) in enumerate(zip(st.columns(3) + st.columns(3), charts, strict=True)):
+            column.plotly_chart(fig, key=f"live-{target['id']}-{i}", config=figures.PLOTLY_CONFIG)
 
 
 def _target_header(target: dict[str, Any]) -> None:
@@ -132,11 +124,14 @@ def _target_header(target: dict[str, Any]) -> None:
             status_col.caption(f"Last error: {redact_urls(target['last_error'])}")
     else:
         status_col.badge("never scraped", color="gray")
+    caps = [c for c in (info.get("cache_config") or {}).values() if isinstance(c, dict)]
+    if not info.get("model") and not caps:
+        st.caption("No server info yet: it is read when the collector first reaches the target.")
+        return
     facts = st.columns(4)
     facts[0].metric("Served model", info.get("model") or "unknown")
-    facts[1].metric("max_model_len", _tokens(info.get("max_model_len")))
-    caps = [c for c in (info.get("cache_config") or {}).values() if isinstance(c, dict)]
-    facts[2].metric("KV capacity", _tokens(_kv_capacity_tokens(caps)))
+    facts[1].metric("max_model_len (tokens)", _count(info.get("max_model_len")))
+    facts[2].metric("KV capacity (tokens)", _count(_kv_capacity_tokens(caps)))
     facts[3].metric("Engines", len(caps) or "unknown")
 
 
@@ -154,5 +149,5 @@ def _kv_capacity_tokens(cache_configs: list[dict[str, Any]]) -> int | None:
     return total or None
 
 
-def _tokens(n: int | None) -> str:
-    return f"{n:,} tokens" if n else "unknown"
+def _count(n: int | None) -> str:
+    return f"{n:,}" if n else "unknown"

@@ -61,7 +61,7 @@ def render(store: Store) -> None:
     _summary_metrics(summary)
     _slo_section(run, summary)
     st.subheader("Latency (client)")
-    st.dataframe(latency_table(summary), hide_index=True)
+    st.dataframe(latency_table(summary), hide_index=True, column_config=_ms_columns())
     _distributions(records, summary, _slos(run))
     _time_split(store, run, summary)
     table = pd.DataFrame(request_table(records))
@@ -160,8 +160,8 @@ def _run_header(run: Mapping[str, Any]) -> None:
 
 def _summary_metrics(summary: Mapping[str, Any]) -> None:
     cols = st.columns(5)
-    cols[0].metric("Requests ok", summary["requests_ok"])
-    cols[1].metric("Requests failed", summary["requests_failed"])
+    cols[0].metric("Requests ok", f"{summary['requests_ok']:,}")
+    cols[1].metric("Requests failed", f"{summary['requests_failed']:,}")
     cols[2].metric("Output tokens/s", _number(summary["output_tokens_per_s"]))
     cols[3].metric("Requests/s", _number(summary["requests_per_s"], digits=2))
     cols[4].metric("Active span", f"{summary['duration_s']:,.1f} s")
@@ -190,7 +190,13 @@ def _slo_section(run: Mapping[str, Any], summary: Mapping[str, Any]) -> None:
         st.warning("SLOs could not be checked: no successful requests.")
     table = pd.DataFrame(rows)
     table["passed"] = table["passed"].map({True: "pass", False: "FAIL", None: "no data"})
-    st.dataframe(table, hide_index=True)
+    st.dataframe(table, hide_index=True, column_config=_ms_columns())
+
+
+def _ms_columns() -> dict[str, Any]:
+    """Milliseconds to one decimal: finer than that is noise at these scales."""
+    names = ("p50", "p95", "p99", "mean", "target", "measured")
+    return {f"{n} (ms)": st.column_config.NumberColumn(format="%.1f") for n in names}
 
 
 def _distributions(
@@ -208,6 +214,7 @@ def _distributions(
                 marks=_marks(summary.get(metric) or {}, slos.get(metric) or {}),
             ),
             key=f"hist-{metric}",
+            config=figures.PLOTLY_CONFIG,
         )
     table = pd.DataFrame(request_table(records))
     left, right = st.columns(2)
@@ -216,8 +223,13 @@ def _distributions(
             {"TTFT": values["ttft_ms"], "E2E": values["e2e_ms"]}, "TTFT and E2E, cumulative"
         ),
         key="ecdf",
+        config=figures.PLOTLY_CONFIG,
     )
-    right.plotly_chart(figures.latency_scatter(table, float(table["send_s"].min())), key="scatter")
+    right.plotly_chart(
+        figures.latency_scatter(table, float(table["send_s"].min())),
+        key="scatter",
+        config=figures.PLOTLY_CONFIG,
+    )
 
 
 def _marks(dist: Mapping[str, Any], slo: Mapping[str, float]) -> dict[str, float | None]:
@@ -257,7 +269,9 @@ def _time_split(store: Store, run: Mapping[str, Any], summary: Mapping[str, Any]
     found = server_split(store, run["target_url"], since, until)
     phases = found[1] if found else {}
     server_ms = {p: (w.mean * 1000.0 if w.mean is not None else None) for p, w in phases.items()}
-    st.plotly_chart(figures.time_split_figure(server_ms, client), key="time-split")
+    st.plotly_chart(
+        figures.time_split_figure(server_ms, client), key="time-split", config=figures.PLOTLY_CONFIG
+    )
     if found is None:
         st.info(NO_SERVER_DATA.format(url=redact_urls(run["target_url"])))
         return

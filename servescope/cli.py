@@ -209,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("scrape", help="print one normalized snapshot of a server's metrics")
     s.add_argument("source", help="server URL (its /metrics) or a saved /metrics file")
-    s.add_argument("--runtime", default="vllm", choices=["vllm"])
+    s.add_argument("--runtime", default="auto",
+                   choices=["auto", "vllm", "llamacpp", "sglang", "tgi"])
     s.add_argument("--json", action="store_true", help="print the snapshot as JSON")
     s.add_argument("--no-raw", action="store_true", help="leave unmapped metrics out")
     s.add_argument("--timeout", type=_duration, default=5.0)

@@ -23,23 +23,28 @@ def servescope(*args: str, db: Path | None = None, timeout: float = 300, **kw):
 
 
 class PageServer:
-    """Serves fixed bytes at /metrics on 127.0.0.1 (a captured page from a real server)."""
+    """Serves captured pages from a real server on 127.0.0.1: `routes` maps a path to its
+    body (a single body answers /metrics); anything else is a 404."""
 
-    def __init__(self, body: bytes, status: int = 200) -> None:
+    def __init__(self, routes: bytes | dict[str, bytes], status: int = 200) -> None:
         page = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 - http.server's naming
-                self.send_response(page.status)
+                body = page.routes.get(self.path)
+                status = page.status if body is not None else 404
+                body = body if body is not None else b"not found"
+                self.send_response(status)
                 self.send_header("content-type", "text/plain; version=0.0.4")
-                self.send_header("content-length", str(len(page.body)))
+                self.send_header("content-length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(page.body)
+                self.wfile.write(body)
 
             def log_message(self, *args):
                 pass
 
-        self.body, self.status = body, status
+        self.routes = routes if isinstance(routes, dict) else {"/metrics": routes}
+        self.status = status
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -124,6 +125,14 @@ def texts(elements) -> str:
     return "\n".join(str(e.value) for e in elements)
 
 
+def chart_specs(at: AppTest) -> list[dict]:
+    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+
+
+def trace_names(spec: dict) -> list[str]:
+    return [trace["name"] for trace in spec["data"]]
+
+
 def test_live_page_empty_store_says_how_to_collect(empty_db: Path) -> None:
     at = AppTest.from_function(live_page, default_timeout=TIMEOUT_S).run()
     assert not at.exception
@@ -144,31 +153,45 @@ def test_live_page_charts_a_collected_target(full_db: Path) -> None:
     assert not at.exception
     assert [s.value for s in at.subheader] == ["local"]
     assert at.multiselect[0].value == ["local"]
+    assert at.segmented_control[0].value == "last 15 min"
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Served model"] == "tiny-qwen2"
-    assert metrics["max_model_len"] == "2,048 tokens"
-    assert metrics["KV capacity"] == "524,288 tokens"
-    charts = at.get("plotly_chart")
-    assert len(charts) == 6
-    titles = " ".join(c.proto.spec for c in charts)
-    for title in (
-        "Requests running and waiting",
+    assert metrics["max_model_len (tokens)"] == "2,048"
+    assert metrics["KV capacity (tokens)"] == "524,288"
+    charts = {c["layout"]["title"]["text"]: c for c in chart_specs(at)}
+    assert list(charts) == [
+        "Requests running / waiting",
         "KV cache usage",
         "KV cache headroom",
-        "Token throughput",
-        "TTFT",
-        "Inter-token latency",
-    ):
-        assert title in titles
+        "Tokens/s (server)",
+        "TTFT (server, 30 s window)",
+        "ITL (server, 30 s window)",
+    ]
+    assert trace_names(charts["Tokens/s (server)"]) == ["prompt", "generation"]
+    assert trace_names(charts["TTFT (server, 30 s window)"]) == ["p50", "p95", "p99"]
+    assert trace_names(charts["KV cache headroom"]) == ["free", "capacity"]
     assert "up since" in texts(at.markdown)
 
 
 def test_live_page_explains_an_empty_time_range(full_db: Path) -> None:
+    store = Store(full_db)
+    old = store.upsert_target("old", "vllm", "http://10.0.0.7:8000")
+    store.set_target_status(old, up=False, error="GET http://u:pw@10.0.0.7:8000: refused")
+    two_hours_ago = time.time() - 7200
+    store.add_samples(old, two_hours_ago, [Sample("running", 3.0, "vllm:num_requests_running")])
+    store.add_samples(old, two_hours_ago + 2, [Sample("running", 4.0, "vllm:num_requests_running")])
+    store.close()
     at = AppTest.from_function(live_page, default_timeout=TIMEOUT_S).run()
-    at.radio[0].set_value("all").run()
-    assert len(at.get("plotly_chart")) == 6
-    at.multiselect[0].set_value([]).run()
     assert not at.exception
+    assert "No samples from this target in the selected time range" in texts(at.info)
+    assert len(at.get("plotly_chart")) == 6  # only the fresh target's
+    down = texts(at.markdown)
+    assert "down since" in down and "pw" not in down + texts(at.caption)
+    at.segmented_control[0].set_value("all").run()
+    assert not at.exception
+    assert "No samples" not in texts(at.info)
+    assert len(at.get("plotly_chart")) == 12
+    at.multiselect[0].set_value([]).run()
     assert "Pick at least one target." in texts(at.info)
 
 
@@ -186,10 +209,14 @@ def test_run_page_shows_summary_slos_charts_and_server_split(full_db: Path) -> N
     assert latency.loc[latency["metric"] == "ITL", "p99 (ms)"].item() == pytest.approx(20.0)
     assert dict(zip(slos["metric"], slos["passed"], strict=True)) == {"TTFT": "pass", "E2E": "FAIL"}
     assert "1 of 2 SLO targets missed." in texts(at.error)
-    charts = at.get("plotly_chart")
+    charts = chart_specs(at)
     assert len(charts) == 6  # three histograms, ECDF, scatter, time split
-    split = charts[-1].proto.spec
-    assert '"queue"' in split and '"prefill"' in split and '"decode"' in split
+    split = charts[-1]
+    assert trace_names(split) == ["queue", "prefill", "decode", "TTFT", "after first token"]
+    server_bars = {t["name"]: t["x"][0] for t in split["data"] if t["y"][0].startswith("server")}
+    # Scrapes at 0.5x and 1.0x of the real page: the page's own means, in ms.
+    assert server_bars["queue"] == pytest.approx(259.23216096099975 / 69 * 1000)
+    assert server_bars["decode"] == pytest.approx(194.35493370399945 / 69 * 1000)
     # The run's localhost:8000 matched the target at 127.0.0.1:8000.
     assert "requests finished on the server" in texts(at.caption)
     assert "No collector data" not in texts(at.info)
