@@ -5,16 +5,23 @@ and recorded in the store."""
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import httpx
 
+from collectors.exporter import SnapshotExporter
+from collectors.gpu import GpuCollector
+from collectors.host import HostCollector, find_serving_pids
+from collectors.normalize import Snapshot
 from collectors.scrape import ScrapeError, scrape, server_info
 from servescope.store import Store
 
 log = logging.getLogger("servescope.collect")
+HOST_TARGET = "host"
 
 
 @dataclass(frozen=True)
@@ -24,7 +31,7 @@ class TargetSpec:
     url: str
 
     @classmethod
-    def parse(cls, text: str, default_runtime: str = "vllm") -> TargetSpec:
+    def parse(cls, text: str, default_runtime: str = "auto") -> TargetSpec:
         """``NAME=RUNTIME:URL``, ``NAME=URL`` or ``URL``."""
         name, sep, rest = text.partition("=")
         if not sep:
@@ -44,13 +51,19 @@ class TargetSpec:
 
 class TargetCollector(threading.Thread):
     def __init__(
-        self, spec: TargetSpec, store: Store, interval: float, stop: threading.Event
+        self,
+        spec: TargetSpec,
+        store: Store,
+        interval: float,
+        stop: threading.Event,
+        exporter: SnapshotExporter | None = None,
     ) -> None:
         super().__init__(name=f"collect-{spec.name}", daemon=True)
         self.spec = spec
         self.store = store
         self.interval = interval
         self.stop_event = stop
+        self.exporter = exporter
         self.target_id = store.upsert_target(spec.name, spec.runtime, spec.url)
         self.up: bool | None = None
         self.scrapes_ok = 0
@@ -70,12 +83,17 @@ class TargetCollector(threading.Thread):
                     next_at = now + self.interval
                 self.stop_event.wait(next_at - now)
 
+    def _snapshot(self, client: httpx.Client) -> Snapshot:
+        return scrape(self.spec.url, self.spec.runtime, client=client, timeout=self.timeout)
+
     def scrape_once(self, client: httpx.Client) -> None:
         try:
-            snap = scrape(self.spec.url, self.spec.runtime, client=client, timeout=self.timeout)
+            snap = self._snapshot(client)
         except ScrapeError as exc:
             self.scrapes_failed += 1
             self._set_state(False, str(exc))
+            if self.exporter is not None:
+                self.exporter.update(self.spec.name, self.spec.runtime, None)
             return
         if self.up is not True:
             if self.spec.runtime == "auto":  # detected: keep it for the store and later scrapes
@@ -85,6 +103,8 @@ class TargetCollector(threading.Thread):
             info.update(snap.info)
             self.store.set_target_info(self.target_id, info)
         self.store.add_samples(self.target_id, snap.ts, snap.samples)
+        if self.exporter is not None:
+            self.exporter.update(self.spec.name, snap.runtime, snap.samples)
         self.scrapes_ok += 1
         if self.up is False and self.last_ok_ts is not None:
             self.store.add_target_event(
@@ -105,12 +125,59 @@ class TargetCollector(threading.Thread):
             log.warning("target %s is down: %s", self.spec.name, error)
 
 
+class HostTargetCollector(TargetCollector):
+    """This machine as a target: psutil host metrics, NVML GPU metrics, and the serving
+    processes of the other targets that listen on this host."""
+
+    def __init__(self, store: Store, interval: float, stop: threading.Event,
+                 exporter: SnapshotExporter | None, serving_urls: list[str]) -> None:
+        super().__init__(TargetSpec(HOST_TARGET, "host", "host://localhost"), store, interval,
+                         stop, exporter)
+        self.serving_urls = serving_urls
+        self.host = HostCollector()
+        self.gpu = GpuCollector()
+
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            self.gpu.close()
+
+    def _snapshot(self, client: httpx.Client) -> Snapshot:
+        pids = sorted({pid for url in self.serving_urls for pid in _local_pids(url)})
+        snap = Snapshot(runtime="host", source="host", ts=time.time())
+        snap.samples = self.host.collect(pids) + self.gpu.collect()
+        snap.info = {"hostname": socket.gethostname(), "gpus": len(self.gpu.gpus)}
+        return snap
+
+
+def _local_pids(url: str) -> list[int]:
+    parsed = urlsplit(url)
+    if parsed.hostname not in ("127.0.0.1", "localhost", "::1") or not parsed.port:
+        return []
+    return find_serving_pids(parsed.port)
+
+
 class Collector:
     """Runs one TargetCollector per target until stopped."""
 
-    def __init__(self, specs: list[TargetSpec], store: Store, interval: float = 2.0) -> None:
+    def __init__(
+        self,
+        specs: list[TargetSpec],
+        store: Store,
+        interval: float = 2.0,
+        exporter: SnapshotExporter | None = None,
+        host: bool = False,
+    ) -> None:
         self.stop_event = threading.Event()
-        self.workers = [TargetCollector(s, store, interval, self.stop_event) for s in specs]
+        self.workers = [
+            TargetCollector(s, store, interval, self.stop_event, exporter) for s in specs
+        ]
+        if host:
+            urls = [s.url for s in specs]
+            self.workers.append(
+                HostTargetCollector(store, interval, self.stop_event, exporter, urls)
+            )
 
     def start(self) -> None:
         for w in self.workers:

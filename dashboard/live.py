@@ -84,6 +84,11 @@ def _render_target(store: Store, target: dict[str, Any], since: float | None) ->
                 "range, or check that `servescope collect` is running against it."
             )
             return
+        last = float(df["ts"].max())
+        st.caption(
+            f"Last sample {local_clock(last)} ({ago(last)}), "
+            f"{df['ts'].nunique():,} scrapes in this range."
+        )
         charts = [
             figures.running_waiting_figure(
                 gauge_series(df, "running"), gauge_series(df, "waiting")

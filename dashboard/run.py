@@ -62,9 +62,9 @@ def render(store: Store) -> None:
     _slo_section(run, summary)
     st.subheader("Latency (client)")
     st.dataframe(latency_table(summary), hide_index=True, column_config=_ms_columns())
-    _distributions(records, summary, _slos(run))
-    _time_split(store, run, summary)
     table = pd.DataFrame(request_table(records))
+    _distributions(records, table, summary, _slos(run))
+    _time_split(store, run, summary)
     st.download_button(
         "Download per-request CSV",
         table.to_csv(index=False).encode(),
@@ -200,7 +200,10 @@ def _ms_columns() -> dict[str, Any]:
 
 
 def _distributions(
-    records: list[RequestRecord], summary: Mapping[str, Any], slos: Mapping[str, Any]
+    records: list[RequestRecord],
+    table: pd.DataFrame,
+    summary: Mapping[str, Any],
+    slos: Mapping[str, Any],
 ) -> None:
     values = {m: metric_values(records, m) for m in ("ttft_ms", "e2e_ms", "itl_ms")}
     cols = st.columns(3)
@@ -216,7 +219,6 @@ def _distributions(
             key=f"hist-{metric}",
             config=figures.PLOTLY_CONFIG,
         )
-    table = pd.DataFrame(request_table(records))
     left, right = st.columns(2)
     left.plotly_chart(
         figures.ecdf_figure(
@@ -278,7 +280,7 @@ def _time_split(store: Store, run: Mapping[str, Any], summary: Mapping[str, Any]
     name, phases, e2e_window = found
     window = e2e_window or next(iter(phases.values()))
     st.caption(
-        f"Server means per request from `{name}`'s histograms between "
+        f"Server means per request from the histograms of target `{name}` between "
         f"{local_clock(window.first_ts)} and {local_clock(window.last_ts)}: "
         f"{window.count:,.0f} requests finished on the server, {summary['requests_ok']:,} "
         "succeeded at the client. Queue + prefill is the server's share of TTFT and decode "

@@ -82,6 +82,7 @@ def cmd_scrape(args: argparse.Namespace) -> int:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
+    from collectors.exporter import SnapshotExporter, serve
     from collectors.loop import Collector, TargetSpec
 
     try:
@@ -92,8 +93,23 @@ def cmd_collect(args: argparse.Namespace) -> int:
     if len(set(names)) != len(names):
         raise CliError(f"--target names must be unique, got {names}", EXIT_BAD_INPUT)
     store = _store(args)
-    collector = Collector(specs, store, interval=args.interval)
-    print(f"collecting {', '.join(f'{s.name} ({s.runtime} {s.url})' for s in specs)} every "
+    exporter = None
+    if args.metrics_port:
+        exporter = SnapshotExporter()
+        try:
+            serve(exporter, args.metrics_host, args.metrics_port)
+        except OSError as exc:
+            raise CliError(f"--metrics-port {args.metrics_port}: cannot listen on "
+                           f"{args.metrics_host}:{args.metrics_port} ({exc.strerror})") from None
+        print(f"exporter: http://{args.metrics_host}:{args.metrics_port}/metrics",
+              file=sys.stderr)
+    collector = Collector(specs, store, interval=args.interval, exporter=exporter,
+                          host=not args.no_host)
+    if not specs and args.no_host:
+        raise CliError("nothing to collect: give --target NAME=RUNTIME:URL, or drop --no-host",
+                       EXIT_BAD_INPUT)
+    what = [f"{s.name} ({s.runtime} {s.url})" for s in specs] + ([] if args.no_host else ["host"])
+    print(f"collecting {', '.join(what)} every "
           f"{args.interval:g}s into {store.path}; Ctrl-C stops", file=sys.stderr)
     collector.start()
     deadline = time.monotonic() + args.duration if args.duration else None
@@ -217,10 +233,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_scrape)
 
     c = sub.add_parser("collect", help="scrape targets on an interval into the store")
-    c.add_argument("--target", action="append", required=True,
-                   help="NAME=RUNTIME:URL, e.g. local=vllm:http://127.0.0.1:8000 (repeatable)")
+    c.add_argument("--no-host", action="store_true",
+                   help="do not collect this host's CPU, memory, GPU and serving processes")
+    c.add_argument("--target", action="append", default=[],
+                   help="NAME=RUNTIME:URL (runtime vllm, llamacpp, sglang, tgi or auto), "
+                   "e.g. local=vllm:http://127.0.0.1:8000 (repeatable)")
     c.add_argument("--interval", type=_duration, default=2.0, help="e.g. 2s (default)")
     c.add_argument("--duration", type=_duration, default=None, help="stop after this long")
+    c.add_argument("--metrics-host", default="127.0.0.1", help="exporter address")
+    c.add_argument("--metrics-port", type=int, default=9465,
+                   help="serve the normalized series for Prometheus here (0: off)")
     c.set_defaults(func=cmd_collect)
 
     ld = sub.add_parser("load", help="run a load scenario against an OpenAI-compatible server")

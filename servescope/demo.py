@@ -55,7 +55,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 raise CliError(str(exc)) from None
             url = server.url
         spec = TargetSpec(name="demo-vllm" if server else "demo-target", runtime="vllm", url=url)
-        collector = Collector([spec], store, interval=2.0)
+        collector = Collector([spec], store, interval=2.0, host=True)
         collector.start()
         _say(f"collecting {url}/metrics every 2s into {store.path}")
         if not args.no_dashboard:

@@ -30,7 +30,7 @@ class PageServer:
         page = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 - http.server's naming
+            def do_GET(self):
                 body = page.routes.get(self.path)
                 status = page.status if body is not None else 404
                 body = body if body is not None else b"not found"

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from helpers import PageServer, servescope
+
 from servescope.store import Store
 
 GOOD = """\
@@ -83,6 +83,7 @@ def test_collector_keeps_going_when_one_target_is_unreachable(tmp_path, fixtures
         res = servescope(
             "collect", "--target", "dead=vllm:http://127.0.0.1:9",
             "--target", f"good=vllm:{good.url}", "--interval", "0.5s", "--duration", "3s",
+            "--metrics-port", "0",
             db=tmp_path / "s.db", timeout=60,
         )
     finally:

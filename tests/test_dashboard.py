@@ -171,6 +171,7 @@ def test_live_page_charts_a_collected_target(full_db: Path) -> None:
     assert trace_names(charts["TTFT (server, 30 s window)"]) == ["p50", "p95", "p99"]
     assert trace_names(charts["KV cache headroom"]) == ["free", "capacity"]
     assert "up since" in texts(at.markdown)
+    assert "3 scrapes in this range" in texts(at.caption)
 
 
 def test_live_page_explains_an_empty_time_range(full_db: Path) -> None:

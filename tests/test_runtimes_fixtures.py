@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import PageServer, servescope
 
 from collectors.llamacpp import props_info, slots_samples
 from collectors.mappings import LLAMACPP, SGLANG, TGI
 from collectors.normalize import normalize
 from collectors.scrape import detect_runtime
-from helpers import PageServer, servescope
 
 
 def _values(samples):

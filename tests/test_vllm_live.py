@@ -7,12 +7,12 @@ import json
 import math
 
 import pytest
+from helpers import servescope
 
 from capacity.latency import ttft_ms
 from capacity.promql import histogram_delta
 from collectors.loop import Collector, TargetSpec
 from collectors.scrape import scrape
-from helpers import servescope
 from servescope.store import Store
 
 MAX_NUM_SEQS = 8  # the fixture's server

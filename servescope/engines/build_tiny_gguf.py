@@ -25,6 +25,7 @@ N_HEAD = 4
 N_HEAD_KV = 4
 CONTEXT_LENGTH = 2048
 SEED = 1234
+EOG_TOKEN_IDS = (2, 4)  # </s>, <|im_end|>
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -56,6 +57,19 @@ def vocab() -> tuple[list[str], list[float], list[int]]:
     types += [tt.NORMAL] * len(pieces)
     scores = [0.0] * (len(tokens) - len(pieces)) + [-1.0 - i / 100 for i in range(len(pieces))]
     return tokens, scores, [int(t) for t in types]
+
+
+def output_matrix(rng: np.random.Generator, n_vocab: int) -> np.ndarray:
+    """Logit rows, with the end-of-generation tokens' rows zero.
+
+    Their logit is then always 0 while the others spread around it (std about 2), so greedy
+    decoding and the default top_k 40 never pick them: a request runs to its num_predict,
+    which gives load tests predictable output lengths. With random rows a request stopped
+    after about 30-150 tokens.
+    """
+    out = (rng.standard_normal((n_vocab, N_EMBD)) * 0.25).astype(np.float32)
+    out[list(EOG_TOKEN_IDS)] = 0.0
+    return out
 
 
 def build(out: Path) -> None:
@@ -97,7 +111,7 @@ def build(out: Path) -> None:
     # numpy shape is (rows, cols) = (out_features, in_features); GGUF stores it reversed.
     w.add_tensor("token_embd.weight", rand(n_vocab, N_EMBD))
     w.add_tensor("output_norm.weight", ones.copy())
-    w.add_tensor("output.weight", rand(n_vocab, N_EMBD))
+    w.add_tensor("output.weight", output_matrix(rng, n_vocab))
     kv_dim = head_dim * N_HEAD_KV
     for i in range(N_LAYERS):
         p = f"blk.{i}"
