@@ -69,6 +69,7 @@ class TargetCollector(threading.Thread):
         self.scrapes_ok = 0
         self.scrapes_failed = 0
         self.last_ok_ts: float | None = None
+        self._last_counters: dict[tuple, float] = {}
         # A timeout shorter than the interval keeps this target on its own schedule.
         self.timeout = max(0.5, min(10.0, interval * 0.8))
 
@@ -111,8 +112,26 @@ class TargetCollector(threading.Thread):
                 self.target_id, "gap", f"no samples from {self.last_ok_ts:.3f} to {snap.ts:.3f}",
                 snap.ts,
             )
+        self._check_reset(snap)
         self.last_ok_ts = snap.ts
         self._set_state(True, None)
+
+    def _check_reset(self, snap: Snapshot) -> None:
+        """A counter that went down means the server restarted: record it once, so rates
+        over the reset are read as a restart (never as a negative rate)."""
+        counters = {
+            (s.concept, s.raw_name, tuple(sorted(s.labels.items()))): s.value
+            for s in snap.samples
+            if s.concept.endswith("_total")
+        }
+        dropped = [k[1] for k, v in counters.items() if v < self._last_counters.get(k, v)]
+        if dropped:
+            self.store.add_target_event(
+                self.target_id, "reset", f"counters went down ({dropped[0]}): restarted?",
+                snap.ts,
+            )
+            log.warning("target %s restarted: its counters reset", self.spec.name)
+        self._last_counters = counters
 
     def _set_state(self, up: bool, error: str | None) -> None:
         if self.up == up:
