@@ -139,3 +139,23 @@ def test_scrape_cli_on_the_live_server(vllm_server):
     assert snap["kv_free_tokens"] <= snap["kv_capacity_tokens"]
     assert set(snap["histograms"]) >= {"ttft_seconds", "queue_seconds", "prefill_seconds",
                                        "decode_seconds"}
+
+
+def test_dashboard_renders_the_real_run(saturated, monkeypatch):
+    """Both pages on the store of the real run: no exception, and the Run page puts the
+    server's queue / prefill / decode split next to what the client measured."""
+    from streamlit.testing.v1 import AppTest
+
+    from test_dashboard import chart_specs, live_page, run_page, trace_names
+
+    monkeypatch.setenv("SERVESCOPE_DB", str(saturated["store"].path))
+    live = AppTest.from_function(live_page, default_timeout=60).run()
+    assert not live.exception
+    assert len(chart_specs(live)) >= 6
+    run = AppTest.from_function(run_page, default_timeout=60).run()
+    assert not run.exception
+    assert {m.label: m.value for m in run.metric}["Requests ok"] == str(REQUESTS)
+    split = chart_specs(run)[-1]
+    assert trace_names(split) == ["queue", "prefill", "decode", "TTFT", "after first token"]
+    server = {t["name"]: t["x"][0] for t in split["data"] if t["y"][0].startswith("server")}
+    assert server["queue"] > 0 and server["decode"] > 0  # 16 users on 8 seats: real queueing
