@@ -85,7 +85,8 @@ class TargetCollector(threading.Thread):
                 self.stop_event.wait(next_at - now)
 
     def _snapshot(self, client: httpx.Client) -> Snapshot:
-        return scrape(self.spec.url, self.spec.runtime, client=client, timeout=self.timeout)
+        return scrape(self.spec.url, self.spec.runtime, client=client, timeout=self.timeout,
+                      keep_raw=False)
 
     def scrape_once(self, client: httpx.Client) -> None:
         try:

@@ -82,7 +82,42 @@ def parse_families(text: str) -> list[Any]:
         raise ParseError(f"not Prometheus text format: {exc}") from exc
 
 
-def normalize(text: str, mapping: RuntimeMapping, source: str, ts: float) -> Snapshot:
+_SUFFIXES = ("_bucket", "_count", "_sum", "_total", "_info")  # not _created: unused
+
+
+def _family_of(line: str) -> str:
+    if line.startswith("#"):
+        parts = line.split(None, 3)
+        return parts[2] if len(parts) > 2 else ""
+    end = len(line)
+    for stop in ("{", " "):
+        i = line.find(stop)
+        if 0 <= i < end:
+            end = i
+    return line[:end]
+
+
+def mapped_lines(text: str, mapping: RuntimeMapping) -> str:
+    """Only the lines of families the mapping knows (a cheap string pass), so the collect
+    loop parses a few KB instead of the whole page. `scrape --json` keeps everything."""
+    wanted = set(mapping.aliases) | {mapping.info_family or ""}
+    for kind in (mapping.gauges, mapping.counters, mapping.histograms):
+        wanted.update(kind.values())
+    wanted |= {name + suffix for name in list(wanted) for suffix in _SUFFIXES}
+    return "\n".join(line for line in text.splitlines() if _family_of(line) in wanted) + "\n"
+
+
+def normalize(
+    text: str, mapping: RuntimeMapping, source: str, ts: float, keep_raw: bool = True
+) -> Snapshot:
+    """Map a page onto concepts. With keep_raw=False unmapped families are skipped before
+    parsing (the collect loop's fast path); the normalized samples are the same."""
+    if not keep_raw:
+        if not text.strip():
+            raise ParseError("empty page")
+        filtered = mapped_lines(text, mapping)
+        # A page with none of the runtime's metrics is parsed whole, for a precise error.
+        text = filtered if filtered.strip() else text
     families = parse_families(text)
     if not families:
         raise ParseError("no metrics in page")

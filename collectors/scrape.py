@@ -74,7 +74,11 @@ def detect_runtime(text: str) -> str | None:
 
 
 def scrape(
-    source: str, runtime: str = "vllm", client: httpx.Client | None = None, timeout: float = 5.0
+    source: str,
+    runtime: str = "vllm",
+    client: httpx.Client | None = None,
+    timeout: float = 5.0,
+    keep_raw: bool = True,
 ) -> Snapshot:
     """Fetch and normalize one page. `runtime="auto"` detects it from the metric names."""
     if runtime != "auto" and runtime not in MAPPINGS:
@@ -93,7 +97,7 @@ def scrape(
             raise ScrapeError(f"{source}: no known runtime's metrics in the page "
                               f"(looked for {', '.join(PREFIXES)})")
     try:
-        snap = normalize(text, MAPPINGS[runtime], source=source, ts=ts)
+        snap = normalize(text, MAPPINGS[runtime], source=source, ts=ts, keep_raw=keep_raw)
     except ParseError as exc:
         raise ScrapeError(f"{source}: {exc}") from exc
     if runtime == "llamacpp" and _is_url(source):

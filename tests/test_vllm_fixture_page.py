@@ -94,3 +94,11 @@ def test_data_parallel_engines_sum_capacity_and_usage(page):
     assert snap["kv_capacity_tokens"] == 2 * 524288
     assert snap["kv_free_tokens"] == 524288 + 262144
     assert snap["kv_usage"] == pytest.approx(0.25)
+
+
+def test_the_collect_loops_fast_path_normalizes_the_same(page):
+    """keep_raw=False parses only mapped families; the samples must not change."""
+    whole = normalize(page, VLLM, source="f", ts=0.0)
+    fast = normalize(page, VLLM, source="f", ts=0.0, keep_raw=False)
+    assert fast.samples == whole.samples and fast.info == whole.info
+    assert fast.raw == {}
