@@ -145,7 +145,6 @@ def test_dashboard_renders_the_real_run(saturated, monkeypatch):
     """Both pages on the store of the real run: no exception, and the Run page puts the
     server's queue / prefill / decode split next to what the client measured."""
     from streamlit.testing.v1 import AppTest
-
     from test_dashboard import chart_specs, live_page, run_page, trace_names
 
     monkeypatch.setenv("SERVESCOPE_DB", str(saturated["store"].path))
