@@ -17,7 +17,9 @@ from collectors.exporter import SnapshotExporter
 from collectors.gpu import GpuCollector
 from collectors.host import HostCollector, find_serving_pids
 from collectors.normalize import Snapshot
-from collectors.scrape import ScrapeError, scrape, server_info
+from collectors.ollama import OllamaSnapshot, model_events
+from collectors.scrape import ScrapeError, server_info
+from collectors.sources import snapshot
 from servescope.store import Store
 
 log = logging.getLogger("servescope.collect")
@@ -70,6 +72,7 @@ class TargetCollector(threading.Thread):
         self.scrapes_failed = 0
         self.last_ok_ts: float | None = None
         self._last_counters: dict[tuple, float] = {}
+        self._last_ps: OllamaSnapshot | None = None
         # A timeout shorter than the interval keeps this target on its own schedule.
         self.timeout = max(0.5, min(10.0, interval * 0.8))
 
@@ -85,8 +88,19 @@ class TargetCollector(threading.Thread):
                 self.stop_event.wait(next_at - now)
 
     def _snapshot(self, client: httpx.Client) -> Snapshot:
-        return scrape(self.spec.url, self.spec.runtime, client=client, timeout=self.timeout,
-                      keep_raw=False)
+        snap, polled = snapshot(self.spec.url, self.spec.runtime, client, self.timeout,
+                                keep_raw=False)
+        if polled is not None:
+            self._model_events(polled)
+        return snap
+
+    def _model_events(self, polled: OllamaSnapshot) -> None:
+        """Ollama model loads and unloads between two polls, as target events."""
+        if self._last_ps is not None:  # the first poll is the starting state
+            for kind, model in model_events(self._last_ps, polled):
+                self.store.add_target_event(self.target_id, kind, model, polled.ts)
+                log.info("target %s: model %s %sed", self.spec.name, model, kind)
+        self._last_ps = polled
 
     def scrape_once(self, client: httpx.Client) -> None:
         try:

@@ -62,10 +62,11 @@ def _auth_headers(env_name: str | None) -> dict[str, str]:
 
 # -- commands ---------------------------------------------------------------------------
 def cmd_scrape(args: argparse.Namespace) -> int:
-    from collectors.scrape import ScrapeError, scrape
+    from collectors.scrape import ScrapeError
+    from collectors.sources import snapshot
 
     try:
-        snap = scrape(args.source, args.runtime, timeout=args.timeout)
+        snap, _ = snapshot(args.source, args.runtime, timeout=args.timeout)
     except ScrapeError as exc:
         raise CliError(str(exc)) from None
     data = snap.to_json(include_raw=not args.no_raw)
@@ -209,6 +210,31 @@ def cmd_engine(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_proxy(args: argparse.Namespace) -> int:
+    from collectors.ollama_proxy import OllamaProxy
+
+    host, _, port = args.listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise CliError(f"--listen {args.listen!r}: expected HOST:PORT, e.g. 127.0.0.1:11435",
+                       EXIT_BAD_INPUT)
+    if not args.upstream.startswith(("http://", "https://")):
+        raise CliError(f"--upstream {args.upstream!r}: expected a URL like "
+                       "http://127.0.0.1:11434", EXIT_BAD_INPUT)
+    try:
+        proxy = OllamaProxy(args.upstream, host, int(port), store=_store(args))
+    except OSError as exc:
+        raise CliError(f"--listen {args.listen}: cannot listen ({exc.strerror})") from None
+    print(f"proxying {proxy.url} -> {proxy.upstream}; metrics at {proxy.url}/metrics; "
+          "Ctrl-C stops", file=sys.stderr)
+    try:
+        proxy.server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        proxy.close()
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from servescope.demo import run_demo
 
@@ -226,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("scrape", help="print one normalized snapshot of a server's metrics")
     s.add_argument("source", help="server URL (its /metrics) or a saved /metrics file")
     s.add_argument("--runtime", default="auto",
-                   choices=["auto", "vllm", "llamacpp", "sglang", "tgi"])
+                   choices=["auto", "vllm", "llamacpp", "sglang", "tgi", "ollama"])
     s.add_argument("--json", action="store_true", help="print the snapshot as JSON")
     s.add_argument("--no-raw", action="store_true", help="leave unmapped metrics out")
     s.add_argument("--timeout", type=_duration, default=5.0)
@@ -236,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-host", action="store_true",
                    help="do not collect this host's CPU, memory, GPU and serving processes")
     c.add_argument("--target", action="append", default=[],
-                   help="NAME=RUNTIME:URL (runtime vllm, llamacpp, sglang, tgi or auto), "
+                   help="NAME=RUNTIME:URL (runtime vllm, llamacpp, sglang, tgi, ollama or auto), "
                    "e.g. local=vllm:http://127.0.0.1:8000 (repeatable)")
     c.add_argument("--interval", type=_duration, default=2.0, help="e.g. 2s (default)")
     c.add_argument("--duration", type=_duration, default=None, help="stop after this long")
@@ -270,6 +296,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--port", type=int, default=8000)
     e.add_argument("--max-num-seqs", type=int, default=8)
     e.set_defaults(func=cmd_engine)
+
+    px = sub.add_parser("proxy", help="observing proxy for Ollama: forwards traffic, "
+                        "exports each response's timings as Prometheus metrics")
+    px.add_argument("--listen", default="127.0.0.1:11435", help="HOST:PORT to accept clients on")
+    px.add_argument("--upstream", default="http://127.0.0.1:11434", help="the Ollama server")
+    px.set_defaults(func=cmd_proxy)
 
     m = sub.add_parser("demo", help="local vLLM + collector + a scenario + the dashboard")
     m.add_argument("--target", help="use this running server instead of starting vLLM")

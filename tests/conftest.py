@@ -15,7 +15,7 @@ FIXTURES = SHARED / "fixtures"
 
 
 def _progress(msg: str) -> None:
-    print(f"[vllm fixture] {msg}", file=sys.stderr, flush=True)
+    print(f"[engine fixture] {msg}", file=sys.stderr, flush=True)
 
 
 @pytest.fixture(scope="session")
@@ -29,6 +29,23 @@ def vllm_server():
     from servescope.engines.vllm_cpu import start_local_vllm
 
     server = start_local_vllm(progress=_progress, max_num_seqs=8)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def ollama_server():
+    """A REAL Ollama (Intel's ipex-llm build of 0.5.4, on the CPU) with OLLAMA_NUM_PARALLEL=1,
+    so a second concurrent request waits."""
+    from servescope.engines.ollama_cpu import start_local_ollama
+
+    try:
+        server = start_local_ollama(num_parallel=1, progress=_progress)
+    except Exception as exc:  # install, build or start failed: fail with the reason
+        pytest.fail(f"could not start the local Ollama server: {type(exc).__name__}: {exc}",
+                    pytrace=False)
     try:
         yield server
     finally:
