@@ -14,7 +14,7 @@ import numpy as np
 
 from servescope.records import RequestRecord
 
-PERCENTILES = (50, 90, 95, 99)
+PERCENTILES = (50, 90, 95, 99, 99.9)
 METRICS = (
     "ttft_ms",
     "itl_ms",
@@ -93,17 +93,59 @@ def metric_values(records: Iterable[RequestRecord], metric: str) -> list[float]:
     return [v for v in (fn(r) for r in ok) if v is not None]
 
 
-def distribution(values: Sequence[float]) -> dict[str, float | int | None]:
-    """p50/p90/p95/p99 (linear interpolation between closest ranks), mean, count."""
-    out: dict[str, float | int | None] = {"count": len(values)}
+def _key(p: float) -> str:
+    return f"p{p:g}"
+
+
+def percentile_ci(
+    values: np.ndarray, p: float, level: float = 0.95, resamples: int = 200, seed: int = 0
+) -> tuple[float, float]:
+    """A confidence interval for the p-th percentile.
+
+    Bootstrap (resampling the requests) up to 10,000 values; above that, where resampling
+    gets slow and the bootstrap and the exact method agree, the distribution-free interval
+    from order statistics (ranks from the binomial distribution).
+    """
+    n = len(values)
+    alpha = (1 - level) / 2
+    if n <= 10_000:
+        rng = np.random.default_rng(seed)
+        idx = rng.integers(0, n, size=(resamples, n))
+        estimates = np.percentile(values[idx], p, axis=1)
+        lo, hi = np.quantile(estimates, [alpha, 1 - alpha])
+        return float(lo), float(hi)
+    ordered = np.sort(values)
+    q, z = p / 100, 1.959963984540054
+    spread = z * np.sqrt(n * q * (1 - q))
+    lo_rank = int(max(0, np.floor(n * q - spread)))
+    hi_rank = int(min(n - 1, np.ceil(n * q + spread)))
+    return float(ordered[lo_rank]), float(ordered[hi_rank])
+
+
+def samples_needed(p: float) -> int:
+    """Fewer than 10 / (1 - p) samples leave fewer than 10 beyond the p-th percentile: the
+    estimate then rests on a handful of requests."""
+    return int(np.ceil(10 / (1 - p / 100)))
+
+
+def distribution(values: Sequence[float], ci: bool = True) -> dict[str, Any]:
+    """p50/p90/p95/p99/p99.9 (linear interpolation between closest ranks), mean, min, max,
+    count, and per percentile a 95 % confidence interval (`ci95`) and the tail percentiles
+    that too few samples back (`thin_tail`)."""
+    out: dict[str, Any] = {"count": len(values)}
     if not values:
-        out.update({f"p{p}": None for p in PERCENTILES})
-        out.update(mean=None, min=None, max=None)
+        out.update({_key(p): None for p in PERCENTILES})
+        out.update(mean=None, min=None, max=None, ci95={}, thin_tail=[])
         return out
     arr = np.asarray(values, dtype=float)
     for p, v in zip(PERCENTILES, np.percentile(arr, PERCENTILES), strict=True):
-        out[f"p{p}"] = float(v)
+        out[_key(p)] = float(v)
     out.update(mean=float(arr.mean()), min=float(arr.min()), max=float(arr.max()))
+    if ci and len(arr) > 1:
+        out["ci95"] = {_key(p): percentile_ci(arr, p) for p in PERCENTILES}
+    else:
+        out["ci95"] = {}
+    out["thin_tail"] = [_key(p) for p in PERCENTILES if len(arr) < samples_needed(p)]
     return out
 
 
@@ -132,11 +174,63 @@ def request_table(records: Iterable[RequestRecord]) -> list[dict[str, Any]]:
     return rows
 
 
-def summarize(records: Sequence[RequestRecord]) -> dict[str, Any]:
-    """The run summary: per-metric distributions plus counts and throughput.
+def trim_warmup(records: Sequence[RequestRecord], warmup_requests: int) -> list[RequestRecord]:
+    """Drop the first `warmup_requests` requests by send time (cold caches, JIT, loading)."""
+    return sorted(records, key=lambda r: r.send_ns)[warmup_requests:]
+
+
+def request_slo_value(r: RequestRecord, metric: str, stat: str) -> float | None:
+    """The per-request value an SLO is judged on: the request's own TTFT, TPOT or E2E; for
+    ITL, the given statistic over that request's own gaps."""
+    if metric == "itl_ms":
+        gaps = itl_ms(r)
+        if not gaps:
+            return None
+        return float(np.mean(gaps)) if stat == "mean" else float(
+            np.percentile(gaps, float(stat.removeprefix("p"))))
+    return _PER_REQUEST[metric](r)
+
+
+def goodput(
+    records: Sequence[RequestRecord], slos: dict[str, dict[str, float]], span_s: float
+) -> dict[str, Any]:
+    """Requests that met every SLO, each request judged on its own values, and per SLO
+    the share of requests that met it (attainment). Failed requests meet none."""
+    rows = [(m, stat, target) for m, targets in slos.items() for stat, target in targets.items()]
+    if not records:
+        return {"requests": 0, "ratio": None, "requests_per_s": None, "attainment": []}
+    met_all = 0
+    met = [0] * len(rows)
+    for r in records:
+        ok_all = r.ok
+        for i, (metric, stat, target) in enumerate(rows):
+            v = request_slo_value(r, metric, stat) if r.ok else None
+            hit = v is not None and v <= target
+            met[i] += hit
+            ok_all = ok_all and hit
+        met_all += ok_all
+    return {
+        "requests": met_all,
+        "ratio": met_all / len(records),
+        "requests_per_s": met_all / span_s if span_s > 0 else None,
+        "attainment": [
+            {"metric": m, "stat": stat, "target_ms": t, "ratio": met[i] / len(records)}
+            for i, (m, stat, t) in enumerate(rows)
+        ],
+    }
+
+
+def summarize(
+    records: Sequence[RequestRecord],
+    slos: dict[str, dict[str, float]] | None = None,
+    warmup_requests: int = 0,
+) -> dict[str, Any]:
+    """The run summary: per-metric distributions plus counts, throughput and goodput.
 
     Throughput is over the run's active span: from the first actual send to the last end.
+    The first `warmup_requests` requests (by send time) are left out of every figure.
     """
+    records = trim_warmup(records, warmup_requests) if warmup_requests else list(records)
     ok = [r for r in records if r.ok]
     failed = [r for r in records if not r.ok]
     out: dict[str, Any] = {m: distribution(metric_values(records, m)) for m in METRICS}
@@ -149,6 +243,7 @@ def summarize(records: Sequence[RequestRecord]) -> dict[str, Any]:
     out.update(
         requests_ok=len(ok),
         requests_failed=len(failed),
+        warmup_requests_trimmed=warmup_requests,
         errors_by_class=errors,
         prompt_tokens_total=sum(r.prompt_tokens or 0 for r in ok),
         output_tokens_total=out_tokens,
@@ -156,5 +251,13 @@ def summarize(records: Sequence[RequestRecord]) -> dict[str, Any]:
         output_tokens_per_s=out_tokens / span_s if span_s > 0 else None,
         requests_per_s=len(ok) / span_s if span_s > 0 else None,
         token_count_sources=sorted({r.token_count_source for r in ok}),
+        goodput=goodput(records, slos or {}, span_s),
     )
+    out["warnings"] = [
+        f"{key} of {m} rests on {out[m]['count']} samples; {samples_needed(float(key[1:]))} "
+        "or more are needed for a stable estimate"
+        for m in ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms")
+        for key in out[m]["thin_tail"]
+        if key in ("p99", "p99.9")
+    ]
     return out

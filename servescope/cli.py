@@ -235,6 +235,23 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from servescope.export import export_run
+    from servescope.store import StoreError
+
+    store = _store(args)
+    run_id = args.run if args.run is not None else (store.runs() or [{"id": None}])[0]["id"]
+    if run_id is None:
+        raise CliError(f"no runs in store {store.path}; run `servescope load` first")
+    fmt = args.format or (args.out.suffix.lstrip(".") or "jsonl")
+    try:
+        n = export_run(store, run_id, fmt, args.out)
+    except (ValueError, StoreError) as exc:
+        raise CliError(str(exc), EXIT_BAD_INPUT) from None
+    print(f"run {run_id}: {n} requests written to {args.out} ({fmt})", file=sys.stderr)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from servescope.demo import run_demo
 
@@ -302,6 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
     px.add_argument("--listen", default="127.0.0.1:11435", help="HOST:PORT to accept clients on")
     px.add_argument("--upstream", default="http://127.0.0.1:11434", help="the Ollama server")
     px.set_defaults(func=cmd_proxy)
+
+    x = sub.add_parser("export", help="write a run's per-request records (JSONL, CSV, Parquet)")
+    x.add_argument("--run", type=int, help="run id (default: the newest)")
+    x.add_argument("--out", type=Path, required=True, help="file; its suffix picks the format")
+    x.add_argument("--format", choices=["jsonl", "csv", "parquet"])
+    x.set_defaults(func=cmd_export)
 
     m = sub.add_parser("demo", help="local vLLM + collector + a scenario + the dashboard")
     m.add_argument("--target", help="use this running server instead of starting vLLM")
