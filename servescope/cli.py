@@ -235,6 +235,72 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _levels(text: str) -> list[int]:
+    try:
+        levels = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a list like 1,2,4,8, got {text!r}") from None
+    if not levels or any(v < 1 for v in levels):
+        raise argparse.ArgumentTypeError(f"levels must be positive integers, got {text!r}")
+    return levels
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from loadgen.run import LoadError, run_load  # noqa: I001 - Locust first (module docstring)
+    from loadgen.scenario import ScenarioError, load_scenario
+    from capacity.sweep import analyze
+
+    try:
+        base = load_scenario(_scenario_path(args.scenario))
+    except ScenarioError as exc:
+        raise CliError(str(exc), EXIT_BAD_INPUT) from None
+    store = _store(args)
+    headers = _auth_headers(args.api_key_env)
+    levels = args.concurrency
+    sweep_id = store.create_sweep(f"{base.name}-sweep", base.name, args.target, "concurrency",
+                                  levels)
+    print(f"sweep {sweep_id}: {base.name} at concurrency {levels}, {args.duration:g}s each, "
+          f"against {args.target}", file=sys.stderr)
+    done_levels: list[int] = []
+    summaries: list[dict] = []
+    status = "finished"
+    for level in levels:
+        scenario = base.with_overrides(concurrency=level, duration=args.duration,
+                                       requests=args.requests)
+        print(f"-- level {level}", file=sys.stderr)
+        try:
+            run_id, summary = run_load(scenario, args.target, store, model=args.model,
+                                       headers=headers, show_progress=not args.quiet)
+        except LoadError as exc:
+            store.finish_sweep(sweep_id, "failed", analyze(done_levels, summaries))
+            raise CliError(str(exc)) from None
+        store.add_run_to_sweep(run_id, sweep_id)
+        done_levels.append(level)
+        summaries.append(summary)
+        if summary["status"] != "finished":
+            status = summary["status"]
+            break
+    result = analyze(done_levels, summaries)
+    store.finish_sweep(sweep_id, status, result)
+    print(f"{'concurrency':>12}{'out tok/s':>11}{'req/s':>8}{'TTFT p95':>10}{'E2E p95':>10}"
+          f"{'SLOs':>6}")
+    for row in result["curve"]:
+        verdict = {True: "met", False: "MISS", None: "-"}[row["slos_met"]]
+        print(f"{row['level']:>12}{_f(row['output_tokens_per_s']):>11}"
+              f"{_f(row['requests_per_s']):>8}{_f(row['ttft_p95_ms']):>10}"
+              f"{_f(row['e2e_p95_ms']):>10}{verdict:>6}")
+    print(f"saturation at concurrency {result['saturation_level'] or '(not reached)'}; "
+          f"highest level meeting the SLOs: {result['max_level_meeting_slos'] or 'none'}")
+    if args.out:
+        args.out.write_text(json.dumps({"sweep_id": sweep_id, "status": status, **result},
+                                       indent=2))
+    return 0 if status in ("finished", "interrupted") else 1
+
+
+def _f(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from servescope.export import export_run
     from servescope.store import StoreError
@@ -302,6 +368,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="do not ask the server to ignore EOS (for servers that reject it)")
     ld.add_argument("--quiet", action="store_true", help="no progress line")
     ld.set_defaults(func=cmd_load)
+
+    sw = sub.add_parser("sweep", help="run a scenario at increasing concurrency; find the "
+                        "saturation point and the highest level meeting the SLOs")
+    sw.add_argument("scenario", help="scenario YAML (or the name of one in scenarios/)")
+    sw.add_argument("--target", required=True, help="server base URL")
+    sw.add_argument("--concurrency", type=_levels, required=True, help="levels, e.g. 1,2,4,8")
+    sw.add_argument("--duration", type=_duration, default=30.0, help="per level (default 30s)")
+    sw.add_argument("--requests", type=int, help="stop each level after N requests")
+    sw.add_argument("--model", help="model name (default: the first one /v1/models lists)")
+    sw.add_argument("--out", type=Path, help="write the curve and findings as JSON")
+    sw.add_argument("--api-key-env", help="environment variable holding a bearer token")
+    sw.add_argument("--quiet", action="store_true", help="no progress line")
+    sw.set_defaults(func=cmd_sweep)
 
     d = sub.add_parser("dashboard", help="serve the Streamlit dashboard")
     d.add_argument("--host", default="127.0.0.1")

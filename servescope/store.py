@@ -94,6 +94,22 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX requests_by_run ON requests(run_id);
     """,
+    # v1 -> v2: sweeps (a series of runs at increasing load) and each run's sweep.
+    """
+    CREATE TABLE sweeps (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        scenario_name TEXT NOT NULL,
+        target_url TEXT NOT NULL,
+        kind TEXT NOT NULL,           -- 'concurrency' | 'rate'
+        levels TEXT NOT NULL,         -- JSON list of the levels asked for
+        started_at REAL NOT NULL,
+        ended_at REAL,
+        status TEXT NOT NULL,
+        result TEXT                   -- JSON: curve, saturation level, max level meeting SLOs
+    );
+    ALTER TABLE runs ADD COLUMN sweep_id INTEGER REFERENCES sweeps(id);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -307,6 +323,36 @@ class Store:
                 "UPDATE runs SET ended_at=?, status=?, summary=? WHERE id=?",
                 (time.time(), status, json.dumps(summary) if summary else None, run_id),
             )
+
+    # -- sweeps -------------------------------------------------------------------
+    def create_sweep(self, name: str, scenario_name: str, target_url: str, kind: str,
+                     levels: list[float]) -> int:
+        with self._write() as conn:
+            cur = conn.execute(
+                "INSERT INTO sweeps(name, scenario_name, target_url, kind, levels, started_at, "
+                "status) VALUES (?,?,?,?,?,?, 'running')",
+                (name, scenario_name, target_url, kind, json.dumps(levels), time.time()),
+            )
+            return int(cur.lastrowid)
+
+    def add_run_to_sweep(self, run_id: int, sweep_id: int) -> None:
+        with self._write() as conn:
+            conn.execute("UPDATE runs SET sweep_id=? WHERE id=?", (sweep_id, run_id))
+
+    def finish_sweep(self, sweep_id: int, status: str, result: dict[str, Any]) -> None:
+        with self._write() as conn:
+            conn.execute("UPDATE sweeps SET ended_at=?, status=?, result=? WHERE id=?",
+                         (time.time(), status, json.dumps(result), sweep_id))
+
+    def sweeps(self) -> list[dict[str, Any]]:
+        rows = self._query("SELECT * FROM sweeps ORDER BY id DESC")
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["levels"] = json.loads(d["levels"])
+            d["result"] = json.loads(d["result"]) if d["result"] else None
+            out.append(d)
+        return out
 
     def runs(self) -> list[dict[str, Any]]:
         rows = self._query("SELECT * FROM runs ORDER BY id DESC")

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import servescope
 
 from capacity.latency import (
     distribution,
@@ -18,7 +19,6 @@ from capacity.latency import (
     tpot_ms,
     ttft_ms,
 )
-from helpers import servescope
 from servescope.records import RequestRecord
 from servescope.store import Store
 

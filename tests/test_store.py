@@ -76,3 +76,28 @@ def test_several_processes_write_at_once_without_losing_rows(tmp_path):
     with Store(path) as store:
         assert store.count_requests(store.runs()[0]["id"]) == 600
         assert len(store.samples(store.targets()[0]["id"])) == 600
+
+
+def test_a_v1_store_is_migrated_in_place_and_keeps_its_runs(tmp_path):
+    import sqlite3 as sq
+
+    from servescope.store import MIGRATIONS, _statements
+
+    path = tmp_path / "old.db"
+    conn = sq.connect(path)
+    for statement in _statements(MIGRATIONS[0]):
+        conn.execute(statement)
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute(
+        "INSERT INTO runs(name, scenario_name, scenario, target_url, target, started_at, status)"
+        " VALUES ('old', 'chat', '{}', 'http://127.0.0.1:1', '{}', 1.0, 'finished')"
+    )
+    conn.commit()
+    conn.close()
+    with Store(path) as store:
+        assert store.schema_version == SCHEMA_VERSION >= 2
+        (run,) = store.runs()
+        assert run["name"] == "old" and run["sweep_id"] is None
+        sweep = store.create_sweep("s", "chat", "http://127.0.0.1:1", "concurrency", [1, 2])
+        store.add_run_to_sweep(run["id"], sweep)
+        assert store.runs()[0]["sweep_id"] == sweep

@@ -158,3 +158,21 @@ def test_dashboard_renders_the_real_run(saturated, monkeypatch):
     assert trace_names(split) == ["queue", "prefill", "decode", "TTFT", "after first token"]
     server = {t["name"]: t["x"][0] for t in split["data"] if t["y"][0].startswith("server")}
     assert server["queue"] > 0 and server["decode"] > 0  # 16 users on 8 seats: real queueing
+
+
+def test_sweep_records_a_curve_of_runs(vllm_server, tmp_path):
+    db, out = tmp_path / "s.db", tmp_path / "sweep.json"
+    res = servescope("sweep", "chat", "--target", vllm_server.url, "--concurrency", "1,4",
+                     "--requests", "8", "--duration", "60s", "--out", str(out), "--quiet",
+                     db=db, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert [row["level"] for row in result["curve"]] == [1, 4]
+    assert all(row["requests_ok"] == 8 for row in result["curve"])
+    # four users share the server: more throughput than one
+    assert result["curve"][1]["output_tokens_per_s"] > result["curve"][0]["output_tokens_per_s"]
+    with Store(db) as store:
+        (sweep,) = store.sweeps()
+        assert sweep["status"] == "finished" and sweep["result"]["curve"] == result["curve"]
+        assert sorted(r["sweep_id"] for r in store.runs()) == [sweep["id"], sweep["id"]]
+    assert "highest level meeting the SLOs" in res.stdout
