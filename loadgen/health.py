@@ -1,0 +1,79 @@
+"""The load generator watches itself: when it is the bottleneck, its numbers describe the
+client, not the server, and the summary must say so.
+
+A greenlet wakes every `tick` seconds and records how late it woke (the event loop's
+scheduling lag: every stream's event stamps are late by as much); psutil samples the
+process's CPU. The request records add the send lag (actual minus intended send).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import gevent
+import numpy as np
+import psutil
+
+# Thresholds past which results are flagged as limited by the client.
+MAX_LOOP_LAG_P99_MS = 10.0
+MAX_SEND_LAG_P99_MS = 10.0
+MAX_CPU_SHARE = 0.9  # of one core: one process runs on one core (the GIL)
+
+
+@dataclass
+class ClientHealth:
+    tick: float = 0.05
+    loop_lag_ms: list[float] = field(default_factory=list)
+    cpu_percent: list[float] = field(default_factory=list)
+    _greenlet: Any = None
+
+    def start(self) -> None:
+        self._greenlet = gevent.spawn(self._watch)
+
+    def stop(self) -> None:
+        if self._greenlet is not None:
+            self._greenlet.kill(block=False)
+            self._greenlet = None
+
+    def _watch(self) -> None:
+        proc = psutil.Process()
+        proc.cpu_percent(None)  # prime
+        last_cpu = time.monotonic()
+        while True:
+            t0 = time.perf_counter()
+            gevent.sleep(self.tick)
+            self.loop_lag_ms.append(max(0.0, (time.perf_counter() - t0 - self.tick) * 1e3))
+            if time.monotonic() - last_cpu >= 1.0:
+                self.cpu_percent.append(proc.cpu_percent(None))
+                last_cpu = time.monotonic()
+
+    def summary(self, send_lag_ms: list[float], pool_max_connections: int,
+                peak_concurrency: int) -> dict[str, Any]:
+        def q(values: list[float], p: float) -> float | None:
+            return float(np.percentile(values, p)) if values else None
+
+        out = {
+            "loop_lag_ms": {"p50": q(self.loop_lag_ms, 50), "p99": q(self.loop_lag_ms, 99),
+                            "max": max(self.loop_lag_ms, default=None)},
+            "cpu_percent": {"p50": q(self.cpu_percent, 50),
+                            "max": max(self.cpu_percent, default=None)},
+            "send_lag_ms": {"p99": q(send_lag_ms, 99), "max": max(send_lag_ms, default=None)},
+            "pool_max_connections": pool_max_connections,
+            "peak_concurrency": peak_concurrency,
+        }
+        reasons = []
+        if (lag := out["loop_lag_ms"]["p99"]) is not None and lag > MAX_LOOP_LAG_P99_MS:
+            reasons.append(f"event-loop lag p99 {lag:.1f} ms > {MAX_LOOP_LAG_P99_MS:g} ms: "
+                           "event stamps are late by up to that much")
+        if (cpu := out["cpu_percent"]["max"]) is not None and cpu > 100 * MAX_CPU_SHARE:
+            reasons.append(f"load generator CPU peaked at {cpu:.0f}% of a core")
+        if (lag := out["send_lag_ms"]["p99"]) is not None and lag > MAX_SEND_LAG_P99_MS:
+            reasons.append(f"requests left the client late: send lag p99 {lag:.1f} ms")
+        if pool_max_connections < peak_concurrency:
+            reasons.append(f"connection pool ({pool_max_connections}) below the concurrency "
+                           f"asked for ({peak_concurrency})")
+        out["limited_by_client"] = bool(reasons)
+        out["reasons"] = reasons
+        return out
