@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -62,12 +63,57 @@ def _series_keys(rows: pd.DataFrame) -> pd.Series:
     return rows["raw_name"] + rows["labels"].map(lambda d: json.dumps(d or {}, sort_keys=True))
 
 
-def gauge_series(df: pd.DataFrame, concept: str) -> pd.DataFrame:
-    """A gauge summed over its series per scrape: DataFrame(ts, value)."""
+def gauge_series(
+    df: pd.DataFrame, concept: str, how: Literal["sum", "mean"] = "sum"
+) -> pd.DataFrame:
+    """A gauge per scrape, summed over its series (or their mean, e.g. CPU use over cores):
+    DataFrame(ts, value)."""
     rows = _rows_of(df, concept)
     if rows.empty:
         return _empty(["ts", "value"])
-    return rows.groupby("ts", as_index=False)["value"].sum()
+    return rows.groupby("ts", as_index=False)["value"].agg(how)
+
+
+def label_is(df: pd.DataFrame, label: str, values: Collection[str]) -> pd.Series:
+    """Per row: whether its `label` is one of `values` (False where it has no such label),
+    so ``df[~label_is(df, "interface", ["lo"])]`` drops the loopback interface."""
+    if df.empty:
+        return pd.Series(False, index=df.index, dtype=bool)
+    return df["labels"].map(lambda d: (d or {}).get(label) in values).astype(bool)
+
+
+def _natural(value: str) -> tuple[int, int, str]:
+    """Sort key putting "cpu 2" before "cpu 10": numbers by value, then text."""
+    return (0, int(value), "") if value.isdigit() else (1, 0, value)
+
+
+def split_by_label(df: pd.DataFrame, concept: str, label: str) -> dict[str, pd.DataFrame]:
+    """The rows of `concept` per value of one label (one per CPU, GPU, pid ...), in natural
+    order; rows without the label are left out. Each part feeds gauge_series or
+    counter_rate_series like the whole frame would."""
+    rows = _rows_of(df, concept)
+    if rows.empty:
+        return {}
+    keys = rows["labels"].map(lambda d: (d or {}).get(label))
+    parts = {str(k): part for k, part in rows[keys.notna()].groupby(keys[keys.notna()])}
+    return {k: parts[k] for k in sorted(parts, key=_natural)}
+
+
+def latest_labels(df: pd.DataFrame, concept: str, label: str) -> dict[str, dict[str, Any]]:
+    """The newest full label set of each series of `concept`, by the value of `label`,
+    e.g. a pid's process name or a GPU index's model name."""
+    return {
+        key: dict(part["labels"].iloc[-1] or {})
+        for key, part in split_by_label(df, concept, label).items()
+    }
+
+
+def latest_value(
+    df: pd.DataFrame, concept: str, how: Literal["sum", "mean"] = "sum"
+) -> float | None:
+    """The gauge at the newest scrape that has it; None when it was never sampled."""
+    series = gauge_series(df, concept, how)
+    return None if series.empty else float(series["value"].iloc[-1])
 
 
 def kv_usage_series(df: pd.DataFrame) -> pd.DataFrame:

@@ -14,8 +14,16 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.colors import qualitative
 
 CHART_HEIGHT = 300
+# At most this many clock labels on a time axis: what fits in a third of a wide page.
+CLOCK_TICKS = 4
+GIB = 1024**3
+# Byte rates with SI prefixes ("1.2M" on a bytes/s axis): readable from B/s to GB/s.
+SI_FORMAT = ".3~s"
+# One color per CPU, GPU or process, from the palette the fixed COLORS come from.
+PALETTE = qualitative.T10
 ECDF_MAX_POINTS = 1000
 # A short modebar (no logo, no select/lasso tools) that leaves room for chart titles.
 PLOTLY_CONFIG = {
@@ -53,6 +61,14 @@ COLORS = {
     "decode": "#4e79a7",
     "ok": "#4e79a7",
     "error": "#e15759",
+    "mean": "#4e79a7",
+    "per core": "#b4bcc7",
+    "used": "#4e79a7",
+    "total": "#9aa5b1",
+    "received": "#4e79a7",
+    "transmitted": "#f28e2b",
+    "read": "#4e79a7",
+    "written": "#f28e2b",
 }
 
 _URL_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]+@")
@@ -105,15 +121,27 @@ def _clock_axis(fig: go.Figure) -> go.Figure:
     """Clock-time ticks (dates only when the range spans days), never rotated."""
     fig.update_xaxes(
         tickformatstops=[
-            {"dtickrange": [None, 1000], "value": "%H:%M:%S.%L"},
+            # Milliseconds only below 1 s ticks: stops include both ends.
+            {"dtickrange": [None, 999], "value": "%H:%M:%S.%L"},
             {"dtickrange": [1000, 60_000], "value": "%H:%M:%S"},
             {"dtickrange": [60_000, 86_400_000], "value": "%H:%M"},
             {"dtickrange": [86_400_000, None], "value": "%b %d"},
         ],
         tickangle=0,
-        nticks=6,
+        nticks=CLOCK_TICKS,
         hoverformat="%Y-%m-%d %H:%M:%S",
     )
+    # Over a few seconds plotly picks 1 s ticks, and five or more clock labels overlap in
+    # a third of the page: 2 s ticks instead.
+    spans = [
+        (np.min(x), np.max(x))
+        for x in (np.asarray(t.x, dtype="datetime64[ns]") for t in fig.data if t.x is not None)
+        if x.size
+    ]
+    if spans and max(hi for _, hi in spans) - min(lo for lo, _ in spans) < np.timedelta64(
+        2 * CLOCK_TICKS, "s"
+    ):
+        fig.update_xaxes(dtick=2000)
     return fig
 
 
@@ -139,22 +167,42 @@ def time_lines(
     y_title: str,
     scale: float = 1.0,
     dashed: Sequence[str] = (),
+    colors: Mapping[str, str] | None = None,
+    empty_message: str = "no data in this time range",
 ) -> go.Figure:
     """One line per named DataFrame(ts, value), values multiplied by `scale`."""
     fig = go.Figure()
     for name, frame in series.items():
         if frame.empty:
             continue
+        color = (colors or {}).get(name) or COLORS.get(name)
         fig.add_trace(
             go.Scatter(
                 x=local_time(frame["ts"]),
                 y=frame["value"] * scale,
                 name=name,
                 mode="lines",
-                line={"dash": "dash" if name in dashed else "solid", "color": COLORS.get(name)},
+                line={"dash": "dash" if name in dashed else "solid", "color": color},
             )
         )
-    return _note_if_empty(_clock_axis(_layout(fig, title, "local time", y_title)))
+    return _note_if_empty(_clock_axis(_layout(fig, title, "local time", y_title)), empty_message)
+
+
+def _si_axis(fig: go.Figure) -> go.Figure:
+    """SI-prefixed ticks; an axis up to at least 1k, so an idle link or disk reads as a flat
+    line at the bottom rather than ticks in milli-bytes."""
+    fig.update_yaxes(tickformat=SI_FORMAT, hoverformat=SI_FORMAT)
+    peak = max((float(np.nanmax(t.y)) for t in fig.data if len(t.y)), default=None)
+    if peak is not None and not peak >= 1000:
+        fig.update_yaxes(range=[0, 1000])
+    return fig
+
+
+def _percent_axis(fig: go.Figure) -> go.Figure:
+    # A little above 100 so a line at exactly 100 % is not drawn on the plot's edge.
+    if fig.data:
+        fig.update_yaxes(range=[0, 102])
+    return fig
 
 
 def running_waiting_figure(running: pd.DataFrame, waiting: pd.DataFrame) -> go.Figure:
@@ -164,10 +212,9 @@ def running_waiting_figure(running: pd.DataFrame, waiting: pd.DataFrame) -> go.F
 
 
 def kv_usage_figure(usage: pd.DataFrame) -> go.Figure:
-    fig = time_lines({"KV cache used": usage}, "KV cache usage", "used (%)", scale=100.0)
-    if fig.data:
-        fig.update_yaxes(range=[0, 100])
-    return fig
+    return _percent_axis(
+        time_lines({"KV cache used": usage}, "KV cache usage", "used (%)", scale=100.0)
+    )
 
 
 def kv_headroom_figure(free: pd.DataFrame, capacity: pd.DataFrame) -> go.Figure:
@@ -186,6 +233,121 @@ def throughput_figure(prompt_rate: pd.DataFrame, generation_rate: pd.DataFrame) 
         "Tokens/s (server)",
         "tokens/s",
     )
+
+
+def cpu_figure(mean: pd.DataFrame, per_core: Mapping[str, pd.DataFrame]) -> go.Figure:
+    """CPU use in %: the mean over cores on top of every core as thin lines.
+
+    The cores are one trace (broken between cores) with one legend entry and no hover:
+    a 64-core host would otherwise fill the legend and the unified hover box.
+    """
+    fig = go.Figure()
+    cores = [frame for frame in per_core.values() if not frame.empty]
+    if cores:
+        # Each core's points plus one NaN point (at its last time) to break the line.
+        ts = np.concatenate([np.append(f["ts"].to_numpy(float), f["ts"].iloc[-1]) for f in cores])
+        ys = np.concatenate([np.append(f["value"].to_numpy(float) * 100.0, np.nan) for f in cores])
+        fig.add_trace(
+            go.Scatter(
+                x=local_time(pd.Series(ts)),
+                y=ys,
+                name="per core",
+                mode="lines",
+                line={"width": 1, "color": COLORS["per core"]},
+                connectgaps=False,
+                hoverinfo="skip",
+            )
+        )
+    if not mean.empty:
+        fig.add_trace(
+            go.Scatter(
+                x=local_time(mean["ts"]),
+                y=mean["value"] * 100.0,
+                name="mean",
+                mode="lines",
+                line={"width": 2.5, "color": COLORS["mean"]},
+            )
+        )
+    fig = _note_if_empty(_clock_axis(_layout(fig, "CPU utilization", "local time", "busy (%)")))
+    return _percent_axis(fig)
+
+
+def memory_figure(used: pd.DataFrame, total: pd.DataFrame) -> go.Figure:
+    return time_lines(
+        {"used": used, "total": total}, "Memory", "GiB", scale=1 / GIB, dashed=("total",)
+    )
+
+
+def network_figure(received: pd.DataFrame, transmitted: pd.DataFrame) -> go.Figure:
+    """Bytes/s summed over interfaces (the caller decides which, e.g. all but loopback)."""
+    return _si_axis(
+        time_lines(
+            {"received": received, "transmitted": transmitted},
+            "Network (without lo)",
+            "bytes/s",
+        )
+    )
+
+
+def disk_figure(read: pd.DataFrame, written: pd.DataFrame) -> go.Figure:
+    return _si_axis(time_lines({"read": read, "written": written}, "Disk I/O", "bytes/s"))
+
+
+def _palette(keys: Sequence[str]) -> dict[str, str]:
+    return {key: PALETTE[i % len(PALETTE)] for i, key in enumerate(keys)}
+
+
+def per_key_lines(
+    series: Mapping[str, pd.DataFrame],
+    title: str,
+    y_title: str,
+    scale: float = 1.0,
+    empty_message: str = "no data in this time range",
+) -> go.Figure:
+    """One line per key (a process, a GPU), each in its own palette color, always in the
+    legend: the key is what the line means, even when it is the only one."""
+    fig = time_lines(
+        series,
+        title,
+        y_title,
+        scale=scale,
+        colors=_palette(list(series)),
+        empty_message=empty_message,
+    )
+    return fig.update_traces(showlegend=True)
+
+
+def paired_lines(
+    solid: Mapping[str, pd.DataFrame],
+    dashed: Mapping[str, pd.DataFrame],
+    names: tuple[str, str],
+    title: str,
+    y_title: str,
+    scale: float = 1.0,
+) -> go.Figure:
+    """Per key a solid line and a dashed one in the same color, e.g. each GPU's memory
+    used against its total, named "<key> <names[0]>" and "<key> <names[1]>"."""
+    keys = list(dict.fromkeys([*solid, *dashed]))
+    colors = _palette(keys)
+    series: dict[str, pd.DataFrame] = {}
+    line_colors: dict[str, str] = {}
+    for key in keys:
+        for part, suffix in ((solid, names[0]), (dashed, names[1])):
+            if key in part:
+                series[f"{key} {suffix}"] = part[key]
+                line_colors[f"{key} {suffix}"] = colors[key]
+    return time_lines(
+        series,
+        title,
+        y_title,
+        scale=scale,
+        dashed=[f"{key} {names[1]}" for key in keys],
+        colors=line_colors,
+    )
+
+
+def gpu_utilization_figure(per_gpu: Mapping[str, pd.DataFrame]) -> go.Figure:
+    return _percent_axis(per_key_lines(per_gpu, "GPU utilization", "busy (%)", scale=100.0))
 
 
 def quantile_figure(quantiles: pd.DataFrame, title: str, scale: float = 1000.0) -> go.Figure:

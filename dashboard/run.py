@@ -13,6 +13,7 @@ import streamlit as st
 
 from capacity.latency import metric_values, request_table, summarize
 from capacity.series import HistogramWindow, histogram_window
+from capacity.slo import evaluate_slos
 from dashboard import figures
 from dashboard.figures import local_clock, redact_urls
 from servescope.records import RequestRecord
@@ -98,25 +99,6 @@ def latency_table(summary: Mapping[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def slo_rows(slos: Mapping[str, Mapping[str, float]], summary: Mapping[str, Any]) -> list[dict]:
-    """Each SLO target against the measured value; `passed` is None when nothing was
-    measured (no successful requests), which is neither a pass nor a fail."""
-    rows = []
-    for metric, targets in slos.items():
-        for stat, target in (targets or {}).items():
-            measured = (summary.get(metric) or {}).get(stat)
-            rows.append(
-                {
-                    "metric": METRIC_LABELS.get(metric, metric),
-                    "statistic": stat,
-                    "target (ms)": float(target),
-                    "measured (ms)": measured,
-                    "passed": None if measured is None else measured <= target,
-                }
-            )
-    return rows
-
-
 def same_server(a: str, b: str) -> bool:
     """Whether two URLs reach the same host:port (localhost and 127.0.0.1 are one)."""
     key = _host_port(a)
@@ -175,12 +157,32 @@ def _summary_metrics(summary: Mapping[str, Any]) -> None:
         )
 
 
+def slo_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """capacity.slo.evaluate_slos rows as displayed: readable metric names, ms columns and
+    a verdict that tells "no data" (nothing measured) apart from a miss."""
+    return pd.DataFrame(
+        [
+            {
+                "metric": METRIC_LABELS.get(r["metric"], r["metric"]),
+                "statistic": r["stat"],
+                "target (ms)": float(r["target_ms"]),
+                "measured (ms)": r["observed_ms"],
+                "passed": {True: "pass", False: "FAIL", None: "no data"}[r["met"]],
+            }
+            for r in rows
+        ],
+        columns=["metric", "statistic", "target (ms)", "measured (ms)", "passed"],
+    )
+
+
 def _slo_section(run: Mapping[str, Any], summary: Mapping[str, Any]) -> None:
-    rows = slo_rows(_slos(run), summary)
+    # The same check the CLI prints, on the summary recomputed from the stored requests
+    # (so a run still going is judged on what it has so far).
+    rows = evaluate_slos(_slos(run), dict(summary))
     if not rows:
         return
     st.subheader("SLOs")
-    verdicts = [r["passed"] for r in rows]
+    verdicts = [r["met"] for r in rows]
     if all(v is True for v in verdicts):
         st.success(f"All {len(rows)} SLO targets met.")
     elif any(v is False for v in verdicts):
@@ -188,9 +190,7 @@ def _slo_section(run: Mapping[str, Any], summary: Mapping[str, Any]) -> None:
         st.error(f"{failed} of {len(rows)} SLO targets missed.")
     else:
         st.warning("SLOs could not be checked: no successful requests.")
-    table = pd.DataFrame(rows)
-    table["passed"] = table["passed"].map({True: "pass", False: "FAIL", None: "no data"})
-    st.dataframe(table, hide_index=True, column_config=_ms_columns())
+    st.dataframe(slo_table(rows), hide_index=True, column_config=_ms_columns())
 
 
 def _ms_columns() -> dict[str, Any]:

@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import math
+import os
+import socket
 import time
 from pathlib import Path
 
+import numpy as np
+import psutil
 import pytest
 from streamlit.testing.v1 import AppTest
+from test_gpu import FakeNvml
 
+from capacity.slo import evaluate_slos
+from collectors.gpu import GpuCollector
+from collectors.host import MIN_CPU_WINDOW_S, HostCollector
 from collectors.mappings import VLLM
 from collectors.normalize import normalize
 from dashboard.app import db_path
-from dashboard.figures import redact_urls
-from dashboard.run import same_server, slo_rows
+from dashboard.figures import GIB, redact_urls
+from dashboard.run import same_server, slo_table
 from servescope.records import RequestRecord, Sample
 from servescope.store import Store
 
@@ -133,6 +143,14 @@ def trace_names(spec: dict) -> list[str]:
     return [trace["name"] for trace in spec["data"]]
 
 
+def ys(trace: dict) -> list[float]:
+    """A trace's y values; plotly sends numpy arrays as base64 ("bdata") in the spec."""
+    y = trace["y"]
+    if isinstance(y, dict):
+        return np.frombuffer(base64.b64decode(y["bdata"]), dtype=y["dtype"]).tolist()
+    return list(y)
+
+
 def test_live_page_empty_store_says_how_to_collect(empty_db: Path) -> None:
     at = AppTest.from_function(live_page, default_timeout=TIMEOUT_S).run()
     assert not at.exception
@@ -172,6 +190,96 @@ def test_live_page_charts_a_collected_target(full_db: Path) -> None:
     assert trace_names(charts["KV cache headroom"]) == ["free", "capacity"]
     assert "up since" in texts(at.markdown)
     assert "3 scrapes in this range" in texts(at.caption)
+
+
+HOST_CHARTS = [
+    "CPU utilization",
+    "Memory",
+    "Network (without lo)",
+    "Process memory (RSS)",
+    "Process CPU",
+    "Disk I/O",
+]
+GPU_CHARTS = ["GPU utilization", "GPU memory", "GPU power"]
+
+
+def add_host_target(path: Path, gpu: GpuCollector | None = None) -> None:
+    """This machine as the collector stores it: two real psutil collections (CPU use is a
+    rate, so it needs two), with this test process as the serving process."""
+    store = Store(path)
+    gpus = len(gpu.gpus) if gpu else 0
+    target = store.upsert_target(
+        "host", "host", "host://localhost", info={"hostname": socket.gethostname(), "gpus": gpus}
+    )
+    store.set_target_status(target, up=True)
+    host = HostCollector()
+    for _ in range(2):
+        time.sleep(MIN_CPU_WINDOW_S * 3)
+        samples = host.collect([os.getpid()]) + (gpu.collect() if gpu else [])
+        store.add_samples(target, time.time(), samples)
+    store.close()
+
+
+def host_card(at: AppTest) -> dict[str, dict]:
+    charts = {c["layout"]["title"]["text"]: c for c in chart_specs(at)}
+    return {title: spec for title, spec in charts.items() if title in HOST_CHARTS + GPU_CHARTS}
+
+
+def test_live_page_shows_this_host_beside_the_server(full_db: Path) -> None:
+    add_host_target(full_db)
+    at = AppTest.from_function(live_page, default_timeout=TIMEOUT_S).run()
+    assert not at.exception
+    assert [s.value for s in at.subheader] == ["host", "local"]
+    assert "No samples" not in texts(at.info)
+    charts = host_card(at)
+    assert list(charts) == HOST_CHARTS  # and no GPU charts
+    assert len(at.get("plotly_chart")) == 6 + 6
+    assert trace_names(charts["CPU utilization"]) == ["per core", "mean"]
+    mean = ys(charts["CPU utilization"]["data"][1])
+    assert len(mean) == 2 and all(0 <= y <= 100 for y in mean)
+    assert trace_names(charts["Memory"]) == ["used", "total"]
+    total_gib = ys(charts["Memory"]["data"][1])[-1]
+    assert total_gib == pytest.approx(psutil.virtual_memory().total / GIB)
+    assert trace_names(charts["Network (without lo)"]) == ["received", "transmitted"]
+    me = f"{psutil.Process().name()} ({os.getpid()})"
+    assert trace_names(charts["Process memory (RSS)"]) == [me]
+    assert trace_names(charts["Process CPU"]) == [me]
+    captions = texts(at.caption)
+    assert "No NVIDIA GPU on this host" in captions
+    if "lo" in psutil.net_io_counters(pernic=True):
+        assert "Loopback (lo) is left out" in captions
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Host"] == socket.gethostname()
+    assert metrics["CPU cores"] == str(psutil.cpu_count())
+    assert metrics["NVIDIA GPUs"] == "0"
+    assert "Served model" in metrics  # the vLLM card keeps its own facts
+
+
+def test_live_page_charts_each_gpu_of_the_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = FakeNvml()  # one H100: 37 % busy, 50 of 80 GiB, 250 W, power limit unsupported
+    fake.install(monkeypatch)
+    path = tmp_path / "gpu-host.db"
+    with GpuCollector() as gpu:
+        add_host_target(path, gpu)
+    monkeypatch.setenv("SERVESCOPE_DB", str(path))
+    at = AppTest.from_function(live_page, default_timeout=TIMEOUT_S).run()
+    assert not at.exception
+    charts = host_card(at)
+    assert list(charts) == HOST_CHARTS + GPU_CHARTS
+    assert trace_names(charts["GPU utilization"]) == ["GPU 0"]
+    assert ys(charts["GPU utilization"]["data"][0]) == pytest.approx([37.0, 37.0])
+    memory = charts["GPU memory"]["data"]
+    assert [t["name"] for t in memory] == ["GPU 0 used", "GPU 0 total"]
+    assert [ys(t)[-1] for t in memory] == pytest.approx([50.0, 80.0])
+    assert memory[0]["line"]["color"] == memory[1]["line"]["color"]
+    assert memory[1]["line"]["dash"] == "dash"
+    assert trace_names(charts["GPU power"]) == ["GPU 0 draw"]
+    captions = texts(at.caption)
+    assert "GPU 0: NVIDIA H100 80GB HBM3" in captions
+    assert "No NVIDIA GPU" not in captions
+    assert {m.label: m.value for m in at.metric}["NVIDIA GPUs"] == "1"
 
 
 def test_live_page_explains_an_empty_time_range(full_db: Path) -> None:
@@ -263,10 +371,35 @@ def test_run_matches_targets_by_host_and_port() -> None:
     assert not same_server("http://gpu-a:80", "https://gpu-a")
 
 
-def test_slo_rows_judge_each_target() -> None:
-    summary = {"ttft_ms": {"p95": 150.0}, "itl_ms": {"p95": None}}
-    rows = slo_rows({"ttft_ms": {"p95": 200}, "itl_ms": {"p95": 50}}, summary)
-    assert [(r["metric"], r["passed"]) for r in rows] == [("TTFT", True), ("ITL", None)]
+def test_slo_table_shows_the_cli_verdicts_readably() -> None:
+    summary = {"ttft_ms": {"p95": 150.0}, "itl_ms": {"p95": None}, "e2e_ms": {"p50": 900.0}}
+    slos = {"ttft_ms": {"p95": 200}, "itl_ms": {"p95": 50}, "e2e_ms": {"p50": 800}}
+    table = slo_table(evaluate_slos(slos, summary))
+    assert list(table["metric"]) == ["TTFT", "ITL", "E2E"]
+    assert list(table["statistic"]) == ["p95", "p95", "p50"]
+    assert list(table["target (ms)"]) == [200.0, 50.0, 800.0]
+    measured = list(table["measured (ms)"])
+    assert measured[0] == 150.0 and math.isnan(measured[1]) and measured[2] == 900.0
+    assert list(table["passed"]) == ["pass", "no data", "FAIL"]
+
+
+def test_run_page_with_only_failed_requests_cannot_judge_slos(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "failed.db"
+    store = Store(path)
+    slos = {"ttft_ms": {"p95": 200}, "itl_ms": {"p99": 50}}
+    run_id = store.create_run("down", "chat", {"slos": slos}, "http://127.0.0.1:9000", {})
+    store.add_requests(run_id, [record(i, time.time_ns(), ok=False) for i in range(3)])
+    store.finish_run(run_id, "finished", None)
+    store.close()
+    monkeypatch.setenv("SERVESCOPE_DB", str(path))
+    at = AppTest.from_function(run_page, default_timeout=TIMEOUT_S).run()
+    assert not at.exception
+    assert "SLOs could not be checked: no successful requests." in texts(at.warning)
+    table = at.dataframe[0].value
+    assert list(table["metric"]) == ["TTFT", "ITL"]
+    assert list(table["passed"]) == ["no data", "no data"]
 
 
 def test_credentials_in_urls_are_never_shown() -> None:

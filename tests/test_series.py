@@ -14,6 +14,10 @@ from capacity.series import (
     histogram_quantile_series,
     histogram_window,
     kv_usage_series,
+    label_is,
+    latest_labels,
+    latest_value,
+    split_by_label,
 )
 from collectors.mappings import VLLM
 from collectors.normalize import normalize
@@ -57,6 +61,96 @@ def test_gauge_of_missing_concept_is_empty() -> None:
     out = gauge_series(frame([(10.0, "running", 2.0, {})]), "waiting")
     assert out.empty
     assert list(out.columns) == ["ts", "value"]
+
+
+def test_gauge_mean_over_cores() -> None:
+    df = frame(
+        [
+            (10.0, "cpu_utilization_ratio", 0.2, {"cpu": "0"}),
+            (10.0, "cpu_utilization_ratio", 0.6, {"cpu": "1"}),
+            (12.0, "cpu_utilization_ratio", 1.0, {"cpu": "0"}),
+            (12.0, "cpu_utilization_ratio", 0.0, {"cpu": "1"}),
+        ]
+    )
+    out = gauge_series(df, "cpu_utilization_ratio", how="mean")
+    assert out["value"].tolist() == pytest.approx([0.4, 0.5])
+
+
+def test_split_by_label_in_natural_order() -> None:
+    df = frame(
+        [
+            (10.0, "cpu_utilization_ratio", 0.1, {"cpu": "10"}),
+            (10.0, "cpu_utilization_ratio", 0.2, {"cpu": "2"}),
+            (10.0, "cpu_utilization_ratio", 0.3, {}),  # no cpu label: left out
+            (20.0, "cpu_utilization_ratio", 0.4, {"cpu": "2"}),
+            (20.0, "memory_used_bytes", 5.0, {"cpu": "2"}),  # another concept
+        ]
+    )
+    parts = split_by_label(df, "cpu_utilization_ratio", "cpu")
+    assert list(parts) == ["2", "10"]
+    assert gauge_series(parts["2"], "cpu_utilization_ratio")["value"].tolist() == [0.2, 0.4]
+    assert split_by_label(df, "gpu_utilization_ratio", "gpu") == {}
+
+
+def test_process_cpu_rate_per_pid_is_cores_busy() -> None:
+    df = frame(
+        [
+            (0.0, "process_cpu_seconds_total", 10.0, {"pid": "7", "name": "vllm"}),
+            (0.0, "process_cpu_seconds_total", 1.0, {"pid": "8", "name": "EngineCore"}),
+            (2.0, "process_cpu_seconds_total", 13.0, {"pid": "7", "name": "vllm"}),
+            (2.0, "process_cpu_seconds_total", 2.0, {"pid": "8", "name": "EngineCore"}),
+        ]
+    )
+    rates = {
+        pid: counter_rate_series(part, "process_cpu_seconds_total")["value"].tolist()
+        for pid, part in split_by_label(df, "process_cpu_seconds_total", "pid").items()
+    }
+    assert rates == {"7": pytest.approx([1.5]), "8": pytest.approx([0.5])}
+
+
+def test_latest_labels_name_each_series_by_its_newest_labels() -> None:
+    df = frame(
+        [
+            (0.0, "process_resident_memory_bytes", 1.0, {"pid": "8", "name": "python3"}),
+            (2.0, "process_resident_memory_bytes", 1.0, {"pid": "8", "name": "EngineCore"}),
+            (2.0, "process_resident_memory_bytes", 1.0, {"pid": "12", "name": "vllm"}),
+        ]
+    )
+    names = latest_labels(df, "process_resident_memory_bytes", "pid")
+    assert names == {"8": {"pid": "8", "name": "EngineCore"}, "12": {"pid": "12", "name": "vllm"}}
+
+
+def test_loopback_is_dropped_from_the_network_total() -> None:
+    df = frame(
+        [
+            (0.0, "network_received_bytes_total", 0.0, {"interface": "lo"}),
+            (0.0, "network_received_bytes_total", 0.0, {"interface": "eth0"}),
+            (0.0, "memory_used_bytes", 1.0, {}),
+            (10.0, "network_received_bytes_total", 5000.0, {"interface": "lo"}),
+            (10.0, "network_received_bytes_total", 300.0, {"interface": "eth0"}),
+        ]
+    )
+    loopback = label_is(df, "interface", ["lo"])
+    assert loopback.tolist() == [True, False, False, True, False]
+    nics = counter_rate_series(df[~loopback], "network_received_bytes_total")
+    assert nics["value"].tolist() == pytest.approx([30.0])
+    assert gauge_series(df[~loopback], "memory_used_bytes")["value"].tolist() == [1.0]
+    assert label_is(frame([]), "interface", ["lo"]).empty
+
+
+def test_latest_value_is_the_newest_scrape() -> None:
+    df = frame(
+        [
+            (1.0, "memory_total_bytes", 8.0, {}),
+            (2.0, "memory_total_bytes", 16.0, {}),
+            (2.0, "gpu_memory_total_bytes", 80.0, {"gpu": "0"}),
+            (2.0, "gpu_memory_total_bytes", 80.0, {"gpu": "1"}),
+        ]
+    )
+    assert latest_value(df, "memory_total_bytes") == 16.0
+    assert latest_value(df, "gpu_memory_total_bytes") == 160.0
+    assert latest_value(df, "gpu_memory_total_bytes", how="mean") == 80.0
+    assert latest_value(df, "swap_total_bytes") is None
 
 
 def test_counter_rate_treats_a_decrease_as_a_restart() -> None:
