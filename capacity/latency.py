@@ -125,7 +125,7 @@ def percentile_ci(
 def samples_needed(p: float) -> int:
     """Fewer than 10 / (1 - p) samples leave fewer than 10 beyond the p-th percentile: the
     estimate then rests on a handful of requests."""
-    return int(np.ceil(10 / (1 - p / 100)))
+    return int(np.ceil(10 / (1 - p / 100) - 1e-6))  # 1 - 0.999 is not exactly 0.001
 
 
 def distribution(values: Sequence[float], ci: bool = True) -> dict[str, Any]:

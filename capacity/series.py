@@ -269,3 +269,31 @@ def histogram_window(
         first_ts=float(scraped.min()),
         last_ts=float(scraped.max()),
     )
+
+
+def samples_table(
+    df: pd.DataFrame, concepts: Sequence[str], labels: Sequence[str] = ()
+) -> pd.DataFrame:
+    """Samples written together as one row each: ts, the given labels, one column per
+    concept (NaN where a row lacks one), oldest first.
+
+    A row is one scrape's series of a label set (e.g. one loaded model), or one response
+    the Ollama proxy observed: it stores all of a response's figures at one ts. Rows that
+    share ts and labels (two responses in the same instant) stay apart, in stored order.
+    """
+    columns = ["ts", *labels, *concepts]
+    rows = df[df["concept"].isin(concepts)] if not df.empty else df
+    if rows.empty:
+        return _empty(columns)
+    keys = {
+        label: rows["labels"].map(lambda d, label=label: str((d or {}).get(label) or ""))
+        for label in labels
+    }
+    keyed = rows.assign(**keys)
+    keyed["_n"] = keyed.groupby(["ts", *labels, "concept"], sort=False).cumcount()
+    wide = keyed.pivot_table(
+        index=["ts", *labels, "_n"], columns="concept", values="value", aggfunc="first"
+    )
+    wide = wide.reindex(columns=list(concepts)).reset_index().drop(columns="_n")
+    wide.columns.name = None
+    return wide[columns].sort_values("ts", kind="stable").reset_index(drop=True)

@@ -97,9 +97,12 @@ class TargetCollector(threading.Thread):
     def _model_events(self, polled: OllamaSnapshot) -> None:
         """Ollama model loads and unloads between two polls, as target events."""
         if self._last_ps is not None:  # the first poll is the starting state
-            for kind, model in model_events(self._last_ps, polled):
+            events = model_events(self._last_ps, polled)
+            for kind, model in events:
                 self.store.add_target_event(self.target_id, kind, model, polled.ts)
                 log.info("target %s: model %s %sed", self.spec.name, model, kind)
+            if events:  # the loaded models' details changed
+                self.store.set_target_info(self.target_id, polled.info)
         self._last_ps = polled
 
     def scrape_once(self, client: httpx.Client) -> None:

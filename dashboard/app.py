@@ -13,7 +13,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from dashboard import live, run
+from dashboard import live, run, sweep
 from servescope.store import Store, default_db_path
 
 
@@ -41,12 +41,20 @@ def main() -> None:
     def run_page() -> None:
         run.render(store)
 
+    runs = st.Page(run_page, title="Run", icon=":material/speed:", url_path="run")
+
+    def sweep_page() -> None:
+        sweep.render(store, run_page=runs)
+
     page = st.navigation(
         [
             st.Page(
                 live_page, title="Live", icon=":material/monitoring:", url_path="live", default=True
             ),
-            st.Page(run_page, title="Run", icon=":material/speed:", url_path="run"),
+            runs,
+            st.Page(
+                sweep_page, title="Sweep", icon=":material/stacked_line_chart:", url_path="sweep"
+            ),
         ]
     )
     st.sidebar.caption(f"Store: `{store.path}`")

@@ -20,8 +20,6 @@ CHART_HEIGHT = 300
 # At most this many clock labels on a time axis: what fits in a third of a wide page.
 CLOCK_TICKS = 4
 GIB = 1024**3
-# Byte rates with SI prefixes ("1.2M" on a bytes/s axis): readable from B/s to GB/s.
-SI_FORMAT = ".3~s"
 # One color per CPU, GPU or process, from the palette the fixed COLORS come from.
 PALETTE = qualitative.T10
 ECDF_MAX_POINTS = 1000
@@ -102,7 +100,7 @@ def redact_urls(text: str) -> str:
     return _URL_CREDENTIALS.sub(r"\1", text)
 
 
-def _layout(fig: go.Figure, title: str, x_title: str, y_title: str) -> go.Figure:
+def layout(fig: go.Figure, title: str, x_title: str, y_title: str) -> go.Figure:
     # Title on its own line, legend left-aligned under it: the modebar (top right) then
     # covers neither.
     fig.update_layout(
@@ -117,7 +115,7 @@ def _layout(fig: go.Figure, title: str, x_title: str, y_title: str) -> go.Figure
     return fig
 
 
-def _clock_axis(fig: go.Figure) -> go.Figure:
+def clock_axis(fig: go.Figure) -> go.Figure:
     """Clock-time ticks (dates only when the range spans days), never rotated."""
     fig.update_xaxes(
         tickformatstops=[
@@ -145,7 +143,7 @@ def _clock_axis(fig: go.Figure) -> go.Figure:
     return fig
 
 
-def _note_if_empty(fig: go.Figure, message: str = "no data in this time range") -> go.Figure:
+def note_if_empty(fig: go.Figure, message: str = "no data in this time range") -> go.Figure:
     if not fig.data:
         fig.add_annotation(
             text=message,
@@ -185,20 +183,10 @@ def time_lines(
                 line={"dash": "dash" if name in dashed else "solid", "color": color},
             )
         )
-    return _note_if_empty(_clock_axis(_layout(fig, title, "local time", y_title)), empty_message)
+    return note_if_empty(clock_axis(layout(fig, title, "local time", y_title)), empty_message)
 
 
-def _si_axis(fig: go.Figure) -> go.Figure:
-    """SI-prefixed ticks; an axis up to at least 1k, so an idle link or disk reads as a flat
-    line at the bottom rather than ticks in milli-bytes."""
-    fig.update_yaxes(tickformat=SI_FORMAT, hoverformat=SI_FORMAT)
-    peak = max((float(np.nanmax(t.y)) for t in fig.data if len(t.y)), default=None)
-    if peak is not None and not peak >= 1000:
-        fig.update_yaxes(range=[0, 1000])
-    return fig
-
-
-def _percent_axis(fig: go.Figure) -> go.Figure:
+def percent_axis(fig: go.Figure) -> go.Figure:
     # A little above 100 so a line at exactly 100 % is not drawn on the plot's edge.
     if fig.data:
         fig.update_yaxes(range=[0, 102])
@@ -212,7 +200,7 @@ def running_waiting_figure(running: pd.DataFrame, waiting: pd.DataFrame) -> go.F
 
 
 def kv_usage_figure(usage: pd.DataFrame) -> go.Figure:
-    return _percent_axis(
+    return percent_axis(
         time_lines({"KV cache used": usage}, "KV cache usage", "used (%)", scale=100.0)
     )
 
@@ -235,65 +223,7 @@ def throughput_figure(prompt_rate: pd.DataFrame, generation_rate: pd.DataFrame) 
     )
 
 
-def cpu_figure(mean: pd.DataFrame, per_core: Mapping[str, pd.DataFrame]) -> go.Figure:
-    """CPU use in %: the mean over cores on top of every core as thin lines.
-
-    The cores are one trace (broken between cores) with one legend entry and no hover:
-    a 64-core host would otherwise fill the legend and the unified hover box.
-    """
-    fig = go.Figure()
-    cores = [frame for frame in per_core.values() if not frame.empty]
-    if cores:
-        # Each core's points plus one NaN point (at its last time) to break the line.
-        ts = np.concatenate([np.append(f["ts"].to_numpy(float), f["ts"].iloc[-1]) for f in cores])
-        ys = np.concatenate([np.append(f["value"].to_numpy(float) * 100.0, np.nan) for f in cores])
-        fig.add_trace(
-            go.Scatter(
-                x=local_time(pd.Series(ts)),
-                y=ys,
-                name="per core",
-                mode="lines",
-                line={"width": 1, "color": COLORS["per core"]},
-                connectgaps=False,
-                hoverinfo="skip",
-            )
-        )
-    if not mean.empty:
-        fig.add_trace(
-            go.Scatter(
-                x=local_time(mean["ts"]),
-                y=mean["value"] * 100.0,
-                name="mean",
-                mode="lines",
-                line={"width": 2.5, "color": COLORS["mean"]},
-            )
-        )
-    fig = _note_if_empty(_clock_axis(_layout(fig, "CPU utilization", "local time", "busy (%)")))
-    return _percent_axis(fig)
-
-
-def memory_figure(used: pd.DataFrame, total: pd.DataFrame) -> go.Figure:
-    return time_lines(
-        {"used": used, "total": total}, "Memory", "GiB", scale=1 / GIB, dashed=("total",)
-    )
-
-
-def network_figure(received: pd.DataFrame, transmitted: pd.DataFrame) -> go.Figure:
-    """Bytes/s summed over interfaces (the caller decides which, e.g. all but loopback)."""
-    return _si_axis(
-        time_lines(
-            {"received": received, "transmitted": transmitted},
-            "Network (without lo)",
-            "bytes/s",
-        )
-    )
-
-
-def disk_figure(read: pd.DataFrame, written: pd.DataFrame) -> go.Figure:
-    return _si_axis(time_lines({"read": read, "written": written}, "Disk I/O", "bytes/s"))
-
-
-def _palette(keys: Sequence[str]) -> dict[str, str]:
+def palette(keys: Sequence[str]) -> dict[str, str]:
     return {key: PALETTE[i % len(PALETTE)] for i, key in enumerate(keys)}
 
 
@@ -311,7 +241,7 @@ def per_key_lines(
         title,
         y_title,
         scale=scale,
-        colors=_palette(list(series)),
+        colors=palette(list(series)),
         empty_message=empty_message,
     )
     return fig.update_traces(showlegend=True)
@@ -328,7 +258,7 @@ def paired_lines(
     """Per key a solid line and a dashed one in the same color, e.g. each GPU's memory
     used against its total, named "<key> <names[0]>" and "<key> <names[1]>"."""
     keys = list(dict.fromkeys([*solid, *dashed]))
-    colors = _palette(keys)
+    colors = palette(keys)
     series: dict[str, pd.DataFrame] = {}
     line_colors: dict[str, str] = {}
     for key in keys:
@@ -344,10 +274,6 @@ def paired_lines(
         dashed=[f"{key} {names[1]}" for key in keys],
         colors=line_colors,
     )
-
-
-def gpu_utilization_figure(per_gpu: Mapping[str, pd.DataFrame]) -> go.Figure:
-    return _percent_axis(per_key_lines(per_gpu, "GPU utilization", "busy (%)", scale=100.0))
 
 
 def quantile_figure(quantiles: pd.DataFrame, title: str, scale: float = 1000.0) -> go.Figure:
@@ -420,9 +346,9 @@ def latency_histogram(
                 annotation_text=label,
                 annotation_position="bottom right" if is_slo else "top",
             )
-    fig = _layout(fig, title, x_title, "count")
+    fig = layout(fig, title, x_title, "count")
     fig.update_layout(hovermode="closest", showlegend=False, bargap=0)
-    return _note_if_empty(fig, "no successful requests")
+    return note_if_empty(fig, "no successful requests")
 
 
 def ecdf_figure(values_ms: Mapping[str, Sequence[float]], title: str) -> go.Figure:
@@ -447,9 +373,9 @@ def ecdf_figure(values_ms: Mapping[str, Sequence[float]], title: str) -> go.Figu
                 line={"shape": "hv", "color": COLORS.get(name)},
             )
         )
-    fig = _layout(fig, title, "latency (ms)", "requests at or below (%)")
+    fig = layout(fig, title, "latency (ms)", "requests at or below (%)")
     fig.update_layout(hovermode="closest")
-    return _note_if_empty(fig, "no successful requests")
+    return note_if_empty(fig, "no successful requests")
 
 
 def latency_scatter(requests: pd.DataFrame, start_s: float) -> go.Figure:
@@ -472,9 +398,9 @@ def latency_scatter(requests: pd.DataFrame, start_s: float) -> go.Figure:
                     marker={"color": COLORS[name], "size": 5, "opacity": 0.7},
                 )
             )
-    fig = _layout(fig, "E2E latency over the run", "sent at (s since run start)", "E2E (ms)")
+    fig = layout(fig, "E2E latency over the run", "sent at (s since run start)", "E2E (ms)")
     fig.update_layout(hovermode="closest")
-    return _note_if_empty(fig, "no requests with an end time")
+    return note_if_empty(fig, "no requests with an end time")
 
 
 def time_split_figure(
@@ -501,9 +427,9 @@ def time_split_figure(
                     insidetextanchor="middle",
                 )
             )
-    fig = _layout(fig, "Mean time per request: server phases and client view", "ms", "")
+    fig = layout(fig, "Mean time per request: server phases and client view", "ms", "")
     fig.update_layout(
         barmode="stack", hovermode="closest", height=230, legend={"traceorder": "normal"}
     )
     fig.update_yaxes(rangemode="normal")
-    return _note_if_empty(fig, "no server or client timings")
+    return note_if_empty(fig, "no server or client timings")

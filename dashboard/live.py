@@ -1,4 +1,9 @@
-"""Live page: what each collected server is doing now, from the store's samples."""
+"""Live page: what each collected server is doing now, from the store's samples.
+
+One card per target: a vLLM-style server (running/waiting, KV cache, tokens/s, server
+latency), this host (dashboard.live_host), an Ollama or the Ollama proxy
+(dashboard.live_ollama).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,6 @@ import time
 from typing import Any
 
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
 from capacity.series import (
@@ -14,13 +18,10 @@ from capacity.series import (
     gauge_series,
     histogram_quantile_series,
     kv_usage_series,
-    label_is,
-    latest_labels,
-    latest_value,
-    split_by_label,
 )
-from dashboard import figures
-from dashboard.figures import GIB, ago, local_clock, redact_urls
+from dashboard import figures, live_host, live_ollama
+from dashboard.figures import ago, local_clock, redact_urls
+from dashboard.widgets import Chart, chart_grid, last_sample_caption
 from servescope.store import Store
 
 REFRESH_S = 5
@@ -36,6 +37,10 @@ EMPTY_STATE = (
     "`servescope collect --target local=vllm:http://127.0.0.1:8000`, or run `make run` "
     "to start a local server, the collector and a load run together."
 )
+NO_SAMPLES = (
+    "No samples from this target in the selected time range. Pick a longer "
+    "range, or check that `servescope collect` is running against it."
+)
 LIVE_CONCEPTS = (
     "running",
     "waiting",
@@ -47,29 +52,6 @@ LIVE_CONCEPTS = (
     "ttft_seconds",
     "itl_seconds",
 )
-# `servescope collect` stores its own machine as a target of this runtime (off: --no-host).
-HOST_RUNTIME = "host"
-HOST_CONCEPTS = (
-    "cpu_utilization_ratio",
-    "memory_total_bytes",
-    "memory_used_bytes",
-    "disk_read_bytes_total",
-    "disk_written_bytes_total",
-    "network_received_bytes_total",
-    "network_transmitted_bytes_total",
-    "process_resident_memory_bytes",
-    "process_cpu_seconds_total",
-    "gpu_utilization_ratio",
-    "gpu_memory_used_bytes",
-    "gpu_memory_total_bytes",
-    "gpu_power_draw_watts",
-    "gpu_power_limit_watts",
-)
-# Loopback carries a local load generator's traffic to a local server: counting it would
-# double the real traffic and hide the NICs, so it is shown apart.
-LOOPBACK = ("lo",)
-NO_PROCESSES = "no serving process found on this host"
-Chart = tuple[go.Figure, str | None]  # a figure and an optional caption under it
 
 
 def render(store: Store) -> None:
@@ -104,36 +86,40 @@ def _render_targets(store: Store, names: list[str], range_s: float | None) -> No
 
 
 def _render_target(store: Store, target: dict[str, Any], since: float | None) -> None:
-    host = target["runtime"] == HOST_RUNTIME
     with st.container(border=True):
         _target_header(target)
-        if not host:
-            _server_facts(target.get("info") or {})
-        concepts = HOST_CONCEPTS if host else LIVE_CONCEPTS
-        df = store.samples(target["id"], concepts=concepts, since=since)
-        if df.empty:
-            st.info(
-                "No samples from this target in the selected time range. Pick a longer "
-                "range, or check that `servescope collect` is running against it."
-            )
-            return
-        if host:
-            _host_facts(target.get("info") or {}, df)
-        last = float(df["ts"].max())
-        st.caption(
-            f"Last sample {local_clock(last)} ({ago(last)}), "
-            f"{df['ts'].nunique():,} scrapes in this range."
-        )
-        charts = _host_charts(df) if host else _server_charts(df)
-        _chart_grid(f"live-{target['id']}", charts)
-        if host and not df["concept"].str.startswith("gpu_").any():
-            st.caption(_no_gpu_note(target.get("info") or {}))
+        runtime = target["runtime"]
+        if runtime == live_host.HOST_RUNTIME:
+            _host_card(store, target, since)
+        elif runtime == live_ollama.OLLAMA_RUNTIME:
+            live_ollama.ollama_card(store, target, since)
+        elif runtime == live_ollama.PROXY_RUNTIME:
+            live_ollama.proxy_card(store, target, since)
+        else:
+            _server_card(store, target, since)
 
 
-def _no_gpu_note(info: dict[str, Any]) -> str:
-    if info.get("gpus"):
-        return f"{info['gpus']} GPU(s) on this host, but no GPU samples in this time range."
-    return "No NVIDIA GPU on this host (NVML found none), so there are no GPU charts."
+def _server_card(store: Store, target: dict[str, Any], since: float | None) -> None:
+    _server_facts(target.get("info") or {})
+    df = store.samples(target["id"], concepts=LIVE_CONCEPTS, since=since)
+    if df.empty:
+        st.info(NO_SAMPLES)
+        return
+    last_sample_caption(df)
+    chart_grid(f"live-{target['id']}", _server_charts(df))
+
+
+def _host_card(store: Store, target: dict[str, Any], since: float | None) -> None:
+    info = target.get("info") or {}
+    df = store.samples(target["id"], concepts=live_host.HOST_CONCEPTS, since=since)
+    if df.empty:
+        st.info(NO_SAMPLES)
+        return
+    live_host.host_facts(info, df)
+    last_sample_caption(df)
+    chart_grid(f"live-{target['id']}", live_host.host_charts(df))
+    if not df["concept"].str.startswith("gpu_").any():
+        st.caption(live_host.no_gpu_note(info))
 
 
 def _server_charts(df: pd.DataFrame) -> list[Chart]:
@@ -159,184 +145,18 @@ def _server_charts(df: pd.DataFrame) -> list[Chart]:
     return [(fig, None) for fig in figs]
 
 
-def _host_charts(df: pd.DataFrame) -> list[Chart]:
-    """CPU, memory, network; the serving processes and disk; then the GPUs, if any."""
-    cores = split_by_label(df, "cpu_utilization_ratio", "cpu")
-    nics = df[~label_is(df, "interface", LOOPBACK)]
-    charts: list[Chart] = [
-        (
-            figures.cpu_figure(
-                gauge_series(df, "cpu_utilization_ratio", how="mean"),
-                {cpu: gauge_series(part, "cpu_utilization_ratio") for cpu, part in cores.items()},
-            ),
-            None,
-        ),
-        (
-            figures.memory_figure(
-                gauge_series(df, "memory_used_bytes"), gauge_series(df, "memory_total_bytes")
-            ),
-            None,
-        ),
-        (
-            figures.network_figure(
-                counter_rate_series(nics, "network_received_bytes_total"),
-                counter_rate_series(nics, "network_transmitted_bytes_total"),
-            ),
-            _loopback_note(df[label_is(df, "interface", LOOPBACK)]),
-        ),
-    ]
-    charts += _process_charts(df)
-    charts.append(
-        (
-            figures.disk_figure(
-                counter_rate_series(df, "disk_read_bytes_total"),
-                counter_rate_series(df, "disk_written_bytes_total"),
-            ),
-            None,
-        )
-    )
-    return charts + _gpu_charts(df)
-
-
-def _process_charts(df: pd.DataFrame) -> list[Chart]:
-    """RSS and CPU (cores busy = the rate of CPU seconds) of each serving process."""
-    names = {
-        pid: f"{labels.get('name') or '?'} ({pid})"
-        for pid, labels in latest_labels(df, "process_resident_memory_bytes", "pid").items()
-    }
-    rss = split_by_label(df, "process_resident_memory_bytes", "pid")
-    cpu = split_by_label(df, "process_cpu_seconds_total", "pid")
-    caption = (
-        "Serving processes: those listening on the local ports of the collected targets, "
-        "with their child processes."
-    )
-    return [
-        (
-            figures.per_key_lines(
-                {
-                    names.get(pid, pid): gauge_series(part, "process_resident_memory_bytes")
-                    for pid, part in rss.items()
-                },
-                "Process memory (RSS)",
-                "GiB",
-                scale=1 / GIB,
-                empty_message=NO_PROCESSES,
-            ),
-            caption,
-        ),
-        (
-            figures.per_key_lines(
-                {
-                    names.get(pid, pid): counter_rate_series(part, "process_cpu_seconds_total")
-                    for pid, part in cpu.items()
-                },
-                "Process CPU",
-                "cores busy",
-                empty_message=NO_PROCESSES,
-            ),
-            None,
-        ),
-    ]
-
-
-def _gpu_charts(df: pd.DataFrame) -> list[Chart]:
-    util = split_by_label(df, "gpu_utilization_ratio", "gpu")
-    used = split_by_label(df, "gpu_memory_used_bytes", "gpu")
-    total = split_by_label(df, "gpu_memory_total_bytes", "gpu")
-    draw = split_by_label(df, "gpu_power_draw_watts", "gpu")
-    limit = split_by_label(df, "gpu_power_limit_watts", "gpu")
-    if not (util or used or total or draw or limit):
-        return []
-    models = {
-        gpu: labels.get("name")
-        for concept in ("gpu_utilization_ratio", "gpu_memory_total_bytes")
-        for gpu, labels in latest_labels(df, concept, "gpu").items()
-    }
-
-    def named(parts: dict[str, pd.DataFrame], concept: str) -> dict[str, pd.DataFrame]:
-        return {f"GPU {gpu}": gauge_series(part, concept) for gpu, part in parts.items()}
-
-    described = ", ".join(f"GPU {gpu}: {name}" for gpu, name in models.items() if name)
-    return [
-        (
-            figures.gpu_utilization_figure(named(util, "gpu_utilization_ratio")),
-            described or None,
-        ),
-        (
-            figures.paired_lines(
-                named(used, "gpu_memory_used_bytes"),
-                named(total, "gpu_memory_total_bytes"),
-                ("used", "total"),
-                "GPU memory",
-                "GiB",
-                scale=1 / GIB,
-            ),
-            None,
-        ),
-        (
-            figures.paired_lines(
-                named(draw, "gpu_power_draw_watts"),
-                named(limit, "gpu_power_limit_watts"),
-                ("draw", "limit"),
-                "GPU power",
-                "W",
-            ),
-            None,
-        ),
-    ]
-
-
-def _loopback_note(loopback: pd.DataFrame) -> str | None:
-    rx = counter_rate_series(loopback, "network_received_bytes_total")
-    tx = counter_rate_series(loopback, "network_transmitted_bytes_total")
-    if rx.empty and tx.empty:
-        return None
-    mean = max(
-        float(rx["value"].mean()) if not rx.empty else 0.0,
-        float(tx["value"].mean()) if not tx.empty else 0.0,
-    )
-    return (
-        f"Loopback (lo) is left out: local traffic such as a load generator on this host, "
-        f"{_bytes_rate(mean)} on average in this range."
-    )
-
-
-def _bytes_rate(value: float) -> str:
-    for unit, size in (("GB/s", 1e9), ("MB/s", 1e6), ("kB/s", 1e3)):
-        if value >= size:
-            return f"{value / size:,.1f} {unit}"
-    return f"{value:,.0f} B/s"
-
-
-def _chart_grid(key: str, charts: list[Chart]) -> None:
-    """Three charts to a row, each with its caption under it."""
-    for start in range(0, len(charts), 3):
-        row = charts[start : start + 3]
-        for offset, (column, (fig, caption)) in enumerate(zip(st.columns(3), row, strict=False)):
-            column.plotly_chart(fig, key=f"{key}-{start + offset}", config=figures.PLOTLY_CONFIG)
-            if caption:
-                column.caption(caption)
-
-
-def _host_facts(info: dict[str, Any], df: pd.DataFrame) -> None:
-    cores = len(latest_labels(df, "cpu_utilization_ratio", "cpu"))
-    memory = latest_value(df, "memory_total_bytes")
-    gpus = len(
-        latest_labels(df, "gpu_memory_total_bytes", "gpu")
-        or latest_labels(df, "gpu_utilization_ratio", "gpu")
-    )
-    facts = st.columns(4)
-    facts[0].metric("Host", info.get("hostname") or "unknown")
-    facts[1].metric("CPU cores", cores or "unknown")
-    facts[2].metric("Memory (GiB)", "unknown" if memory is None else f"{memory / GIB:,.1f}")
-    facts[3].metric("NVIDIA GPUs", gpus or info.get("gpus") or 0)
-
-
 def _target_header(target: dict[str, Any]) -> None:
     title_col, status_col = st.columns([3, 2], vertical_alignment="center")
     title_col.subheader(f"{target['name']}")
-    if target["runtime"] == HOST_RUNTIME:
+    runtime = target["runtime"]
+    if runtime == live_host.HOST_RUNTIME:
         title_col.caption("this machine: CPU, memory, network, serving processes and GPUs")
+    elif runtime == live_ollama.PROXY_RUNTIME:
+        title_col.caption(
+            f"servescope proxy in front of the Ollama at {redact_urls(target['url'])}: "
+            "each response's phases, from Ollama's own timings"
+        )
+        return  # a proxy is not scraped: it has no up/down status
     else:
         title_col.caption(f"{target['runtime']} at {redact_urls(target['url'])}")
     status, since = target.get("status"), target.get("status_since")

@@ -4,17 +4,17 @@ histograms say about the same window."""
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 import pandas as pd
 import streamlit as st
 
-from capacity.latency import metric_values, request_table, summarize
+from capacity.latency import metric_values, request_table, summarize, trim_warmup
 from capacity.series import HistogramWindow, histogram_window
 from capacity.slo import evaluate_slos
-from dashboard import figures
+from dashboard import figures, run_checks
 from dashboard.figures import local_clock, redact_urls
 from servescope.records import RequestRecord
 from servescope.store import Store
@@ -38,6 +38,7 @@ METRIC_LABELS = {
     "e2e_from_intended_ms": "E2E from intended send",
     "send_lag_ms": "send lag (client)",
 }
+PERCENTILES = ("p50", "p95", "p99")
 PHASES = {"queue": "queue_seconds", "prefill": "prefill_seconds", "decode": "decode_seconds"}
 # Scrapes are seconds apart: widen the run's window so the scrapes just before its start
 # and just after its end are the ones compared.
@@ -51,27 +52,49 @@ def render(store: Store) -> None:
         st.info(EMPTY_STATE)
         return
     by_id = {r["id"]: r for r in runs}
-    run_id = st.selectbox("Run", list(by_id), format_func=lambda i: run_label(by_id[i]))
+    ids = list(by_id)
+    wanted = _run_in_query(ids)
+    run_id = st.selectbox(
+        "Run", ids, index=ids.index(wanted), format_func=lambda i: run_label(by_id[i])
+    )
+    st.query_params["run"] = str(run_id)  # a link to this page shows this run
     run = by_id[run_id]
     _run_header(run)
-    records = store.requests(run_id)
+    stored = run.get("summary") or {}
+    run_checks.client_health(stored.get("client"))
+    all_records = store.requests(run_id)
+    warmup = int((run.get("scenario") or {}).get("warmup_requests") or 0)
+    records = trim_warmup(all_records, warmup) if warmup else all_records
     if not records:
-        st.warning("This run recorded no requests.")
+        st.warning("This run recorded no requests" + (" after its warm-up." if warmup else "."))
         return
-    summary = summarize(records)
+    slos = _slos(run)
+    summary = summarize(records, slos=slos)
     _summary_metrics(summary)
+    if warmup:
+        st.caption(f"The first {warmup:,} requests (the warm-up) are left out of every figure.")
+    run_checks.show_warnings(run_checks.merged_warnings(summary, stored))
     _slo_section(run, summary)
     st.subheader("Latency (client)")
     st.dataframe(latency_table(summary), hide_index=True, column_config=_ms_columns())
     table = pd.DataFrame(request_table(records))
-    _distributions(records, table, summary, _slos(run))
+    _distributions(records, table, summary, slos)
     _time_split(store, run, summary)
     st.download_button(
         "Download per-request CSV",
-        table.to_csv(index=False).encode(),
+        pd.DataFrame(request_table(all_records)).to_csv(index=False).encode(),
         file_name=f"servescope-run-{run_id}-requests.csv",
         mime="text/csv",
     )
+
+
+def _run_in_query(ids: list[int]) -> int:
+    """The run named by ``?run=ID`` (the Sweep page links so), else the newest."""
+    try:
+        wanted = int(st.query_params.get("run", ""))
+    except ValueError:
+        return ids[0]
+    return wanted if wanted in ids else ids[0]
 
 
 def run_label(run: Mapping[str, Any]) -> str:
@@ -82,21 +105,26 @@ def run_label(run: Mapping[str, Any]) -> str:
 
 
 def latency_table(summary: Mapping[str, Any]) -> pd.DataFrame:
-    """One row per latency metric: p50/p95/p99, mean and count in ms."""
+    """One row per latency metric: p50/p95/p99 each with its 95 % confidence interval,
+    mean and count, in ms. Summaries from before CIs were kept show no interval."""
     rows = []
     for metric, label in METRIC_LABELS.items():
         dist = summary.get(metric) or {}
-        rows.append(
-            {
-                "metric": label,
-                "p50 (ms)": dist.get("p50"),
-                "p95 (ms)": dist.get("p95"),
-                "p99 (ms)": dist.get("p99"),
-                "mean (ms)": dist.get("mean"),
-                "samples": dist.get("count", 0),
-            }
-        )
+        ci95 = dist.get("ci95") or {}
+        row: dict[str, Any] = {"metric": label}
+        for p in PERCENTILES:
+            row[f"{p} (ms)"] = dist.get(p)
+            row[f"{p} 95% CI (ms)"] = ci_text(ci95.get(p))
+        row.update({"mean (ms)": dist.get("mean"), "samples": dist.get("count", 0)})
+        rows.append(row)
     return pd.DataFrame(rows)
+
+
+def ci_text(interval: Sequence[float] | None) -> str | None:
+    """[lo, hi] as "85.0 – 95.0"; None when there is no interval (fewer than 2 values)."""
+    if not interval or len(interval) != 2 or None in interval:
+        return None
+    return f"{interval[0]:,.1f} – {interval[1]:,.1f}"
 
 
 def same_server(a: str, b: str) -> bool:
@@ -191,6 +219,50 @@ def _slo_section(run: Mapping[str, Any], summary: Mapping[str, Any]) -> None:
     else:
         st.warning("SLOs could not be checked: no successful requests.")
     st.dataframe(slo_table(rows), hide_index=True, column_config=_ms_columns())
+    _goodput(summary.get("goodput") or {})
+
+
+def attainment_table(attainment: list[dict[str, Any]]) -> pd.DataFrame:
+    """Per SLO the share of requests that met it on their own values, beside the share a
+    percentile target needs (95 % for a p95)."""
+    return pd.DataFrame(
+        [
+            {
+                "metric": METRIC_LABELS.get(a["metric"], a["metric"]),
+                "statistic": a["stat"],
+                "target (ms)": float(a["target_ms"]),
+                "requests meeting it (%)": 100.0 * a["ratio"],
+                "needed (%)": float(a["stat"][1:]) if a["stat"].startswith("p") else None,
+            }
+            for a in attainment
+        ],
+        columns=["metric", "statistic", "target (ms)", "requests meeting it (%)", "needed (%)"],
+    )
+
+
+def _goodput(goodput: Mapping[str, Any]) -> None:
+    """Goodput: the requests that met every SLO, each judged on its own latencies."""
+    if not goodput.get("attainment"):
+        return
+    cols = st.columns(3)
+    cols[0].metric("Goodput (req/s)", _number(goodput.get("requests_per_s"), digits=2))
+    cols[1].metric("Requests meeting every SLO", f"{goodput.get('requests', 0):,}")
+    ratio = goodput.get("ratio")
+    cols[2].metric("Goodput ratio", "n/a" if ratio is None else f"{ratio:.1%}")
+    st.dataframe(
+        attainment_table(goodput["attainment"]),
+        hide_index=True,
+        column_config={
+            **_ms_columns(),
+            "requests meeting it (%)": st.column_config.NumberColumn(format="%.1f"),
+            "needed (%)": st.column_config.NumberColumn(format="%g"),
+        },
+    )
+    st.caption(
+        "Goodput counts each request against every SLO on its own TTFT, TPOT or E2E (ITL: "
+        "the statistic over its own gaps); failed requests meet none. A percentile SLO "
+        "holds when at least the needed share of requests meets its target."
+    )
 
 
 def _ms_columns() -> dict[str, Any]:

@@ -23,7 +23,7 @@ from collectors.mappings import VLLM
 from collectors.normalize import normalize
 from dashboard.app import db_path
 from dashboard.figures import GIB, redact_urls
-from dashboard.run import same_server, slo_table
+from dashboard.run import latency_table, same_server, slo_table
 from servescope.records import RequestRecord, Sample
 from servescope.store import Store
 
@@ -133,6 +133,11 @@ def full_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def texts(elements) -> str:
     return "\n".join(str(e.value) for e in elements)
+
+
+def frame_with(at: AppTest, column: str):
+    """The first dataframe on the page that has `column`."""
+    return next(d.value for d in at.dataframe if column in d.value.columns)
 
 
 def chart_specs(at: AppTest) -> list[dict]:
@@ -311,11 +316,25 @@ def test_run_page_shows_summary_slos_charts_and_server_split(full_db: Path) -> N
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Requests ok"] == "19"
     assert metrics["Requests failed"] == "1"
-    latency, slos = at.dataframe[1].value, at.dataframe[0].value
+    latency, slos = frame_with(at, "p50 (ms)"), frame_with(at, "passed")
     assert list(latency["metric"][:4]) == ["TTFT", "ITL", "TPOT", "E2E"]
     # TTFTs are 40 + 5i ms for the 19 ok requests (i != 7): p50 is i = 10 -> 90 ms.
     assert latency.loc[latency["metric"] == "TTFT", "p50 (ms)"].item() == pytest.approx(90.0)
     assert latency.loc[latency["metric"] == "ITL", "p99 (ms)"].item() == pytest.approx(20.0)
+    ttft_ci = latency.loc[latency["metric"] == "TTFT", "p50 95% CI (ms)"].item()
+    lo, hi = (float(x) for x in ttft_ci.split(" – "))
+    assert 40.0 <= lo <= 90.0 <= hi <= 135.0  # around the p50, within the measured range
+    assert latency.loc[latency["metric"] == "ITL", "p99 95% CI (ms)"].item() == "20.0 – 20.0"
+    # 19 TTFTs cannot back a p99 (it needs 1000): the page says so.
+    assert "p99 of ttft_ms rests on 19 samples; 1000 or more are needed" in texts(at.warning)
+    # Goodput: no request ends within the 1 ms E2E target, so none meets every SLO.
+    assert metrics["Goodput (req/s)"] == "0.00"
+    assert metrics["Requests meeting every SLO"] == "0"
+    assert metrics["Goodput ratio"] == "0.0%"
+    attainment = frame_with(at, "requests meeting it (%)")
+    assert list(attainment["metric"]) == ["TTFT", "E2E"]
+    assert list(attainment["requests meeting it (%)"]) == [95.0, 0.0]  # 19 of 20 ok
+    assert list(attainment["needed (%)"]) == [95.0, 50.0]
     assert dict(zip(slos["metric"], slos["passed"], strict=True)) == {"TTFT": "pass", "E2E": "FAIL"}
     assert "1 of 2 SLO targets missed." in texts(at.error)
     charts = chart_specs(at)
@@ -405,3 +424,70 @@ def test_run_page_with_only_failed_requests_cannot_judge_slos(
 def test_credentials_in_urls_are_never_shown() -> None:
     message = "GET http://admin:s3cret@gpu:8000/metrics failed"
     assert redact_urls(message) == "GET http://gpu:8000/metrics failed"
+
+
+def stored_run(path: Path, summary: dict | None) -> None:
+    """A finished run of three requests whose stored summary is `summary`."""
+    store = Store(path)
+    run_id = store.create_run("stored", "chat", {"slos": {}}, "http://127.0.0.1:9000", {})
+    store.add_requests(run_id, [record(i, time.time_ns()) for i in range(3)])
+    store.finish_run(run_id, "finished", summary)
+    store.close()
+
+
+def test_run_page_says_when_the_load_generator_limited_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "limited.db"
+    reasons = [
+        "event-loop lag p99 42.0 ms > 10 ms: event stamps are late by up to that much",
+        "connection pool (100) below the concurrency asked for (256)",
+    ]
+    client = {
+        "limited_by_client": True,
+        "reasons": reasons,
+        "loop_lag_ms": {"p50": 3.0, "p99": 42.0, "max": 80.0},
+        "cpu_percent": {"p50": 60.0, "max": 97.0},
+        "send_lag_ms": {"p99": 5.0, "max": 9.0},
+        "pool_max_connections": 100,
+        "peak_concurrency": 256,
+    }
+    stored_run(path, {"client": client, "warnings": ["a warning only the CLI made"]})
+    monkeypatch.setenv("SERVESCOPE_DB", str(path))
+    at = AppTest.from_function(run_page, default_timeout=TIMEOUT_S).run()
+    assert not at.exception
+    (error,) = at.error
+    assert error.value.startswith(
+        "These results were limited by the load generator, not the server:"
+    )
+    assert all(reason in error.value for reason in reasons)
+    assert "event-loop lag p99 42.0 ms, CPU max 97.0% of a core" in texts(at.caption)
+    warnings = texts(at.warning)
+    assert "a warning only the CLI made" in warnings
+    assert "p99 of e2e_ms rests on 3 samples" in warnings  # recomputed from the requests
+
+
+def test_run_page_with_a_healthy_client_and_an_old_summary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "healthy.db"
+    client = {"limited_by_client": False, "reasons": [], "loop_lag_ms": {"p99": 0.4}}
+    stored_run(path, {"client": client})
+    stored_run(path, {"requests_ok": 3})  # an old summary: no client, warnings or CIs
+    monkeypatch.setenv("SERVESCOPE_DB", str(path))
+    at = AppTest.from_function(run_page, default_timeout=TIMEOUT_S).run()
+    assert not at.exception
+    assert at.selectbox[0].value == 2
+    assert not at.error
+    assert "Load generator" not in texts(at.caption)
+    at.selectbox[0].set_value(1).run()
+    assert not at.exception and not at.error
+    assert "event-loop lag p99 0.4 ms; it did not limit this run." in texts(at.caption)
+
+
+def test_latency_table_without_confidence_intervals() -> None:
+    old = {"ttft_ms": {"p50": 90.0, "p95": 120.0, "p99": 130.0, "mean": 95.0, "count": 19}}
+    table = latency_table(old)
+    row = table[table["metric"] == "TTFT"].iloc[0]
+    assert row["p95 (ms)"] == 120.0 and row["p95 95% CI (ms)"] is None
+    assert table.loc[table["metric"] == "ITL", "samples"].item() == 0

@@ -17,6 +17,7 @@ from capacity.series import (
     label_is,
     latest_labels,
     latest_value,
+    samples_table,
     split_by_label,
 )
 from collectors.mappings import VLLM
@@ -306,3 +307,43 @@ def test_real_vllm_page_gives_the_server_means() -> None:
     # Half of every bucket is new: the median of the page's own 69 TTFTs (rank 34.5 in
     # (1.0, 2.5] holding 29..37 -> 1.0 + 1.5 * 5.5/8).
     assert ttft["value"].tolist() == pytest.approx([1.0 + 1.5 * 5.5 / 8])
+
+
+def test_samples_table_has_a_row_per_write_and_label_set() -> None:
+    """Like the Ollama proxy's samples: all of a response's figures at one ts; two
+    responses of one model in the same instant stay two rows."""
+    g, c = {"model": "tiny", "endpoint": "/api/generate"}, {"model": "big", "endpoint": "/api/chat"}
+    df = frame(
+        [
+            (10.0, "ollama_request_total_s", 0.02, g),
+            (10.0, "ollama_request_decode_s", 0.012, g),
+            (10.0, "ollama_request_total_s", 0.04, c),
+            (11.0, "ollama_request_total_s", 0.05, g),
+            (11.0, "ollama_request_decode_s", 0.03, g),
+            (11.0, "ollama_request_total_s", 0.06, g),
+            (11.0, "unrelated", 1.0, g),
+        ]
+    )
+    out = samples_table(
+        df, ["ollama_request_total_s", "ollama_request_decode_s"], ["model", "endpoint"]
+    )
+    assert list(out.columns) == [
+        "ts",
+        "model",
+        "endpoint",
+        "ollama_request_total_s",
+        "ollama_request_decode_s",
+    ]
+    rows = out.astype(object).where(out.notna(), None).values.tolist()
+    assert rows == [
+        [10.0, "big", "/api/chat", 0.04, None],
+        [10.0, "tiny", "/api/generate", 0.02, 0.012],
+        [11.0, "tiny", "/api/generate", 0.05, 0.03],
+        [11.0, "tiny", "/api/generate", 0.06, None],
+    ]
+
+
+def test_samples_table_of_nothing_keeps_its_columns() -> None:
+    out = samples_table(frame([(1.0, "running", 2.0, {})]), ["model_size_bytes"], ["model"])
+    assert out.empty
+    assert list(out.columns) == ["ts", "model", "model_size_bytes"]

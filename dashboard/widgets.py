@@ -1,0 +1,30 @@
+"""Small Streamlit building blocks the pages share."""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from dashboard import figures
+from dashboard.figures import ago, local_clock
+
+Chart = tuple[go.Figure, str | None]  # a figure and an optional caption under it
+
+
+def chart_grid(key: str, charts: list[Chart], per_row: int = 3) -> None:
+    """Three charts to a row (or `per_row`), each with its caption under it."""
+    for start in range(0, len(charts), per_row):
+        row = charts[start : start + per_row]
+        columns = st.columns(per_row)
+        for offset, (column, (fig, caption)) in enumerate(zip(columns, row, strict=False)):
+            column.plotly_chart(fig, key=f"{key}-{start + offset}", config=figures.PLOTLY_CONFIG)
+            if caption:
+                column.caption(caption)
+
+
+def last_sample_caption(df: pd.DataFrame, noun: str = "scrapes", count: int | None = None) -> None:
+    """When the newest sample came and how many scrapes (polls, responses) the range holds."""
+    last = float(df["ts"].max())
+    count = df["ts"].nunique() if count is None else count
+    st.caption(f"Last sample {local_clock(last)} ({ago(last)}), {count:,} {noun} in this range.")
