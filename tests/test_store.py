@@ -1,7 +1,8 @@
 """The store: versioned schema, concurrent writers from several processes, no lost rows."""
 
-import multiprocessing as mp
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 
@@ -51,28 +52,35 @@ def test_samples_round_trip_with_raw_name_labels_and_histogram(store):
     assert df.iloc[1]["labels"] == {"engine": "0"}
 
 
-def _writer(path: str, worker: int, n: int) -> None:
-    store = Store(path)
-    run = store.runs()[0]["id"]
-    tid = store.targets()[0]["id"]
-    for i in range(n):
-        store.add_requests(run, [_record(worker * 100_000 + i)])
-        store.add_samples(tid, float(i), [Sample("running", i, "x", {"w": str(worker)})])
-    store.close()
+WRITER = """
+import sys
+from servescope.records import RequestRecord, Sample
+from servescope.store import Store
+path, worker, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+store = Store(path)
+run, tid = store.runs()[0]["id"], store.targets()[0]["id"]
+for i in range(n):
+    rid = worker * 100_000 + i
+    store.add_requests(run, [RequestRecord(request_id=f"r{rid}", intended_ns=rid, send_ns=rid)])
+    store.add_samples(tid, float(i), [Sample("running", i, "x", {"w": str(worker)})])
+"""
 
 
 def test_several_processes_write_at_once_without_losing_rows(tmp_path):
+    """Four processes (think: a collector and three load-generator workers) writing one
+    store at once: every row lands, and no writer sees "database is locked"."""
     path = str(tmp_path / "c.db")
     with Store(path) as store:
         store.create_run("r", "chat", {}, "http://127.0.0.1:1", {})
         store.upsert_target("t", "vllm", "http://127.0.0.1:1")
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_writer, args=(path, w, 150)) for w in range(4)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", WRITER, path, str(w), "150"],
+                         stderr=subprocess.PIPE, text=True)
+        for w in range(4)
+    ]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
+    assert not any("locked" in e for e in errors)
     with Store(path) as store:
         assert store.count_requests(store.runs()[0]["id"]) == 600
         assert len(store.samples(store.targets()[0]["id"])) == 600
