@@ -6,8 +6,10 @@ imports it only for the `load` command.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -19,14 +21,27 @@ import httpx
 from locust.env import Environment
 from locust.runners import STATE_STOPPED
 
-from capacity.latency import summarize
+from capacity.latency import send_lag_ms, summarize
 from capacity.slo import evaluate_slos
 from collectors.scrape import ScrapeError, scrape, server_info
+from loadgen.health import ClientHealth
 from loadgen.prompts import PromptBuilder
-from loadgen.scenario import Scenario
-from loadgen.users import ChatUser, LoadContext, StagesShape
+from loadgen.scenario import Scenario, ScenarioError, load_scenario
+from loadgen.users import (
+    PREPARE_LEAD_S,
+    AnswerTap,
+    ChatUser,
+    LoadContext,
+    ScheduleShape,
+    ScheduleUser,
+    StagesShape,
+)
+from servescope.durations import parse_duration
 from servescope.records import RequestRecord
 from servescope.store import Store
+
+# Shared prefixes built before the run starts; further groups are built on first use.
+PREBUILT_PREFIX_GROUPS = 32
 
 
 class LoadError(RuntimeError):
@@ -56,6 +71,35 @@ def target_config(base_url: str, client: httpx.Client) -> dict[str, Any]:
     with contextlib.suppress(ScrapeError):  # not a vLLM, or no /metrics: fine
         config.update(scrape(base_url, "vllm", client=client).info)
     return config
+
+
+class StopOnInterrupt:
+    """The first Ctrl-C asks the run to stop (requests in flight may finish, the summary is
+    written); a second one raises KeyboardInterrupt as usual. A flag instead of an exception,
+    so no greenlet is interrupted halfway through a request or a store write."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> StopOnInterrupt:
+        with contextlib.suppress(ValueError):  # not the main thread: plain KeyboardInterrupt
+            previous = signal.getsignal(signal.SIGINT)
+            if previous is not signal.SIG_IGN:
+                self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        self._restore()
+
+    def _restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def __exit__(self, *exc: object) -> None:
+        self._restore()
 
 
 class Progress:
@@ -92,15 +136,24 @@ def run_load(
     show_progress: bool = True,
     on_record: Callable[[RequestRecord], None] | None = None,
 ) -> tuple[int, dict[str, Any]]:
-    """Run `scenario` against `base_url`; returns (run id, summary). Ctrl-C stops the run
-    and keeps (and summarizes) everything measured so far."""
+    """Run `scenario` against `base_url`; returns (run id, summary). Every request is
+    stored as it completes; Ctrl-C stops the run and keeps (and summarizes) everything
+    measured so far."""
     base_url = base_url.rstrip("/")
     headers = dict(headers or {})
-    max_users = max(s.concurrency for s in scenario.stages)
-    limits = httpx.Limits(max_connections=max_users + 8, max_keepalive_connections=max_users + 8)
-    client = httpx.Client(limits=limits, timeout=scenario.request_timeout)
-    model = model or discover_model(client, base_url, headers)
-    config = target_config(base_url, client)
+    closed = scenario.mode == "closed"
+    peak = max(s.concurrency for s in scenario.stages) if closed else scenario.max_in_flight
+    # Room for every request in flight plus the /tokenize calls that build prompts.
+    pool = peak + (8 if closed else 32)
+    limits = httpx.Limits(max_connections=pool, max_keepalive_connections=pool)
+    tap = AnswerTap(httpx.HTTPTransport(limits=limits)) if scenario.multi_turn else None
+    client = httpx.Client(limits=limits, timeout=scenario.request_timeout, transport=tap)
+    try:
+        model = model or discover_model(client, base_url, headers)
+        config = target_config(base_url, client)
+    except BaseException:
+        client.close()
+        raise
     config["model"] = model
     run_id = store.create_run(
         name=f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}",
@@ -119,54 +172,87 @@ def run_load(
         base_url, model, client, scenario.shared_prefix_tokens, scenario.system_prompt,
         headers, scenario.seed,
     )
-    prompts.system_message()  # the shared prefix, built once before any user starts
+    for group in range(min(scenario.prefix_groups, PREBUILT_PREFIX_GROUPS)):
+        prompts.system_message(group)  # shared prefixes, built before any request starts
     ctx = LoadContext(
         scenario=scenario, base_url=base_url, model=model, record=record, client=client,
-        prompts=prompts, headers=headers, ignore_eos=ignore_eos,
+        prompts=prompts, headers=headers, ignore_eos=ignore_eos, tap=tap,
     )
-    user_cls = type("ScenarioChatUser", (ChatUser,), {"ctx": ctx, "abstract": False})
-    shape = type("ScenarioShape", (StagesShape,), {"ctx": ctx})()
+    user_base, shape_base = (ChatUser, StagesShape) if closed else (ScheduleUser, ScheduleShape)
+    user_cls = type("ScenarioUser", (user_base,), {"ctx": ctx, "abstract": False})
+    shape = type("ScenarioShape", (shape_base,), {"ctx": ctx})()
     env = Environment(
         user_classes=[user_cls],
         shape_class=shape,
         # Let in-flight requests finish when a stage shrinks or the run ends.
         stop_timeout=min(scenario.request_timeout, 60.0),
     )
+    ctx.events = env.events
     runner = env.create_local_runner()
+    health = ClientHealth()
     progress = Progress(show_progress)
     status = "finished"
     started = time.monotonic()
-    hard_limit = scenario.duration_s + scenario.request_timeout + 30
-    limit_note = f" of {scenario.max_requests}" if scenario.max_requests else ""
+    hard_limit = scenario.duration_s + scenario.request_timeout + PREPARE_LEAD_S + 30
     try:
-        runner.start_shape()
-        while True:
-            gevent.sleep(0.5)
-            elapsed = time.monotonic() - started
-            progress.show(
-                f"[{elapsed:6.1f}s/{scenario.duration_s:.0f}s] stage "
-                f"{ctx.stage_index + 1}/{len(scenario.stages)} users {runner.user_count:3d} | "
-                f"ok {ctx.ok} failed {ctx.failed}{limit_note} in flight {ctx.in_flight} | "
-                f"out tokens {ctx.output_tokens} ({ctx.output_tokens / max(elapsed, 1e-9):.0f}/s)"
-            )
-            if runner.state == STATE_STOPPED or ctx.exhausted:
-                break
-            if elapsed > hard_limit:
-                status = "timed_out"
-                break
-    except KeyboardInterrupt:
+        with StopOnInterrupt() as interrupt:
+            health.start()
+            runner.start_shape()
+            while True:
+                gevent.sleep(0.5)
+                elapsed = time.monotonic() - started
+                progress.show(_progress_line(ctx, elapsed, runner.user_count))
+                if interrupt.requested:
+                    status = "interrupted"
+                    break
+                if runner.state == STATE_STOPPED or ctx.exhausted:
+                    break
+                if elapsed > hard_limit:
+                    status = "timed_out"
+                    break
+            # No new requests; those in flight get up to stop_timeout to finish and be stored.
+            ctx.stop.set()
+            runner.quit()
+    except KeyboardInterrupt:  # a second Ctrl-C: stop now
         status = "interrupted"
     finally:
-        runner.quit()
+        ctx.stop.set()
+        with contextlib.suppress(KeyboardInterrupt):
+            runner.quit()
+            ctx.requests.kill(block=True, timeout=5)
+        health.stop()
         progress.done()
         client.close()
     records = store.requests(run_id)
     summary = build_summary(run_id, scenario, config, records, status)
+    summary["client"] = health.summary(
+        send_lag_ms=[send_lag_ms(r) for r in records if r.ok],
+        pool_max_connections=pool,
+        peak_concurrency=peak if closed else ctx.peak_in_flight,
+    )
+    if summary["client"]["limited_by_client"]:
+        summary["warnings"].insert(0, "the load generator limited these results: "
+                                   + "; ".join(summary["client"]["reasons"]))
     store.finish_run(run_id, status, summary)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(summary, indent=2))
     return run_id, summary
+
+
+def _progress_line(ctx: LoadContext, elapsed: float, users: int) -> str:
+    s = ctx.scenario
+    limit = f" of {s.max_requests}" if s.max_requests else ""
+    if s.mode == "closed":
+        where = f"stage {ctx.stage_index + 1}/{len(s.stages)} users {users:3d}"
+    else:
+        label = "open loop" if s.mode == "open" else "trace replay"
+        where = f"{label} sent {ctx.issued - ctx.dropped} dropped {ctx.dropped}"
+    return (
+        f"[{elapsed:6.1f}s/{s.duration_s:.0f}s] {where} | ok {ctx.ok} failed {ctx.failed}"
+        f"{limit} in flight {ctx.in_flight} | out tokens {ctx.output_tokens} "
+        f"({ctx.output_tokens / max(elapsed, 1e-9):.0f}/s)"
+    )
 
 
 def build_summary(
@@ -184,6 +270,52 @@ def build_summary(
         "target": target.get("url"),
         "model": target.get("model"),
     }
-    summary.update(summarize(records))
+    summary.update(summarize(records, scenario.slos.model_dump(), scenario.warmup_requests))
     summary["slos"] = evaluate_slos(scenario.slos.model_dump(), summary)
     return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m loadgen.run SCENARIO --target URL --db FILE [--out FILE] [overrides]``:
+    run_load without the servescope CLI, with the same overrides as `servescope load`."""
+    p = argparse.ArgumentParser(prog="python -m loadgen.run", description=main.__doc__)
+    p.add_argument("scenario", type=Path)
+    p.add_argument("--target", required=True, help="server base URL")
+    p.add_argument("--db", type=Path, required=True, help="store file")
+    p.add_argument("--out", type=Path, help="write the summary JSON here")
+    p.add_argument("--model")
+    p.add_argument("--concurrency", type=int, help="one closed-loop stage with N users")
+    p.add_argument("--rate", help="one open-loop stage at this rate, e.g. 5/s")
+    p.add_argument("--arrival-process", choices=["poisson", "gamma", "constant"])
+    p.add_argument("--cv", type=float, help="gamma arrivals: coefficient of variation")
+    p.add_argument("--duration", type=parse_duration, help="e.g. 30s")
+    p.add_argument("--requests", type=int, help="stop after N requests")
+    p.add_argument("--max-in-flight", type=int, help="open loop: cap on requests in flight")
+    p.add_argument("--time-scale", type=float, help="trace replay: multiply its timestamps")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        scenario = load_scenario(args.scenario).with_overrides(
+            args.concurrency, args.duration, args.requests, rate=args.rate,
+            process=args.arrival_process, cv=args.cv, max_in_flight=args.max_in_flight,
+            time_scale=args.time_scale, seed=args.seed,
+        )
+    except ScenarioError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    with Store(args.db) as store:
+        try:
+            run_id, summary = run_load(scenario, args.target, store, model=args.model,
+                                       out=args.out, show_progress=not args.quiet)
+        except LoadError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+    print(json.dumps({"run_id": run_id, "status": summary["status"],
+                      "requests_ok": summary["requests_ok"],
+                      "requests_failed": summary["requests_failed"]}))
+    return 0 if summary["status"] in ("finished", "interrupted") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

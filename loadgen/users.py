@@ -1,27 +1,90 @@
-"""Locust drives the users; our own stamps go to the store.
+"""Locust drives the load; our own stamps go to the store.
 
-Locust's request event still fires (so its UI and CSV stats work), but with our
-unrounded numbers kept out of its rounding: the store holds the raw stamps, and every
-metric servescope reports is derived from those.
+Closed loop: `ChatUser`s, as many as the current stage asks, each sending its next request
+when the previous one finished. Open loop and trace replay: one `ScheduleUser` walks the
+arrival schedule and spawns a greenlet per arrival, so the request rate never depends on a
+user count, and each request's intended send time is its scheduled arrival.
+
+Locust's request event still fires (so its UI and CSV stats work), but with our unrounded
+numbers kept out of its rounding: the store holds the raw stamps, and every metric
+servescope reports is derived from those.
 """
 
 from __future__ import annotations
 
 import itertools
-import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
+from gevent.event import Event
+from gevent.pool import Group
 from locust import LoadTestShape, User, task
 from locust.exception import StopUser
 
+from loadgen.arrivals import arrival_times, users_at
 from loadgen.clock import now_ns
 from loadgen.openai_chat import ChatRequest, stream_chat
-from loadgen.prompts import PromptBuilder
+from loadgen.prompts import Conversation, PromptBuilder, Turn
 from loadgen.scenario import Scenario
+from loadgen.sse import SSEParser, parse_openai_chunk
 from servescope.records import RequestRecord
+
+# Open loop: a request's prompt is built this long before its arrival, so building it (a few
+# /tokenize round trips) does not make it late.
+PREPARE_LEAD_S = 0.5
+
+Arrival = tuple[float, tuple[int, int] | None]  # (seconds from start, fixed lengths or None)
+
+
+class AnswerTap(httpx.BaseTransport):
+    """Keeps the response bytes of the requests it is told to expect, so a conversation
+    can send the assistant's real answer back as history. The timed client (stream_chat)
+    reads the same bytes unchanged; this only keeps a copy."""
+
+    def __init__(self, inner: httpx.BaseTransport) -> None:
+        self.inner = inner
+        self._kept: dict[str, list[bytes]] = {}
+
+    def expect(self, request_id: str) -> None:
+        self._kept[request_id] = []
+
+    def answer(self, request_id: str) -> str:
+        """The content text the response streamed (and forget its bytes)."""
+        parser, text = SSEParser(), []
+        for event in parser.feed(b"".join(self._kept.pop(request_id, [])) + b"\n\n", 0):
+            if event.data.strip() == "[DONE]":
+                continue
+            try:
+                text.append(parse_openai_chunk(event.data).content)
+            except ValueError:
+                continue
+        return "".join(text)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self.inner.handle_request(request)
+        kept = self._kept.get(request.headers.get("x-request-id", ""))
+        if kept is not None:
+            response.stream = _Tee(response.stream, kept)
+        return response
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class _Tee(httpx.SyncByteStream):
+    def __init__(self, stream: httpx.SyncByteStream, kept: list[bytes]) -> None:
+        self.stream, self.kept = stream, kept
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self.stream:
+            self.kept.append(chunk)
+            yield chunk
+
+    def close(self) -> None:
+        self.stream.close()
 
 
 @dataclass
@@ -37,24 +100,45 @@ class LoadContext:
     headers: dict[str, str] = field(default_factory=dict)
     ignore_eos: bool = True
     worker: str = "local"
+    tap: AnswerTap | None = None
+    events: Any = None  # the Locust Environment's events, once it exists
     issued: int = 0
     completed: int = 0
     ok: int = 0
     failed: int = 0
+    dropped: int = 0
     output_tokens: int = 0
     in_flight: int = 0
+    peak_in_flight: int = 0
     stage_index: int = 0
-    _ids: itertools.count = field(default_factory=itertools.count)
+    done: bool = False  # open loop: the schedule ran out and its requests finished
+    stop: Event = field(default_factory=Event)  # set: start no new request
+    requests: Group = field(default_factory=Group)  # open loop: one greenlet per arrival
+    _conversations: itertools.count = field(default_factory=itertools.count)
+    _users: itertools.count = field(default_factory=itertools.count)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def take_slot(self) -> int | None:
-        """A sequence number for the next request, or None once max_requests is reached."""
+    def take_slot(self) -> bool:
+        """Claim the next request; False once max_requests were issued."""
         with self._lock:
             limit = self.scenario.max_requests
             if limit is not None and self.issued >= limit:
-                return None
+                return False
             self.issued += 1
-            return next(self._ids)
+            return True
+
+    @property
+    def slots_left(self) -> bool:
+        limit = self.scenario.max_requests
+        return limit is None or self.issued < limit
+
+    def next_user(self) -> int:
+        return next(self._users)
+
+    def conversation(self, index: int | None = None,
+                     lengths: tuple[int, int] | None = None) -> Conversation:
+        index = next(self._conversations) if index is None else index
+        return Conversation(self.scenario, index, self.worker, lengths)
 
     def finished(self, rec: RequestRecord) -> None:
         with self._lock:
@@ -64,6 +148,7 @@ class LoadContext:
                 self.output_tokens += rec.output_tokens or 0
             else:
                 self.failed += 1
+                self.dropped += rec.error_class == "client_overload"
         self.record(rec)
 
     @property
@@ -75,47 +160,53 @@ class LoadContext:
         return self.scenario.stages[self.stage_index].think_time
 
 
-class ChatUser(User):
-    """One closed-loop user: build a prompt, stream a chat completion, record it, repeat."""
+def send_turn(ctx: LoadContext, conv: Conversation, turn: Turn, intended_ns: int,
+              user_id: int | None = None) -> RequestRecord:
+    """Stream one turn, record it, and hand the answer to its conversation."""
+    extra = {"priority": turn.priority} if turn.priority is not None else {}
+    req = ChatRequest(ctx.model, turn.messages, turn.output_tokens, ignore_eos=ctx.ignore_eos,
+                      extra_body=extra)
+    tapped = ctx.tap is not None and conv.multi_turn
+    if tapped:
+        ctx.tap.expect(turn.request_id)
+    ctx.in_flight += 1
+    ctx.peak_in_flight = max(ctx.peak_in_flight, ctx.in_flight)
+    try:
+        rec = stream_chat(ctx.client, f"{ctx.base_url}/v1/chat/completions", req,
+                          turn.request_id, intended_ns, ctx.scenario.request_timeout,
+                          ctx.headers)
+    finally:
+        ctx.in_flight -= 1
+        answer = ctx.tap.answer(turn.request_id) if tapped else None
+    rec.target_prompt_tokens = turn.target_prompt_tokens
+    rec.worker = ctx.worker
+    rec.user_id = user_id
+    ctx.finished(rec)
+    ctx.prompts.observe(sum(len(m["content"]) for m in turn.messages), rec.prompt_tokens)
+    conv.answered(turn, rec, answer)
+    _fire_locust_event(ctx, rec)
+    return rec
 
-    abstract = True
-    ctx: LoadContext  # set on a per-run subclass
 
-    def wait_time(self) -> float:
-        return self.ctx.think_time()
+def record_overload(ctx: LoadContext, turn: Turn, intended_ns: int) -> RequestRecord:
+    """An arrival the client could not send because max_in_flight requests were already in
+    flight: a failed request (never sent) rather than a silent wait."""
+    rec = RequestRecord(
+        request_id=turn.request_id, intended_ns=intended_ns, send_ns=now_ns(),
+        target_prompt_tokens=turn.target_prompt_tokens,
+        target_output_tokens=turn.output_tokens, worker=ctx.worker,
+        error_class="client_overload",
+        error=f"not sent: {ctx.in_flight} requests in flight, max_in_flight "
+              f"{ctx.scenario.max_in_flight}",
+    )
+    ctx.finished(rec)
+    _fire_locust_event(ctx, rec)
+    return rec
 
-    @task
-    def chat(self) -> None:
-        ctx = self.ctx
-        seq = ctx.take_slot()
-        if seq is None:
-            raise StopUser()
-        rng = random.Random(f"{ctx.scenario.seed}:{seq}")
-        prompt_tokens = ctx.scenario.prompt_tokens.sample(rng)
-        output_tokens = ctx.scenario.output_tokens.sample(rng)
-        request_id = f"{ctx.worker}-{seq:07d}-{rng.getrandbits(32):08x}"
-        messages = ctx.prompts.build(prompt_tokens, request_id, rng)
-        req = ChatRequest(ctx.model, messages, output_tokens, ignore_eos=ctx.ignore_eos)
-        # Closed loop: the request is due the moment its prompt is ready.
-        intended = now_ns()
-        ctx.in_flight += 1
-        try:
-            rec = stream_chat(
-                ctx.client,
-                f"{ctx.base_url}/v1/chat/completions",
-                req,
-                request_id,
-                intended,
-                ctx.scenario.request_timeout,
-                ctx.headers,
-            )
-        finally:
-            ctx.in_flight -= 1
-        rec.target_prompt_tokens = prompt_tokens
-        rec.worker = ctx.worker
-        ctx.finished(rec)
-        ctx.prompts.observe(sum(len(m["content"]) for m in messages), rec.prompt_tokens)
-        self.environment.events.request.fire(
+
+def _fire_locust_event(ctx: LoadContext, rec: RequestRecord) -> None:
+    if ctx.events is not None:
+        ctx.events.request.fire(
             request_type="POST",
             name="chat",
             response_time=((rec.end_ns or rec.send_ns) - rec.send_ns) / 1e6,
@@ -125,18 +216,131 @@ class ChatUser(User):
         )
 
 
+def _sleep_until(t_ns: int, stop: Event) -> bool:
+    """Sleep until `t_ns`; False when the run was asked to stop meanwhile."""
+    delay = (t_ns - now_ns()) / 1e9
+    if delay > 0:
+        return not stop.wait(delay)
+    return not stop.is_set()
+
+
+# -- closed loop ---------------------------------------------------------------------------------
+class ChatUser(User):
+    """One closed-loop user: build a prompt, stream a chat completion, record it, repeat;
+    with `turns`, the user keeps a conversation going until its last turn."""
+
+    abstract = True
+    ctx: LoadContext  # set on a per-run subclass
+
+    def on_start(self) -> None:
+        self.index = self.ctx.next_user()
+        self.conv: Conversation | None = None
+
+    def wait_time(self) -> float:
+        return self.ctx.think_time()
+
+    @task
+    def chat(self) -> None:
+        ctx = self.ctx
+        if self.conv is None or self.conv.done:
+            self.conv = ctx.conversation()
+        if not ctx.take_slot():
+            raise StopUser()
+        turn = self.conv.next_turn(ctx.prompts)
+        # Closed loop: the request is due the moment its prompt is ready.
+        send_turn(ctx, self.conv, turn, now_ns(), self.index)
+
+
 class StagesShape(LoadTestShape):
-    """The scenario's concurrency stages, one after another; None ends the run."""
+    """The scenario's concurrency stages (with linear ramps), one after another; None ends
+    the run."""
 
     ctx: LoadContext
 
     def tick(self) -> tuple[int, float] | None:
-        elapsed = self.get_run_time()
         if self.ctx.exhausted:
             return None
-        for i, stage in enumerate(self.ctx.scenario.stages):
-            if elapsed < stage.duration:
-                self.ctx.stage_index = i
-                return stage.concurrency, float(stage.concurrency)
-            elapsed -= stage.duration
-        return None
+        at = users_at(self.ctx.scenario.user_stages(), self.get_run_time())
+        if at is None:
+            return None
+        self.ctx.stage_index, users, spawn_rate = at
+        return users, spawn_rate
+
+
+# -- open loop and trace replay ------------------------------------------------------------------
+def schedule_for(scenario: Scenario) -> Iterable[Arrival]:
+    """The run's arrivals: seeded open-loop times, or the trace's scaled times with its
+    lengths. Bounded by max_requests."""
+    if scenario.mode == "open":
+        assert scenario.arrivals is not None
+        a = scenario.arrivals
+        times = arrival_times(a.rate_stages(), a.process, a.cv or 1.0, scenario.seed,
+                              scenario.max_requests)
+        return ((t, None) for t in times)
+    assert scenario.trace is not None
+    return ((t, (e.prompt_tokens, e.output_tokens))
+            for t, e in scenario.trace.schedule(scenario.max_requests))
+
+
+def run_schedule(ctx: LoadContext, arrivals: Iterable[Arrival]) -> None:
+    """Spawn one greenlet per arrival, PREPARE_LEAD_S before it is due, then wait for them.
+    No new turn starts after the schedule's duration."""
+    start = now_ns() + round(PREPARE_LEAD_S * 1e9)
+    end = start + round(ctx.scenario.duration_s * 1e9)
+    for index, (offset, lengths) in enumerate(arrivals):
+        if not ctx.slots_left:
+            break
+        due = start + round(offset * 1e9)
+        if not _sleep_until(due - round(PREPARE_LEAD_S * 1e9), ctx.stop):
+            break
+        ctx.requests.spawn(_arrival, ctx, index, due, lengths, end)
+    ctx.requests.join()
+
+
+def _arrival(ctx: LoadContext, index: int, due_ns: int, lengths: tuple[int, int] | None,
+             end_ns: int) -> None:
+    conv = ctx.conversation(index, lengths)
+    think_ns = round((ctx.scenario.arrivals.think_time if ctx.scenario.arrivals else 0) * 1e9)
+    intended = due_ns
+    while not conv.done and ctx.take_slot():
+        turn = conv.next_turn(ctx.prompts)
+        if turn.turn > 0:  # a follow-up is due after the answer, think time, and its prompt
+            intended = max(intended, now_ns())
+        if not _sleep_until(intended, ctx.stop):
+            return
+        if ctx.in_flight >= ctx.scenario.max_in_flight:
+            record_overload(ctx, turn, intended)
+            return
+        rec = send_turn(ctx, conv, turn, intended)
+        intended = (rec.end_ns or now_ns()) + think_ns
+        if intended > end_ns:
+            return
+
+
+class ScheduleUser(User):
+    """Open loop: the run's only user; it walks the arrival schedule (see run_schedule)."""
+
+    abstract = True
+    ctx: LoadContext
+
+    def wait_time(self) -> float:
+        return 0.0
+
+    @task
+    def walk_schedule(self) -> None:
+        try:
+            run_schedule(self.ctx, schedule_for(self.ctx.scenario))
+        finally:
+            self.ctx.done = True
+        raise StopUser()
+
+
+class ScheduleShape(LoadTestShape):
+    """One scheduler user until the schedule is done."""
+
+    ctx: LoadContext
+
+    def tick(self) -> tuple[int, float] | None:
+        if self.ctx.done or self.ctx.exhausted:
+            return None
+        return 1, 1.0

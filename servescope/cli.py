@@ -134,13 +134,16 @@ def cmd_load(args: argparse.Namespace) -> int:
 
     try:
         scenario = load_scenario(_scenario_path(args.scenario))
-        scenario = scenario.with_overrides(args.concurrency, args.duration, args.requests)
+        scenario = scenario.with_overrides(
+            args.concurrency, args.duration, args.requests, rate=args.rate,
+            process=args.arrival_process, cv=args.cv, max_in_flight=args.max_in_flight,
+            time_scale=args.time_scale, seed=args.seed,
+        )
     except ScenarioError as exc:
         raise CliError(str(exc), EXIT_BAD_INPUT) from None
     store = _store(args)
     headers = _auth_headers(args.api_key_env)
-    print(f"run {scenario.name} against {args.target} ({len(scenario.stages)} stage(s), "
-          f"{scenario.duration_s:.0f}s, max {scenario.max_requests or 'unbounded'} requests); "
+    print(f"run {scenario.name} against {args.target}: {scenario.describe()}; "
           f"store {store.path}", file=sys.stderr)
     try:
         run_id, summary = run_load(
@@ -170,6 +173,12 @@ def _print_summary(run_id: int, s: dict, out: Path | None) -> None:
               f"({fmt(slo['observed_ms'])})")
     if s["errors_by_class"]:
         print(f"errors: {s['errors_by_class']}")
+    g = s.get("goodput") or {}
+    if g.get("ratio") is not None and s.get("slos"):
+        print(f"goodput: {g['requests']} requests met every SLO ({100 * g['ratio']:.0f}%), "
+              f"{fmt(g['requests_per_s'])} req/s")
+    for warning in s.get("warnings", []):
+        print(f"warning: {warning}")
     if out:
         print(f"summary written to {out}")
 
@@ -359,7 +368,19 @@ def build_parser() -> argparse.ArgumentParser:
     ld.add_argument("--target", required=True, help="server base URL, e.g. http://127.0.0.1:8000")
     ld.add_argument("--model", help="model name (default: the first one /v1/models lists)")
     ld.add_argument("--concurrency", type=int, help="one closed-loop stage with N users")
-    ld.add_argument("--duration", type=_duration, help="e.g. 30s; with --concurrency")
+    ld.add_argument("--duration", type=_duration,
+                    help="e.g. 30s: closed loop, one stage at peak concurrency for this long; "
+                    "open loop, the schedule is cut there (or its last stage lengthened); "
+                    "trace replay stops there")
+    ld.add_argument("--rate", help="one open-loop stage at this rate, e.g. 5, 5/s or 300/m")
+    ld.add_argument("--arrival-process", choices=["poisson", "gamma", "constant"],
+                    help="open loop: how arrivals are spread")
+    ld.add_argument("--cv", type=float, help="gamma arrivals: coefficient of variation")
+    ld.add_argument("--max-in-flight", type=int,
+                    help="open loop/replay: arrivals beyond this many in flight are recorded "
+                    "as client_overload failures")
+    ld.add_argument("--time-scale", type=float, help="trace replay: multiply the timestamps")
+    ld.add_argument("--seed", type=int, help="replace the scenario's seed")
     ld.add_argument("--requests", type=int, help="stop after N requests")
     ld.add_argument("--out", type=Path, help="write the summary JSON here")
     ld.add_argument("--api-key-env", help="environment variable holding a bearer token "
