@@ -6,16 +6,15 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 import pandas as pd
 import streamlit as st
 
 from capacity.latency import metric_values, request_table, summarize, trim_warmup
-from capacity.series import HistogramWindow, histogram_window
 from capacity.slo import evaluate_slos
 from dashboard import figures, run_checks
 from dashboard.figures import local_clock, redact_urls
+from servescope.join import WINDOW_PAD_S, server_split
 from servescope.records import RequestRecord
 from servescope.store import Store
 
@@ -39,10 +38,8 @@ METRIC_LABELS = {
     "send_lag_ms": "send lag (client)",
 }
 PERCENTILES = ("p50", "p95", "p99")
-PHASES = {"queue": "queue_seconds", "prefill": "prefill_seconds", "decode": "decode_seconds"}
 # Scrapes are seconds apart: widen the run's window so the scrapes just before its start
 # and just after its end are the ones compared.
-WINDOW_PAD_S = 5.0
 
 
 def render(store: Store) -> None:
@@ -125,26 +122,6 @@ def ci_text(interval: Sequence[float] | None) -> str | None:
     if not interval or len(interval) != 2 or None in interval:
         return None
     return f"{interval[0]:,.1f} – {interval[1]:,.1f}"
-
-
-def same_server(a: str, b: str) -> bool:
-    """Whether two URLs reach the same host:port (localhost and 127.0.0.1 are one)."""
-    key = _host_port(a)
-    return key is not None and key == _host_port(b)
-
-
-def _host_port(url: str) -> tuple[str, int] | None:
-    parts = urlsplit(url if "://" in url else f"http://{url}")
-    host = (parts.hostname or "").lower()
-    if not host:
-        return None
-    if host in ("localhost", "::1", "0.0.0.0"):
-        host = "127.0.0.1"
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        return None
-    return host, port
 
 
 def _slos(run: Mapping[str, Any]) -> dict[str, dict[str, float]]:
@@ -310,27 +287,6 @@ def _marks(dist: Mapping[str, Any], slo: Mapping[str, float]) -> dict[str, float
     marks: dict[str, float | None] = {p: dist.get(p) for p in ("p50", "p95", "p99")}
     marks.update({f"SLO {stat}": float(target) for stat, target in slo.items()})
     return marks
-
-
-def server_split(
-    store: Store, target_url: str, since: float, until: float
-) -> tuple[str, dict[str, HistogramWindow], HistogramWindow | None] | None:
-    """The first collected target on the run's host:port whose histograms cover the
-    window: (target name, phase -> window, e2e window); None when none does."""
-    for target in store.targets():
-        if not same_server(target["url"], target_url):
-            continue
-        df = store.samples(
-            target["id"], concepts=[*PHASES.values(), "e2e_seconds"], since=since, until=until
-        )
-        phases = {
-            phase: window
-            for phase, concept in PHASES.items()
-            if (window := histogram_window(df, concept, since, until)) is not None
-        }
-        if phases:
-            return target["name"], phases, histogram_window(df, "e2e_seconds", since, until)
-    return None
 
 
 def _time_split(store: Store, run: Mapping[str, Any], summary: Mapping[str, Any]) -> None:

@@ -23,7 +23,8 @@ from collectors.mappings import VLLM
 from collectors.normalize import normalize
 from dashboard.app import db_path
 from dashboard.figures import GIB, redact_urls
-from dashboard.run import latency_table, same_server, slo_table
+from dashboard.run import latency_table, slo_table
+from servescope.join import same_server
 from servescope.records import RequestRecord, Sample
 from servescope.store import Store
 
