@@ -125,6 +125,61 @@ class Progress:
             print(file=sys.stderr)
 
 
+def open_client(scenario: Scenario, workers: int = 1) -> tuple[httpx.Client, AnswerTap | None,
+                                                                   int, int]:
+    """The HTTP client for this process's share of the load: (client, answer tap, pool size,
+    peak concurrency). The pool has room for every request in flight plus the /tokenize
+    calls that build prompts. Locust spreads closed-loop users evenly over `workers`."""
+    closed = scenario.mode == "closed"
+    if closed:
+        peak = -(-max(s.concurrency for s in scenario.stages) // workers)
+    else:
+        peak = scenario.max_in_flight
+    pool = peak + (8 if closed else 32)
+    limits = httpx.Limits(max_connections=pool, max_keepalive_connections=pool)
+    tap = AnswerTap(httpx.HTTPTransport(limits=limits)) if scenario.multi_turn else None
+    client = httpx.Client(limits=limits, timeout=scenario.request_timeout, transport=tap)
+    return client, tap, pool, peak
+
+
+def load_context(
+    scenario: Scenario,
+    base_url: str,
+    model: str,
+    client: httpx.Client,
+    record: Callable[[RequestRecord], None],
+    headers: dict[str, str],
+    ignore_eos: bool = True,
+    tap: AnswerTap | None = None,
+    worker: str = "local",
+    share: tuple[int, int] = (0, 1),
+) -> LoadContext:
+    """What the users of this process share; the shared prefixes are built here, before any
+    request starts."""
+    prompts = PromptBuilder(
+        base_url, model, client, scenario.shared_prefix_tokens, scenario.system_prompt,
+        headers, scenario.seed,
+    )
+    for group in range(min(scenario.prefix_groups, PREBUILT_PREFIX_GROUPS)):
+        prompts.system_message(group)
+    return LoadContext(
+        scenario=scenario, base_url=base_url, model=model, record=record, client=client,
+        prompts=prompts, headers=headers, ignore_eos=ignore_eos, tap=tap, worker=worker,
+        share=share,
+    )
+
+
+def user_class(ctx: LoadContext) -> type[ChatUser] | type[ScheduleUser]:
+    """The run's Locust user class. Its name is what a master and its workers agree on."""
+    base = ChatUser if ctx.scenario.mode == "closed" else ScheduleUser
+    return type("ScenarioUser", (base,), {"ctx": ctx, "abstract": False})
+
+
+def stop_timeout(scenario: Scenario) -> float:
+    """How long requests in flight may take to finish when a stage shrinks or the run ends."""
+    return min(scenario.request_timeout, 60.0)
+
+
 def run_load(
     scenario: Scenario,
     base_url: str,
@@ -142,12 +197,7 @@ def run_load(
     base_url = base_url.rstrip("/")
     headers = dict(headers or {})
     closed = scenario.mode == "closed"
-    peak = max(s.concurrency for s in scenario.stages) if closed else scenario.max_in_flight
-    # Room for every request in flight plus the /tokenize calls that build prompts.
-    pool = peak + (8 if closed else 32)
-    limits = httpx.Limits(max_connections=pool, max_keepalive_connections=pool)
-    tap = AnswerTap(httpx.HTTPTransport(limits=limits)) if scenario.multi_turn else None
-    client = httpx.Client(limits=limits, timeout=scenario.request_timeout, transport=tap)
+    client, tap, pool, peak = open_client(scenario)
     try:
         model = model or discover_model(client, base_url, headers)
         config = target_config(base_url, client)
@@ -155,37 +205,20 @@ def run_load(
         client.close()
         raise
     config["model"] = model
-    run_id = store.create_run(
-        name=f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-        scenario_name=scenario.name,
-        scenario=scenario.model_dump(mode="json"),
-        target_url=base_url,
-        target=config,
-    )
+    run_id = create_run(store, scenario, base_url, config)
 
     def record(rec: RequestRecord) -> None:
         store.add_requests(run_id, [rec])
         if on_record is not None:
             on_record(rec)
 
-    prompts = PromptBuilder(
-        base_url, model, client, scenario.shared_prefix_tokens, scenario.system_prompt,
-        headers, scenario.seed,
-    )
-    for group in range(min(scenario.prefix_groups, PREBUILT_PREFIX_GROUPS)):
-        prompts.system_message(group)  # shared prefixes, built before any request starts
-    ctx = LoadContext(
-        scenario=scenario, base_url=base_url, model=model, record=record, client=client,
-        prompts=prompts, headers=headers, ignore_eos=ignore_eos, tap=tap,
-    )
-    user_base, shape_base = (ChatUser, StagesShape) if closed else (ScheduleUser, ScheduleShape)
-    user_cls = type("ScenarioUser", (user_base,), {"ctx": ctx, "abstract": False})
+    ctx = load_context(scenario, base_url, model, client, record, headers, ignore_eos, tap)
+    shape_base = StagesShape if closed else ScheduleShape
     shape = type("ScenarioShape", (shape_base,), {"ctx": ctx})()
     env = Environment(
-        user_classes=[user_cls],
+        user_classes=[user_class(ctx)],
         shape_class=shape,
-        # Let in-flight requests finish when a stage shrinks or the run ends.
-        stop_timeout=min(scenario.request_timeout, 60.0),
+        stop_timeout=stop_timeout(scenario),
     )
     ctx.events = env.events
     runner = env.create_local_runner()
@@ -193,7 +226,7 @@ def run_load(
     progress = Progress(show_progress)
     status = "finished"
     started = time.monotonic()
-    hard_limit = scenario.duration_s + scenario.request_timeout + PREPARE_LEAD_S + 30
+    hard_limit = run_time_limit(scenario)
     try:
         with StopOnInterrupt() as interrupt:
             health.start()
@@ -201,7 +234,7 @@ def run_load(
             while True:
                 gevent.sleep(0.5)
                 elapsed = time.monotonic() - started
-                progress.show(_progress_line(ctx, elapsed, runner.user_count))
+                progress.show(progress_line(ctx, elapsed, runner.user_count))
                 if interrupt.requested:
                     status = "interrupted"
                     break
@@ -230,17 +263,37 @@ def run_load(
         pool_max_connections=pool,
         peak_concurrency=peak if closed else ctx.peak_in_flight,
     )
-    if summary["client"]["limited_by_client"]:
-        summary["warnings"].insert(0, "the load generator limited these results: "
-                                   + "; ".join(summary["client"]["reasons"]))
-    store.finish_run(run_id, status, summary)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(summary, indent=2))
+    finish_run(store, run_id, summary, out)
     return run_id, summary
 
 
-def _progress_line(ctx: LoadContext, elapsed: float, users: int) -> str:
+def create_run(store: Store, scenario: Scenario, base_url: str, config: dict[str, Any]) -> int:
+    return store.create_run(
+        name=f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+        scenario_name=scenario.name,
+        scenario=scenario.model_dump(mode="json"),
+        target_url=base_url,
+        target=config,
+    )
+
+
+def run_time_limit(scenario: Scenario) -> float:
+    """A run stops after this long whatever happens (a stuck server, a lost worker)."""
+    return scenario.duration_s + scenario.request_timeout + PREPARE_LEAD_S + 30
+
+
+def finish_run(store: Store, run_id: int, summary: dict[str, Any], out: Path | None) -> None:
+    """Warn when the client limited the results, store the summary, write --out."""
+    if summary["client"]["limited_by_client"]:
+        summary["warnings"].insert(0, "the load generator limited these results: "
+                                   + "; ".join(summary["client"]["reasons"]))
+    store.finish_run(run_id, summary["status"], summary)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(summary, indent=2))
+
+
+def progress_line(ctx: LoadContext, elapsed: float, users: int) -> str:
     s = ctx.scenario
     limit = f" of {s.max_requests}" if s.max_requests else ""
     if s.mode == "closed":

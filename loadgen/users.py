@@ -5,6 +5,10 @@ when the previous one finished. Open loop and trace replay: one `ScheduleUser` w
 arrival schedule and spawns a greenlet per arrival, so the request rate never depends on a
 user count, and each request's intended send time is its scheduled arrival.
 
+With distributed workers (loadgen/distributed.py) each worker process runs the same users on
+its `share` of the run: every n-th user, conversation and arrival, and its part of
+max_requests.
+
 Locust's request event still fires (so its UI and CSV stats work), but with our unrounded
 numbers kept out of its rounding: the store holds the raw stamps, and every metric
 servescope reports is derived from those.
@@ -100,6 +104,10 @@ class LoadContext:
     headers: dict[str, str] = field(default_factory=dict)
     ignore_eos: bool = True
     worker: str = "local"
+    # Distributed runs: (this worker's index k, number of workers n). Worker k takes user,
+    # conversation and arrival indices k, k + n, k + 2n ... and its share of max_requests, so
+    # the workers together send what one process would.
+    share: tuple[int, int] = (0, 1)
     tap: AnswerTap | None = None
     events: Any = None  # the Locust Environment's events, once it exists
     issued: int = 0
@@ -112,16 +120,29 @@ class LoadContext:
     peak_in_flight: int = 0
     stage_index: int = 0
     done: bool = False  # open loop: the schedule ran out and its requests finished
+    walking: bool = False  # open loop: a ScheduleUser walks the schedule (one per process)
     stop: Event = field(default_factory=Event)  # set: start no new request
     requests: Group = field(default_factory=Group)  # open loop: one greenlet per arrival
     _conversations: itertools.count = field(default_factory=itertools.count)
     _users: itertools.count = field(default_factory=itertools.count)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
+    @property
+    def limit(self) -> int | None:
+        """This process's share of max_requests (all of it without workers)."""
+        total = self.scenario.max_requests
+        k, n = self.share
+        return None if total is None else len(range(k, total, n))
+
+    def mine(self, index: int) -> bool:
+        """Whether arrival `index` of the run's schedule is this worker's."""
+        k, n = self.share
+        return index % n == k
+
     def take_slot(self) -> bool:
-        """Claim the next request; False once max_requests were issued."""
+        """Claim the next request; False once max_requests (our share) were issued."""
         with self._lock:
-            limit = self.scenario.max_requests
+            limit = self.limit
             if limit is not None and self.issued >= limit:
                 return False
             self.issued += 1
@@ -129,15 +150,18 @@ class LoadContext:
 
     @property
     def slots_left(self) -> bool:
-        limit = self.scenario.max_requests
+        limit = self.limit
         return limit is None or self.issued < limit
 
     def next_user(self) -> int:
-        return next(self._users)
+        k, n = self.share
+        return next(self._users) * n + k
 
     def conversation(self, index: int | None = None,
                      lengths: tuple[int, int] | None = None) -> Conversation:
-        index = next(self._conversations) if index is None else index
+        if index is None:
+            k, n = self.share
+            index = next(self._conversations) * n + k
         return Conversation(self.scenario, index, self.worker, lengths)
 
     def finished(self, rec: RequestRecord) -> None:
@@ -153,7 +177,7 @@ class LoadContext:
 
     @property
     def exhausted(self) -> bool:
-        limit = self.scenario.max_requests
+        limit = self.limit
         return limit is not None and self.completed >= limit
 
     def think_time(self) -> float:
@@ -242,6 +266,8 @@ class ChatUser(User):
     @task
     def chat(self) -> None:
         ctx = self.ctx
+        if ctx.stop.is_set():  # the run is ending: no new request, whatever Locust asks
+            raise StopUser()
         if self.conv is None or self.conv.done:
             self.conv = ctx.conversation()
         if not ctx.take_slot():
@@ -284,10 +310,12 @@ def schedule_for(scenario: Scenario) -> Iterable[Arrival]:
 
 def run_schedule(ctx: LoadContext, arrivals: Iterable[Arrival]) -> None:
     """Spawn one greenlet per arrival, PREPARE_LEAD_S before it is due, then wait for them.
-    No new turn starts after the schedule's duration."""
+    No new turn starts after the schedule's duration. A worker takes only its own arrivals."""
     start = now_ns() + round(PREPARE_LEAD_S * 1e9)
     end = start + round(ctx.scenario.duration_s * 1e9)
     for index, (offset, lengths) in enumerate(arrivals):
+        if not ctx.mine(index):
+            continue
         if not ctx.slots_left:
             break
         due = start + round(offset * 1e9)
@@ -328,6 +356,9 @@ class ScheduleUser(User):
 
     @task
     def walk_schedule(self) -> None:
+        if self.ctx.walking:  # a second user here (Locust rebalanced workers) would repeat it
+            raise StopUser()
+        self.ctx.walking = True
         try:
             run_schedule(self.ctx, schedule_for(self.ctx.scenario))
         finally:

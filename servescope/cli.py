@@ -129,9 +129,65 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 def cmd_load(args: argparse.Namespace) -> int:
     # Locust first: it monkey-patches sockets and ssl for gevent.
+    from loadgen.distributed import DEFAULT_MASTER_PORT, run_master, run_worker
     from loadgen.run import LoadError, run_load
     from loadgen.scenario import ScenarioError, load_scenario
 
+    def flag(dest: str) -> str:
+        return "--" + dest.replace("_", "-")
+
+    def refuse(message: str) -> CliError:
+        return CliError(message, EXIT_BAD_INPUT)
+
+    if args.worker:
+        # One run for a master, then exit. The scenario, model and load shape come from the
+        # master; the API key from this machine's environment (it never travels).
+        master_only = ("model", "concurrency", "duration", "rate", "arrival_process", "cv",
+                       "max_in_flight", "time_scale", "seed", "requests", "out",
+                       "no_ignore_eos", "workers", "master", "master_bind_host",
+                       "expect_workers")
+        given = [flag(d) for d in master_only if getattr(args, d) not in (None, False)]
+        if given:
+            raise refuse(f"{', '.join(given)}: set on the master; a --worker takes the "
+                         "scenario, model and load shape from it")
+        headers = _auth_headers(args.api_key_env)
+        host, port = args.master_host or "127.0.0.1", args.master_port or DEFAULT_MASTER_PORT
+        if args.scenario is not None:
+            print(f"worker: {args.scenario} is not read here: the scenario comes from the "
+                  "master", file=sys.stderr)
+        try:
+            result = run_worker(host, port, target=args.target, headers=headers,
+                                connect_timeout=args.connect_timeout,
+                                show_progress=not args.quiet)
+        except LoadError as exc:
+            raise CliError(str(exc)) from None
+        unconfirmed = f", {result['unacked']} not confirmed" if result["unacked"] else ""
+        print(f"worker {result['worker']}: {result['requests']} requests sent to the master at "
+              f"{host}:{port} ({result['status']}{unconfirmed})")
+        return 0 if result["status"] in ("finished", "interrupted") and not unconfirmed else 1
+
+    if args.scenario is None:
+        raise refuse("a SCENARIO is required (only a --worker takes it from its master)")
+    if args.target is None:
+        raise refuse("--target URL is required")
+    if args.workers is not None and args.master:
+        raise refuse("--workers N starts workers on this machine, --master waits for workers "
+                     "started elsewhere: choose one")
+    if args.workers is not None and args.workers < 1:
+        raise refuse(f"--workers must be at least 1, got {args.workers}")
+    if args.master_host is not None:
+        raise refuse("--master-host is for a --worker")
+    for dest in ("master_bind_host", "expect_workers"):
+        if getattr(args, dest) is not None and not args.master:
+            raise refuse(f"{flag(dest)} applies with --master")
+    if args.master_port is not None and not (args.master or args.workers):
+        raise refuse("--master-port applies with --master, --workers or --worker")
+    if args.master_port is not None and not 0 <= args.master_port <= 65535:
+        raise refuse(f"--master-port {args.master_port}: not a port number")
+    expect = 1 if args.expect_workers is None else args.expect_workers
+    if expect < 1:
+        raise refuse(f"--expect-workers must be at least 1, got {expect}")
+    bind_host = args.master_bind_host or "127.0.0.1"
     try:
         scenario = load_scenario(_scenario_path(args.scenario))
         scenario = scenario.with_overrides(
@@ -143,13 +199,31 @@ def cmd_load(args: argparse.Namespace) -> int:
         raise CliError(str(exc), EXIT_BAD_INPUT) from None
     store = _store(args)
     headers = _auth_headers(args.api_key_env)
-    print(f"run {scenario.name} against {args.target}: {scenario.describe()}; "
+    how = ""
+    if args.workers:
+        how = f" with {args.workers} local worker(s)"
+    elif args.master:
+        port = args.master_port or DEFAULT_MASTER_PORT
+        how = f" as master on {bind_host}:{port}, expecting {expect} worker(s)"
+        if bind_host not in ("127.0.0.1", "localhost", "::1"):
+            print(f"warning: Locust workers connect without authentication: anyone who can "
+                  f"reach {bind_host}:{port} can join this run", file=sys.stderr)
+    print(f"run {scenario.name} against {args.target}{how}: {scenario.describe()}; "
           f"store {store.path}", file=sys.stderr)
     try:
-        run_id, summary = run_load(
-            scenario, args.target, store, model=args.model, out=args.out, headers=headers,
-            ignore_eos=not args.no_ignore_eos, show_progress=not args.quiet,
-        )
+        if args.workers or args.master:
+            run_id, summary = run_master(
+                scenario, args.target, store, workers=args.workers or 0, expect_workers=expect,
+                bind_host=bind_host, port=args.master_port, model=args.model, out=args.out,
+                headers=headers, api_key_env=args.api_key_env,
+                ignore_eos=not args.no_ignore_eos, show_progress=not args.quiet,
+                connect_timeout=args.connect_timeout,
+            )
+        else:
+            run_id, summary = run_load(
+                scenario, args.target, store, model=args.model, out=args.out, headers=headers,
+                ignore_eos=not args.no_ignore_eos, show_progress=not args.quiet,
+            )
     except LoadError as exc:
         raise CliError(str(exc)) from None
     _print_summary(run_id, summary, args.out)
@@ -364,8 +438,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_collect)
 
     ld = sub.add_parser("load", help="run a load scenario against an OpenAI-compatible server")
-    ld.add_argument("scenario", help="scenario YAML (or the name of one in scenarios/)")
-    ld.add_argument("--target", required=True, help="server base URL, e.g. http://127.0.0.1:8000")
+    ld.add_argument("scenario", nargs="?",
+                    help="scenario YAML (or the name of one in scenarios/); a --worker takes "
+                    "it from its master")
+    ld.add_argument("--target", help="server base URL, e.g. http://127.0.0.1:8000 (required; a "
+                    "--worker takes the master's unless given)")
     ld.add_argument("--model", help="model name (default: the first one /v1/models lists)")
     ld.add_argument("--concurrency", type=int, help="one closed-loop stage with N users")
     ld.add_argument("--duration", type=_duration,
@@ -388,6 +465,28 @@ def build_parser() -> argparse.ArgumentParser:
     ld.add_argument("--no-ignore-eos", action="store_true",
                     help="do not ask the server to ignore EOS (for servers that reject it)")
     ld.add_argument("--quiet", action="store_true", help="no progress line")
+    dist = ld.add_argument_group(
+        "distributed (Locust master and workers)",
+        "--workers N runs N worker processes here; --master waits for workers started "
+        "elsewhere with --worker. The master holds the store and sends each worker the "
+        "scenario; workers send back every request record.")
+    dist.add_argument("--workers", type=int, metavar="N", help="run N local worker processes")
+    dist.add_argument("--master", action="store_true",
+                      help="be the master for workers on other machines")
+    dist.add_argument("--master-bind-host", metavar="HOST",
+                      help="interface the master listens on (default 127.0.0.1; e.g. 0.0.0.0 "
+                      "to accept workers from other machines)")
+    dist.add_argument("--master-port", type=int, metavar="PORT",
+                      help="master port (default 5557; with --workers a free one)")
+    dist.add_argument("--expect-workers", type=int, metavar="N",
+                      help="--master: start when this many workers connected (default 1)")
+    dist.add_argument("--worker", action="store_true",
+                      help="serve one run for a master, then exit")
+    dist.add_argument("--master-host", metavar="HOST",
+                      help="--worker: the master's address (default 127.0.0.1)")
+    dist.add_argument("--connect-timeout", type=_duration, default=60.0, metavar="DURATION",
+                      help="how long a master waits for its workers, or a worker for its "
+                      "master (default 60s)")
     ld.set_defaults(func=cmd_load)
 
     sw = sub.add_parser("sweep", help="run a scenario at increasing concurrency; find the "
