@@ -37,6 +37,7 @@ from loadgen.users import (
     StagesShape,
 )
 from servescope.durations import parse_duration
+from servescope.join import server_side, wait_for_scrape_after
 from servescope.records import RequestRecord
 from servescope.store import Store
 
@@ -283,7 +284,12 @@ def run_time_limit(scenario: Scenario) -> float:
 
 
 def finish_run(store: Store, run_id: int, summary: dict[str, Any], out: Path | None) -> None:
-    """Warn when the client limited the results, store the summary, write --out."""
+    """Join the server's account of the run window (when a collector watched the target),
+    warn when the client limited the results, store the summary, write --out."""
+    run = store.run(run_id)
+    ended = time.time()
+    wait_for_scrape_after(store, run["target_url"], ended)
+    summary["server"] = server_side(store, run["target_url"], run["started_at"], ended)
     if summary["client"]["limited_by_client"]:
         summary["warnings"].insert(0, "the load generator limited these results: "
                                    + "; ".join(summary["client"]["reasons"]))

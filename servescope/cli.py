@@ -251,6 +251,11 @@ def _print_summary(run_id: int, s: dict, out: Path | None) -> None:
     if g.get("ratio") is not None and s.get("slos"):
         print(f"goodput: {g['requests']} requests met every SLO ({100 * g['ratio']:.0f}%), "
               f"{fmt(g['requests_per_s'])} req/s")
+    if server := s.get("server"):
+        print(f"server {server['target']}: per request queue {fmt(server.get('queue_ms_mean'))}"
+              f" ms, prefill {fmt(server.get('prefill_ms_mean'))} ms, decode "
+              f"{fmt(server.get('decode_ms_mean'))} ms over {server['requests_finished']:g} "
+              f"requests; waiting up to {fmt(server.get('waiting_max'))}")
     for warning in s.get("warnings", []):
         print(f"warning: {warning}")
     if out:

@@ -7,6 +7,7 @@ way.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -58,6 +59,23 @@ def server_split(
         if phases:
             return target["name"], phases, histogram_window(df, "e2e_seconds", since, until)
     return None
+
+
+def wait_for_scrape_after(store: Store, target_url: str, ts: float, timeout: float = 6.0) -> None:
+    """If a collector is watching the run's target, wait (bounded) for its first scrape
+    after `ts`, so the server's account covers the run's last requests."""
+    targets = [t for t in store.targets() if same_server(t["url"], target_url)]
+    if not targets:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for t in targets:
+            latest = store.samples(t["id"], ["running"], since=ts - 30)
+            if latest.empty:  # no collector active on it lately: nothing to wait for
+                return
+            if latest["ts"].max() > ts:
+                return
+        time.sleep(0.25)
 
 
 def server_side(store: Store, target_url: str, started_at: float, ended_at: float

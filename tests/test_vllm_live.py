@@ -118,6 +118,12 @@ def test_every_request_is_in_the_store_and_summarized(saturated):
     assert summary["requests_ok"] == REQUESTS and summary["requests_failed"] == 0
     assert summary["output_tokens_total"] == REQUESTS * OUTPUT_TOKENS
     assert run["summary"] == summary
+    # The collector watched the run: the summary carries the server's own account of it.
+    server = summary["server"]
+    assert server["target"] == "vllm"
+    assert server["requests_finished"] == REQUESTS
+    assert server["queue_ms_mean"] > 0 and server["decode_ms_mean"] > 0
+    assert server["waiting_max"] > 0
     for metric in ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms", "e2e_from_intended_ms"):
         d = summary[metric]
         assert {"p50", "p90", "p95", "p99", "mean"} <= d.keys()
