@@ -27,7 +27,13 @@ from servescope.records import Sample
 EXPORTED: dict[str, tuple[str, str, str]] = {
     "running": ("servescope_requests_running", "gauge", "Requests being processed."),
     "waiting": ("servescope_requests_waiting", "gauge", "Requests queued, not yet scheduled."),
+    "waiting_by_reason": ("servescope_requests_waiting_by_reason", "gauge",
+                          "Requests waiting, by why they wait (vLLM)."),
     "kv_usage": ("servescope_kv_cache_usage_ratio", "gauge", "KV cache used, 0-1."),
+    "prefix_cache_queries_total": ("servescope_prefix_cache_queried_tokens", "counter",
+                                   "Prompt tokens looked up in the prefix cache."),
+    "prefix_cache_hits_total": ("servescope_prefix_cache_hit_tokens", "counter",
+                                "Prompt tokens found in the prefix cache."),
     "kv_capacity_tokens": ("servescope_kv_cache_capacity_tokens", "gauge",
                            "KV cache capacity in tokens."),
     "kv_free_tokens": ("servescope_kv_cache_free_tokens", "gauge", "KV cache headroom in tokens."),

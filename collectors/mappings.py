@@ -28,6 +28,7 @@ VLLM = RuntimeMapping(
         "running": "vllm:num_requests_running",
         "waiting": "vllm:num_requests_waiting",
         "kv_usage": "vllm:kv_cache_usage_perc",
+        "waiting_by_reason": "vllm:num_requests_waiting_by_reason",
     },
     counters={
         "prompt_tokens_total": "vllm:prompt_tokens",

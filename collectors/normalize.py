@@ -40,6 +40,13 @@ class Snapshot:
             out[concept] = self.scalar(concept)
         # Several engines: usage is the used share of the summed capacity.
         out["kv_usage"] = self.kv_usage()
+        hits, queries = out["prefix_cache_hits_total"], out["prefix_cache_queries_total"]
+        out["prefix_cache_hit_ratio"] = hits / queries if hits is not None and queries else None
+        out["waiting_by_reason"] = {
+            s.labels.get("reason", ""): s.value
+            for s in self.samples
+            if s.concept == "waiting_by_reason"
+        } or None
         histograms: dict[str, Any] = {}
         for s in self.samples:
             if s.extra is None:

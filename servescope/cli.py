@@ -333,6 +333,16 @@ def _levels(text: str) -> list[int]:
     return levels
 
 
+def _rates(text: str) -> list[float]:
+    try:
+        rates = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected rates like 0.5,1,2, got {text!r}") from None
+    if not rates or any(r <= 0 for r in rates):
+        raise argparse.ArgumentTypeError(f"rates must be positive, got {text!r}")
+    return rates
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from loadgen.run import LoadError, run_load  # noqa: I001 - Locust first (module docstring)
     from loadgen.scenario import ScenarioError, load_scenario
@@ -344,18 +354,26 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise CliError(str(exc), EXIT_BAD_INPUT) from None
     store = _store(args)
     headers = _auth_headers(args.api_key_env)
-    levels = args.concurrency
-    sweep_id = store.create_sweep(f"{base.name}-sweep", base.name, args.target, "concurrency",
-                                  levels)
-    print(f"sweep {sweep_id}: {base.name} at concurrency {levels}, {args.duration:g}s each, "
+    kind = "concurrency" if args.concurrency else "rate"
+    levels = args.concurrency or args.rates
+    sweep_id = store.create_sweep(f"{base.name}-sweep", base.name, args.target, kind, levels)
+    print(f"sweep {sweep_id}: {base.name} at {kind} {levels}, {args.duration:g}s each, "
           f"against {args.target}", file=sys.stderr)
-    done_levels: list[int] = []
+    done_levels: list[float] = []
     summaries: list[dict] = []
     status = "finished"
     for level in levels:
-        scenario = base.with_overrides(concurrency=level, duration=args.duration,
-                                       requests=args.requests)
-        print(f"-- level {level}", file=sys.stderr)
+        try:
+            if kind == "concurrency":
+                scenario = base.with_overrides(concurrency=level, duration=args.duration,
+                                               requests=args.requests)
+            else:
+                scenario = base.with_overrides(None, args.duration, args.requests,
+                                               rate=f"{level:g}/s")
+        except ScenarioError as exc:
+            store.finish_sweep(sweep_id, "failed", analyze(done_levels, summaries))
+            raise CliError(str(exc), EXIT_BAD_INPUT) from None
+        print(f"-- {kind} {level:g}", file=sys.stderr)
         try:
             run_id, summary = run_load(scenario, args.target, store, model=args.model,
                                        headers=headers, show_progress=not args.quiet)
@@ -370,14 +388,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             break
     result = analyze(done_levels, summaries)
     store.finish_sweep(sweep_id, status, result)
-    print(f"{'concurrency':>12}{'out tok/s':>11}{'req/s':>8}{'TTFT p95':>10}{'E2E p95':>10}"
-          f"{'SLOs':>6}")
+    print(f"{kind + (' (req/s)' if kind == 'rate' else ''):>14}{'out tok/s':>11}{'req/s':>8}"
+          f"{'TTFT p95':>10}{'E2E p95':>10}{'SLOs':>6}")
     for row in result["curve"]:
         verdict = {True: "met", False: "MISS", None: "-"}[row["slos_met"]]
-        print(f"{row['level']:>12}{_f(row['output_tokens_per_s']):>11}"
+        print(f"{row['level']:>14g}{_f(row['output_tokens_per_s']):>11}"
               f"{_f(row['requests_per_s']):>8}{_f(row['ttft_p95_ms']):>10}"
               f"{_f(row['e2e_p95_ms']):>10}{verdict:>6}")
-    print(f"saturation at concurrency {result['saturation_level'] or '(not reached)'}; "
+    print(f"saturation at {kind} {result['saturation_level'] or '(not reached)'}; "
           f"highest level meeting the SLOs: {result['max_level_meeting_slos'] or 'none'}")
     if args.out:
         args.out.write_text(json.dumps({"sweep_id": sweep_id, "status": status, **result},
@@ -498,7 +516,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "saturation point and the highest level meeting the SLOs")
     sw.add_argument("scenario", help="scenario YAML (or the name of one in scenarios/)")
     sw.add_argument("--target", required=True, help="server base URL")
-    sw.add_argument("--concurrency", type=_levels, required=True, help="levels, e.g. 1,2,4,8")
+    levels = sw.add_mutually_exclusive_group(required=True)
+    levels.add_argument("--concurrency", type=_levels, help="closed-loop levels, e.g. 1,2,4,8")
+    levels.add_argument("--rates", type=_rates, help="open-loop request rates per second, "
+                        "e.g. 0.5,1,2,4 (Poisson arrivals unless the scenario says otherwise)")
     sw.add_argument("--duration", type=_duration, default=30.0, help="per level (default 30s)")
     sw.add_argument("--requests", type=int, help="stop each level after N requests")
     sw.add_argument("--model", help="model name (default: the first one /v1/models lists)")

@@ -30,6 +30,8 @@ def test_scalar_concepts_match_the_page(page):
     assert snap["prefix_cache_queries_total"] == 4307
     assert snap["prefix_cache_hits_total"] == 1024
     assert snap["info"]["cache_config"]["0"]["enable_prefix_caching"] == "True"
+    assert snap["prefix_cache_hit_ratio"] == pytest.approx(1024 / 4307)
+    assert snap["waiting_by_reason"] == {"capacity": 0.0, "deferred": 0.0}
 
 
 def test_histograms_keep_buckets_sum_and_count(page):
