@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from helpers import servescope
-from servescope.store import Store
 from test_loadgen_modes import ChatServer
+
+from servescope.store import Store
 
 SCENARIO = """\
 name: rates
