@@ -1,6 +1,8 @@
-"""One timed, streaming OpenAI-compatible chat request -> one RequestRecord.
+"""One timed, streaming OpenAI-compatible chat (or completions) request -> one RequestRecord.
 
-Works for vLLM, llama.cpp, SGLang and Ollama's /v1. Usage is always requested
+Works for vLLM, llama.cpp, SGLang and Ollama's /v1. /v1/chat/completions takes the
+messages (`ChatRequest`); /v1/completions takes them flattened to one prompt
+(`CompletionRequest`); both stream the same SSE events. Usage is always requested
 (`stream_options.include_usage`); token counts come from it, and only when a server sends
 none are content events counted instead (recorded as ``token_count_source="events"``).
 Every failure becomes an error class on the record; nothing here raises for a bad server.
@@ -41,16 +43,52 @@ class ChatRequest:
         return body
 
 
+def flatten_messages(messages: list[dict[str, str]]) -> str:
+    """The messages as one plain-text prompt: their contents (system, user, any history)
+    joined by newlines."""
+    return "\n".join(m["content"] for m in messages if m.get("content"))
+
+
+@dataclass
+class CompletionRequest:
+    """The same request for /v1/completions: the messages flattened to a `prompt`."""
+
+    model: str
+    messages: list[dict[str, str]]
+    max_tokens: int
+    ignore_eos: bool = True
+    extra_body: dict[str, Any] = field(default_factory=dict)
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "prompt": flatten_messages(self.messages),
+            "max_tokens": self.max_tokens,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if self.ignore_eos:
+            body["ignore_eos"] = True
+        body.update(self.extra_body)
+        return body
+
+
+def classify_http_error(status: int, body: str) -> tuple[str, str]:
+    """(error class, message) for an HTTP error answer (e.g. 404 for an unknown model)."""
+    return f"http_{status}", f"HTTP {status}: {body.strip()}"
+
+
 def stream_chat(
     client: httpx.Client,
     url: str,
-    req: ChatRequest,
+    req: ChatRequest | CompletionRequest,
     request_id: str,
     intended_ns: int,
     timeout: float,
     headers: dict[str, str] | None = None,
 ) -> RequestRecord:
-    """Send `req` to `url` (the full /v1/chat/completions URL) and time every event."""
+    """Send `req` to `url` (the full /v1/chat/completions or /v1/completions URL) and
+    time every event."""
     hdrs = {"x-request-id": request_id, "accept": "text/event-stream", **(headers or {})}
     content = json.dumps(req.body()).encode()
     rec = RequestRecord(
@@ -73,8 +111,7 @@ def stream_chat(
             if resp.status_code >= 400:
                 body = resp.read()[:300].decode("utf-8", "replace")
                 rec.end_ns = now_ns()
-                rec.error_class = f"http_{resp.status_code}"
-                rec.error = f"HTTP {resp.status_code}: {body.strip()}"
+                rec.error_class, rec.error = classify_http_error(resp.status_code, body)
                 return rec
             for chunk in resp.iter_raw():
                 arrived = now_ns()

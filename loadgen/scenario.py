@@ -481,11 +481,14 @@ class Slo(_Strict):
 
 
 Mode = Literal["closed", "open", "trace"]
+# How requests are sent: OpenAI-compatible chat or completions, or Ollama's native API.
+Api = Literal["openai-chat", "openai-completions", "ollama-generate", "ollama-chat"]
 
 
 class Scenario(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
+    api: Api = "openai-chat"
     seed: int = 0
     prompt_tokens: Distribution | None = None
     output_tokens: Distribution | None = None

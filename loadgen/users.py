@@ -30,7 +30,8 @@ from locust.exception import StopUser
 
 from loadgen.arrivals import arrival_times, users_at
 from loadgen.clock import now_ns
-from loadgen.openai_chat import ChatRequest, stream_chat
+from loadgen.ollama_native import NDJSONParser, OllamaRequest, parse_ollama_line, stream_ollama
+from loadgen.openai_chat import ChatRequest, CompletionRequest, stream_chat
 from loadgen.prompts import Conversation, PromptBuilder, Turn
 from loadgen.scenario import Scenario
 from loadgen.sse import SSEParser, parse_openai_chunk
@@ -51,14 +52,28 @@ class AnswerTap(httpx.BaseTransport):
     def __init__(self, inner: httpx.BaseTransport) -> None:
         self.inner = inner
         self._kept: dict[str, list[bytes]] = {}
+        self._ndjson: set[str] = set()
 
-    def expect(self, request_id: str) -> None:
+    def expect(self, request_id: str, api: str = "openai-chat") -> None:
         self._kept[request_id] = []
+        if api.startswith("ollama-"):
+            self._ndjson.add(request_id)
 
     def answer(self, request_id: str) -> str:
         """The content text the response streamed (and forget its bytes)."""
+        raw = b"".join(self._kept.pop(request_id, []))
+        if request_id in self._ndjson:
+            self._ndjson.discard(request_id)
+            lines = NDJSONParser().feed(raw + b"\n", 0)
+            out = []
+            for line in lines:
+                try:
+                    out.append(parse_ollama_line(line.data).content)
+                except ValueError:
+                    continue
+            return "".join(out)
         parser, text = SSEParser(), []
-        for event in parser.feed(b"".join(self._kept.pop(request_id, [])) + b"\n\n", 0):
+        for event in parser.feed(raw + b"\n\n", 0):
             if event.data.strip() == "[DONE]":
                 continue
             try:
@@ -187,18 +202,14 @@ class LoadContext:
 def send_turn(ctx: LoadContext, conv: Conversation, turn: Turn, intended_ns: int,
               user_id: int | None = None) -> RequestRecord:
     """Stream one turn, record it, and hand the answer to its conversation."""
-    extra = {"priority": turn.priority} if turn.priority is not None else {}
-    req = ChatRequest(ctx.model, turn.messages, turn.output_tokens, ignore_eos=ctx.ignore_eos,
-                      extra_body=extra)
+    api = ctx.scenario.api
     tapped = ctx.tap is not None and conv.multi_turn
     if tapped:
-        ctx.tap.expect(turn.request_id)
+        ctx.tap.expect(turn.request_id, api)
     ctx.in_flight += 1
     ctx.peak_in_flight = max(ctx.peak_in_flight, ctx.in_flight)
     try:
-        rec = stream_chat(ctx.client, f"{ctx.base_url}/v1/chat/completions", req,
-                          turn.request_id, intended_ns, ctx.scenario.request_timeout,
-                          ctx.headers)
+        rec = _stream_turn(ctx, turn, intended_ns)
     finally:
         ctx.in_flight -= 1
         answer = ctx.tap.answer(turn.request_id) if tapped else None
@@ -210,6 +221,29 @@ def send_turn(ctx: LoadContext, conv: Conversation, turn: Turn, intended_ns: int
     conv.answered(turn, rec, answer)
     _fire_locust_event(ctx, rec)
     return rec
+
+
+def _stream_turn(ctx: LoadContext, turn: Turn, intended_ns: int) -> RequestRecord:
+    """Send `turn` the way the scenario's `api` says and time it."""
+    api, timeout = ctx.scenario.api, ctx.scenario.request_timeout
+    if api in ("ollama-generate", "ollama-chat"):
+        endpoint = "generate" if api == "ollama-generate" else "chat"
+        oreq = OllamaRequest(ctx.model, turn.messages, turn.output_tokens, api=endpoint,
+                             seed=ctx.scenario.seed)
+        return stream_ollama(ctx.client, f"{ctx.base_url}/api/{endpoint}", oreq,
+                             turn.request_id, intended_ns, timeout, ctx.headers)
+    extra = {"priority": turn.priority} if turn.priority is not None else {}
+    if api == "openai-completions":
+        req: ChatRequest | CompletionRequest = CompletionRequest(
+            ctx.model, turn.messages, turn.output_tokens, ignore_eos=ctx.ignore_eos,
+            extra_body=extra)
+        url = f"{ctx.base_url}/v1/completions"
+    else:
+        req = ChatRequest(ctx.model, turn.messages, turn.output_tokens,
+                          ignore_eos=ctx.ignore_eos, extra_body=extra)
+        url = f"{ctx.base_url}/v1/chat/completions"
+    return stream_chat(ctx.client, url, req, turn.request_id, intended_ns, timeout,
+                       ctx.headers)
 
 
 def record_overload(ctx: LoadContext, turn: Turn, intended_ns: int) -> RequestRecord:

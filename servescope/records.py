@@ -32,6 +32,9 @@ class RequestRecord:
     between stamps of one request are exact perf-counter differences. `event_offsets_ns`
     holds the arrival of every event that carried generated content, as offsets from
     `send_ns`. Every latency metric is derived from these stamps afterwards.
+    `server_timings` is the server's own account of the request where its API reports one
+    (Ollama's native API: collectors.ollama.phases_from_response of the final line, e.g.
+    total_s, load_s, prefill_s, decode_s, queue_and_overhead_s).
     """
 
     request_id: str
@@ -54,6 +57,7 @@ class RequestRecord:
     error: str | None = None
     worker: str = "local"
     user_id: int | None = None
+    server_timings: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:

@@ -110,6 +110,10 @@ MIGRATIONS: list[str] = [
     );
     ALTER TABLE runs ADD COLUMN sweep_id INTEGER REFERENCES sweeps(id);
     """,
+    # v2 -> v3: the server's own per-request phases (Ollama's native API), JSON.
+    """
+    ALTER TABLE requests ADD COLUMN server_timings TEXT;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -380,6 +384,8 @@ class Store:
                     d["output_tokens"], d["reasoning_tokens"], d["token_count_source"],
                     d["target_prompt_tokens"], d["target_output_tokens"], d["status_code"],
                     d["error_class"], d["error"],
+                    json.dumps(d["server_timings"]) if d["server_timings"] is not None
+                    else None,
                 )
             )
         with self._write() as conn:
@@ -389,8 +395,8 @@ class Store:
                 "intended_ns, send_ns, headers_ns, first_token_ns, last_token_ns, end_ns, "
                 "event_offsets, reasoning_event_offsets, prompt_tokens, output_tokens, "
                 "reasoning_tokens, token_count_source, target_prompt_tokens, "
-                "target_output_tokens, status_code, error_class, error) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "target_output_tokens, status_code, error_class, error, server_timings) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 rows,
             )
             return conn.total_changes - before
@@ -414,6 +420,8 @@ class Store:
                     target_output_tokens=d["target_output_tokens"],
                     status_code=d["status_code"], error_class=d["error_class"],
                     error=d["error"], worker=d["worker"], user_id=d["user_id"],
+                    server_timings=json.loads(d["server_timings"])
+                    if d.get("server_timings") else None,
                 )
             )
         return out

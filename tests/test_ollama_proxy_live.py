@@ -74,8 +74,13 @@ def test_streaming_passes_through_and_timings_are_exported(proxy, ollama_server,
 def test_a_queued_request_shows_its_wait(proxy):
     """Two at once on one slot: the proxy's queue+overhead histogram holds the wait."""
     results: list[dict] = []
-    threads = [threading.Thread(target=lambda: results.append(
-        _generate(proxy.url, stream=False, n=300).json())) for _ in range(2)]
+    together = threading.Barrier(2)
+
+    def send() -> None:
+        together.wait()  # both leave at once, so the second one must queue
+        results.append(_generate(proxy.url, stream=False, n=450).json())  # < num_ctx 512
+
+    threads = [threading.Thread(target=send) for _ in range(2)]
     for t in threads:
         t.start()
     for t in threads:

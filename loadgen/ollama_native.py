@@ -1,0 +1,210 @@
+"""One timed, streaming request to Ollama's native API (/api/generate or /api/chat) -> one
+RequestRecord.
+
+Ollama streams NDJSON: one JSON object a line. Lines are parsed by lines (buffered to the
+newline), not by TCP chunks, and each line is stamped with the arrival of the chunk that
+completed it. A line with non-empty `response` (generate) or `message.content` (chat) is a
+content event. The final line (``"done": true``) carries the token counts
+(prompt_eval_count, eval_count) and the server's own nanosecond timings, which are kept on
+the record as `server_timings` (collectors.ollama.phases_from_response). Every failure
+becomes an error class on the record; nothing here raises for a bad server.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import httpx
+
+from collectors.ollama import phases_from_response
+from loadgen.clock import now_ns
+from loadgen.openai_chat import classify_http_error, flatten_messages
+from servescope.records import RequestRecord
+
+OllamaApi = Literal["generate", "chat"]
+
+
+@dataclass(slots=True)
+class Line:
+    data: str
+    arrived_ns: int
+
+
+class NDJSONParser:
+    """Feed bytes as they arrive; get back the complete lines they finish (blank lines are
+    skipped). A line is stamped with the arrival of the chunk that completed it."""
+
+    def __init__(self) -> None:
+        self._buf = b""
+
+    def feed(self, chunk: bytes, arrived_ns: int) -> list[Line]:
+        self._buf += chunk
+        lines = []
+        while True:
+            end = self._buf.find(b"\n")
+            if end < 0:
+                break
+            raw, self._buf = self._buf[:end], self._buf[end + 1 :]
+            text = raw.decode("utf-8", errors="replace").strip()
+            if text:
+                lines.append(Line(text, arrived_ns))
+        return lines
+
+    def close(self, arrived_ns: int) -> list[Line]:
+        """The last line when the stream ended without a final newline."""
+        text = self._buf.decode("utf-8", errors="replace").strip()
+        self._buf = b""
+        return [Line(text, arrived_ns)] if text else []
+
+    @property
+    def pending(self) -> bytes:
+        """Bytes of a line that never completed (a truncated stream)."""
+        return self._buf
+
+
+@dataclass(slots=True)
+class LineInfo:
+    """What one line of an Ollama stream carries."""
+
+    content: str = ""
+    done: bool = False
+    error: str | None = None
+    body: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_ollama_line(data: str) -> LineInfo:
+    """Classify one NDJSON line of /api/generate or /api/chat. Raises ValueError for data
+    that is not a JSON object."""
+    obj = json.loads(data)
+    if not isinstance(obj, dict):
+        raise ValueError("line is not a JSON object")
+    info = LineInfo(done=bool(obj.get("done")), body=obj)
+    if "error" in obj:
+        err = obj["error"]
+        info.error = err.get("message", str(err)) if isinstance(err, dict) else str(err)
+    message = obj.get("message")
+    if isinstance(message, dict):
+        info.content = message.get("content") or ""
+    else:
+        info.content = obj.get("response") or ""
+    return info
+
+
+@dataclass
+class OllamaRequest:
+    model: str
+    messages: list[dict[str, str]]
+    max_tokens: int
+    api: OllamaApi = "generate"
+    seed: int | None = None
+    extra_options: dict[str, Any] = field(default_factory=dict)
+
+    def body(self) -> dict[str, Any]:
+        options: dict[str, Any] = {"num_predict": self.max_tokens}
+        if self.seed is not None:
+            options["seed"] = self.seed
+        options.update(self.extra_options)
+        body: dict[str, Any] = {"model": self.model, "stream": True, "options": options}
+        if self.api == "chat":
+            body["messages"] = self.messages
+        else:
+            body["prompt"] = flatten_messages(self.messages)
+        return body
+
+
+def stream_ollama(
+    client: httpx.Client,
+    url: str,
+    req: OllamaRequest,
+    request_id: str,
+    intended_ns: int,
+    timeout: float,
+    headers: dict[str, str] | None = None,
+) -> RequestRecord:
+    """Send `req` to `url` (the full /api/generate or /api/chat URL) and time every line."""
+    hdrs = {"x-request-id": request_id, "accept": "application/x-ndjson", **(headers or {})}
+    content = json.dumps(req.body()).encode()
+    rec = RequestRecord(
+        request_id=request_id,
+        intended_ns=intended_ns,
+        send_ns=0,
+        target_output_tokens=req.max_tokens,
+    )
+    parser = NDJSONParser()
+    final: dict[str, Any] | None = None
+
+    def handle(line: Line) -> None:
+        nonlocal final
+        try:
+            info = parse_ollama_line(line.data)
+        except ValueError:
+            rec.error_class = "malformed_event"
+            rec.error = f"line is not a JSON object: {line.data[:120]!r}"
+            return
+        if info.error:
+            rec.error_class = "server_error_event"
+            rec.error = info.error[:300]
+        if info.content:
+            if rec.first_token_ns is None:
+                rec.first_token_ns = line.arrived_ns
+            rec.last_token_ns = line.arrived_ns
+            rec.event_offsets_ns.append(line.arrived_ns - rec.send_ns)
+        if info.done:
+            final = info.body
+
+    rec.send_ns = now_ns()
+    try:
+        with client.stream(
+            "POST", url, content=content, headers={**hdrs, "content-type": "application/json"},
+            timeout=timeout,
+        ) as resp:
+            rec.headers_ns = now_ns()
+            rec.status_code = resp.status_code
+            if resp.status_code >= 400:
+                body = resp.read()[:300].decode("utf-8", "replace")
+                rec.end_ns = now_ns()
+                rec.error_class, rec.error = classify_http_error(resp.status_code, body)
+                return rec
+            for chunk in resp.iter_raw():
+                arrived = now_ns()
+                for line in parser.feed(chunk, arrived):
+                    handle(line)
+            rec.end_ns = now_ns()
+            for line in parser.close(rec.end_ns):
+                handle(line)
+    except httpx.TimeoutException as exc:
+        rec.end_ns = now_ns()
+        rec.error_class = "timeout"
+        rec.error = f"{type(exc).__name__} after {timeout:.0f}s"
+    except httpx.ConnectError as exc:
+        rec.end_ns = now_ns()
+        rec.error_class = "connect"
+        rec.error = str(exc)[:300]
+    except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+        rec.end_ns = now_ns()
+        rec.error_class = "dropped"
+        rec.error = f"connection dropped mid-stream: {exc}"[:300]
+    except httpx.HTTPError as exc:
+        rec.end_ns = now_ns()
+        rec.error_class = type(exc).__name__
+        rec.error = str(exc)[:300]
+    if rec.error_class is None and final is None:
+        rec.error_class = "dropped"
+        rec.error = "stream ended before its final (done) line"
+    apply_final(rec, final)
+    return rec
+
+
+def apply_final(rec: RequestRecord, final: dict[str, Any] | None) -> None:
+    """Token counts and server phases from the final line; without one, count events."""
+    if final is None:
+        rec.output_tokens = len(rec.event_offsets_ns) or None
+        rec.token_count_source = "events"
+        return
+    phases = phases_from_response(final)
+    rec.server_timings = phases
+    rec.prompt_tokens = phases["prompt_tokens"]  # type: ignore[assignment]
+    rec.output_tokens = phases["output_tokens"]  # type: ignore[assignment]
+    rec.token_count_source = "usage"
