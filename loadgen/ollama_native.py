@@ -19,8 +19,7 @@ from typing import Any, Literal
 import httpx
 
 from collectors.ollama import phases_from_response
-from loadgen.clock import now_ns
-from loadgen.openai_chat import classify_http_error, flatten_messages
+from loadgen.openai_chat import add_content_event, flatten_messages, timed_post
 from servescope.records import RequestRecord
 
 OllamaApi = Literal["generate", "chat"]
@@ -147,49 +146,20 @@ def stream_ollama(
             rec.error_class = "server_error_event"
             rec.error = info.error[:300]
         if info.content:
-            if rec.first_token_ns is None:
-                rec.first_token_ns = line.arrived_ns
-            rec.last_token_ns = line.arrived_ns
-            rec.event_offsets_ns.append(line.arrived_ns - rec.send_ns)
+            add_content_event(rec, line.arrived_ns)
         if info.done:
             final = info.body
 
-    rec.send_ns = now_ns()
-    try:
-        with client.stream(
-            "POST", url, content=content, headers={**hdrs, "content-type": "application/json"},
-            timeout=timeout,
-        ) as resp:
-            rec.headers_ns = now_ns()
-            rec.status_code = resp.status_code
-            if resp.status_code >= 400:
-                body = resp.read()[:300].decode("utf-8", "replace")
-                rec.end_ns = now_ns()
-                rec.error_class, rec.error = classify_http_error(resp.status_code, body)
-                return rec
-            for chunk in resp.iter_raw():
-                arrived = now_ns()
-                for line in parser.feed(chunk, arrived):
-                    handle(line)
-            rec.end_ns = now_ns()
-            for line in parser.close(rec.end_ns):
-                handle(line)
-    except httpx.TimeoutException as exc:
-        rec.end_ns = now_ns()
-        rec.error_class = "timeout"
-        rec.error = f"{type(exc).__name__} after {timeout:.0f}s"
-    except httpx.ConnectError as exc:
-        rec.end_ns = now_ns()
-        rec.error_class = "connect"
-        rec.error = str(exc)[:300]
-    except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
-        rec.end_ns = now_ns()
-        rec.error_class = "dropped"
-        rec.error = f"connection dropped mid-stream: {exc}"[:300]
-    except httpx.HTTPError as exc:
-        rec.end_ns = now_ns()
-        rec.error_class = type(exc).__name__
-        rec.error = str(exc)[:300]
+    def on_chunk(chunk: bytes, arrived: int) -> None:
+        for line in parser.feed(chunk, arrived):
+            handle(line)
+
+    completed = timed_post(client, url, content, hdrs, timeout, rec, on_chunk)
+    if rec.status_code is not None and rec.status_code >= 400:
+        return rec
+    if completed:
+        for line in parser.close(rec.end_ns):  # a last line with no newline after it
+            handle(line)
     if rec.error_class is None and final is None:
         rec.error_class = "dropped"
         rec.error = "stream ended before its final (done) line"

@@ -11,6 +11,7 @@ Every failure becomes an error class on the record; nothing here raises for a ba
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,11 +101,64 @@ def stream_chat(
     parser = SSEParser()
     usage: dict[str, Any] | None = None
     done = False
+    def on_chunk(chunk: bytes, arrived: int) -> None:
+        nonlocal usage, done
+        for event in parser.feed(chunk, arrived):
+            if event.data.strip() == "[DONE]":
+                done = True
+                continue
+            try:
+                info = parse_openai_chunk(event.data)
+            except ValueError:
+                rec.error_class = "malformed_event"
+                rec.error = f"event data is not JSON: {event.data[:120]!r}"
+                continue
+            if info.error:
+                rec.error_class = "server_error_event"
+                rec.error = info.error[:300]
+            if info.content:
+                add_content_event(rec, arrived)
+            if info.reasoning:
+                rec.reasoning_event_offsets_ns.append(arrived - rec.send_ns)
+            if info.usage:
+                usage = info.usage
+
+    timed_post(client, url, content, hdrs, timeout, rec, on_chunk)
+    if rec.status_code is not None and rec.status_code >= 400:
+        return rec
+    if rec.error_class is None and not done and usage is None:
+        rec.error_class = "dropped"
+        rec.error = "stream ended before [DONE]"
+    _apply_usage(rec, usage)
+    return rec
+
+
+def add_content_event(rec: RequestRecord, arrived: int) -> None:
+    """An event that carried generated text: the first one is the first token."""
+    if rec.first_token_ns is None:
+        rec.first_token_ns = arrived
+    rec.last_token_ns = arrived
+    rec.event_offsets_ns.append(arrived - rec.send_ns)
+
+
+def timed_post(
+    client: httpx.Client,
+    url: str,
+    content: bytes,
+    headers: dict[str, str],
+    timeout: float,
+    rec: RequestRecord,
+    on_chunk: Callable[[bytes, int], None],
+) -> bool:
+    """POST `content` and stream the answer, stamping send, headers and end on `rec` and
+    handing each chunk with its arrival stamp to `on_chunk`. An HTTP error status or a
+    transport failure becomes the record's error class (never an exception). Returns True
+    when the answer was read to its end."""
     rec.send_ns = now_ns()
     try:
         with client.stream(
-            "POST", url, content=content, headers={**hdrs, "content-type": "application/json"},
-            timeout=timeout,
+            "POST", url, content=content,
+            headers={**headers, "content-type": "application/json"}, timeout=timeout,
         ) as resp:
             rec.headers_ns = now_ns()
             rec.status_code = resp.status_code
@@ -112,32 +166,11 @@ def stream_chat(
                 body = resp.read()[:300].decode("utf-8", "replace")
                 rec.end_ns = now_ns()
                 rec.error_class, rec.error = classify_http_error(resp.status_code, body)
-                return rec
+                return False
             for chunk in resp.iter_raw():
-                arrived = now_ns()
-                for event in parser.feed(chunk, arrived):
-                    if event.data.strip() == "[DONE]":
-                        done = True
-                        continue
-                    try:
-                        info = parse_openai_chunk(event.data)
-                    except ValueError:
-                        rec.error_class = "malformed_event"
-                        rec.error = f"event data is not JSON: {event.data[:120]!r}"
-                        continue
-                    if info.error:
-                        rec.error_class = "server_error_event"
-                        rec.error = info.error[:300]
-                    if info.content:
-                        if rec.first_token_ns is None:
-                            rec.first_token_ns = arrived
-                        rec.last_token_ns = arrived
-                        rec.event_offsets_ns.append(arrived - rec.send_ns)
-                    if info.reasoning:
-                        rec.reasoning_event_offsets_ns.append(arrived - rec.send_ns)
-                    if info.usage:
-                        usage = info.usage
+                on_chunk(chunk, now_ns())
             rec.end_ns = now_ns()
+            return True
     except httpx.TimeoutException as exc:
         rec.end_ns = now_ns()
         rec.error_class = "timeout"
@@ -154,11 +187,7 @@ def stream_chat(
         rec.end_ns = now_ns()
         rec.error_class = type(exc).__name__
         rec.error = str(exc)[:300]
-    if rec.error_class is None and not done and usage is None:
-        rec.error_class = "dropped"
-        rec.error = "stream ended before [DONE]"
-    _apply_usage(rec, usage)
-    return rec
+    return False
 
 
 def _apply_usage(rec: RequestRecord, usage: dict[str, Any] | None) -> None:
