@@ -1,14 +1,14 @@
-"""Run the benchmarks: python -m bench [scrape]"""
+"""Run the benchmarks: python -m bench [scrape] [loadgen]"""
 
 import sys
 
-from bench import scrape
+from bench import loadgen, scrape
 
 
 def main() -> None:
     which = sys.argv[1:] or ["scrape"]
     for name in which:
-        {"scrape": scrape.main}[name]()
+        {"scrape": scrape.main, "loadgen": loadgen.main}[name]()
 
 
 main()

@@ -154,11 +154,22 @@ def timed_post(
     handing each chunk with its arrival stamp to `on_chunk`. An HTTP error status or a
     transport failure becomes the record's error class (never an exception). Returns True
     when the answer was read to its end."""
-    rec.send_ns = now_ns()
+    last_arrival: int | None = None
+
+    def on_trace(name: str, info: dict[str, Any]) -> None:
+        # The request's first byte is about to be written: the actual send. Under gevent,
+        # httpcore's pool checkout yields to the hub (a poll per idle connection), so a stamp
+        # taken before client.stream() would count other users' work as server latency;
+        # connect and pool waits show as send lag instead.
+        if name == "http11.send_request_headers.started":
+            rec.send_ns = now_ns()
+
+    rec.send_ns = now_ns()  # replaced by on_trace once the request goes on the wire
     try:
         with client.stream(
             "POST", url, content=content,
             headers={**headers, "content-type": "application/json"}, timeout=timeout,
+            extensions={"trace": on_trace},
         ) as resp:
             rec.headers_ns = now_ns()
             rec.status_code = resp.status_code
@@ -168,8 +179,11 @@ def timed_post(
                 rec.error_class, rec.error = classify_http_error(resp.status_code, body)
                 return False
             for chunk in resp.iter_raw():
-                on_chunk(chunk, now_ns())
-            rec.end_ns = now_ns()
+                last_arrival = now_ns()
+                on_chunk(chunk, last_arrival)
+            # The end is the arrival of the last bytes: stamping after the loop would add
+            # httpx's response close (a pool re-scan that yields to the hub).
+            rec.end_ns = last_arrival or now_ns()
             return True
     except httpx.TimeoutException as exc:
         rec.end_ns = now_ns()

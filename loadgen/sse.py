@@ -25,16 +25,21 @@ class SSEParser:
         self._buf = b""
 
     def feed(self, chunk: bytes, arrived_ns: int) -> list[Event]:
-        self._buf += chunk.replace(b"\r\n", b"\n")
+        buf = self._buf + chunk
+        # A CR at the end may be the first half of a CRLF split across two reads: hold it.
+        held = b"\r" if buf.endswith(b"\r") else b""
+        if held:
+            buf = buf[:-1]
+        if b"\r" in buf:
+            buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         events = []
-        while True:
-            end = self._buf.find(b"\n\n")
-            if end < 0:
-                break
-            block, self._buf = self._buf[:end], self._buf[end + 2 :]
-            event = _parse_block(block.decode("utf-8", errors="replace"), arrived_ns)
+        start = 0
+        while (end := buf.find(b"\n\n", start)) >= 0:
+            event = _parse_block(buf[start:end].decode("utf-8", errors="replace"), arrived_ns)
             if event is not None:
                 events.append(event)
+            start = end + 2
+        self._buf = buf[start:] + held
         return events
 
     @property

@@ -67,3 +67,11 @@ def test_reasoning_is_kept_apart_from_content():
 def test_malformed_data_raises_value_error():
     with pytest.raises(ValueError):
         parse_openai_chunk("not json")
+
+
+def test_a_crlf_split_across_reads_does_not_merge_events():
+    data = b'data: {"x": 1}\r\n\r\ndata: {"y": 2}\r\n\r\n'
+    for cut in range(1, len(data)):
+        parser = SSEParser()
+        events = parser.feed(data[:cut], 0) + parser.feed(data[cut:], 1)
+        assert [e.data for e in events] == ['{"x": 1}', '{"y": 2}'], cut

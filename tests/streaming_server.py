@@ -1,0 +1,287 @@
+"""An OpenAI-compatible streaming chat server that sends its events at known times.
+
+It runs as its own process (``python tests/streaming_server.py``), so the client under
+test never shares a GIL or an event loop with it. HTTP/1.1 is written by hand on asyncio
+streams (keep-alive, chunked responses, TCP_NODELAY), and every event's send time is
+recorded: ``time.time_ns()`` just after the socket write, per ``x-request-id``.
+
+Per chat request, after a first-token delay D0 the server sends its optional lead events
+(``role``: a role-only chunk, ``empty``: an empty-content chunk), then N content chunks
+(N = ``max_tokens``), one per gap G, then a usage-only chunk (choices [] and
+``completion_tokens`` N) one gap later, then ``data: [DONE]``. Event j of the stream is due
+at receive + D0 + j x G. With D0 = G = 0 every event yields to the loop once, so many
+streams interleave the way an engine's decode steps do.
+
+Routes: POST /v1/chat/completions, GET /v1/models, GET /health, GET /schedule (every request's
+``recv_ns`` and per-event ``sent_ns``; ``?compact=1`` gives only receive, first content
+and last event), POST /schedule/reset. Anything else is a 404, so /tokenize and /metrics
+are absent as on a bare OpenAI-compatible server.
+Per-request overrides: headers ``x-first-token-ms``, ``x-gap-ms``, ``x-lead`` (e.g.
+``role,empty``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+MODEL = "stream-test"
+LEADS = ("role", "empty")
+
+
+@dataclass
+class Timing:
+    first_token_ms: float = 50.0
+    gap_ms: float = 20.0
+    lead: tuple[str, ...] = ()
+    default_tokens: int = 16
+
+
+def _frame(data: bytes) -> bytes:
+    """One HTTP/1.1 chunk holding one SSE event."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def _event(obj: dict[str, Any]) -> bytes:
+    return _frame(b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n")
+
+
+def _chunk(rid: str, delta: dict[str, str], finish: str | None = None) -> bytes:
+    return _event({
+        "id": f"chatcmpl-{rid}", "object": "chat.completion.chunk", "model": MODEL,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    })
+
+
+def parse_lead(text: str) -> tuple[str, ...]:
+    """``"role,empty"`` -> ("role", "empty"); refuses unknown kinds."""
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    for kind in kinds:
+        if kind not in LEADS:
+            raise ValueError(f"unknown lead event {kind!r} (use {', '.join(LEADS)})")
+    return kinds
+
+
+class StreamServer:
+    """The asyncio side: one task per connection, one stream at a time per connection."""
+
+    def __init__(self, timing: Timing) -> None:
+        self.timing = timing
+        self.schedules: dict[str, dict[str, Any]] = {}
+        self._anon = itertools.count()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+                    return
+                lines = head.decode("latin-1").split("\r\n")
+                method, target, _ = lines[0].split(" ", 2)
+                headers = {}
+                for line in lines[1:]:
+                    if line:
+                        name, _, value = line.partition(":")
+                        headers[name.strip().lower()] = value.strip()
+                size = int(headers.get("content-length") or 0)
+                body = await reader.readexactly(size) if size else b""
+                recv_ns = time.time_ns()
+                path, _, query = target.partition("?")
+                if method == "POST" and path == "/v1/chat/completions":
+                    await self.stream(writer, headers, body, recv_ns)
+                elif method == "GET" and path == "/v1/models":
+                    self.reply(writer, 200, {"object": "list", "data": [
+                        {"id": MODEL, "object": "model", "max_model_len": 4096}]})
+                elif method == "GET" and path == "/health":
+                    self.reply(writer, 200, {})
+                elif method == "GET" and path == "/schedule":
+                    self.reply(writer, 200, self.compact() if "compact=1" in query
+                               else self.schedules)
+                elif method == "POST" and path == "/schedule/reset":
+                    self.schedules.clear()
+                    self.reply(writer, 200, {"ok": True})
+                else:
+                    self.reply(writer, 404, {"error": {"message": f"no route {path}"}})
+                await writer.drain()
+                if headers.get("connection", "").lower() == "close":
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return
+        finally:
+            writer.close()
+
+    @staticmethod
+    def reply(writer: asyncio.StreamWriter, status: int, obj: Any) -> None:
+        body = json.dumps(obj).encode()
+        reason = {200: "OK", 400: "Bad Request", 404: "Not Found"}.get(status, "Error")
+        writer.write(
+            f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\n\r\n".encode() + body
+        )
+
+    def compact(self) -> dict[str, list[int | None]]:
+        """Per request: receive, first content event, last event (all epoch ns)."""
+        out: dict[str, list[int | None]] = {}
+        for rid, s in self.schedules.items():
+            first = next((t for k, t in zip(s["kinds"], s["sent_ns"], strict=False)
+                          if k == "content"), None)
+            out[rid] = [s["recv_ns"], first, s["sent_ns"][-1] if s["sent_ns"] else None]
+        return out
+
+    async def stream(self, writer: asyncio.StreamWriter, headers: dict[str, str], body: bytes,
+                     recv_ns: int) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        try:
+            req = json.loads(body)
+            n = int(req.get("max_tokens") or req.get("max_completion_tokens")
+                     or self.timing.default_tokens)
+            d0 = float(headers.get("x-first-token-ms", self.timing.first_token_ms)) / 1e3
+            gap = float(headers.get("x-gap-ms", self.timing.gap_ms)) / 1e3
+            lead = parse_lead(headers["x-lead"]) if "x-lead" in headers else self.timing.lead
+        except (ValueError, TypeError, AttributeError) as exc:
+            self.reply(writer, 400, {"error": {"message": f"bad request: {exc}"}})
+            return
+        rid = headers.get("x-request-id") or f"anon-{next(self._anon)}"
+        prompt_chars = sum(len(str(m.get("content") or "")) for m in req.get("messages") or [])
+        usage = {"prompt_tokens": max(1, prompt_chars // 4), "completion_tokens": n,
+                 "total_tokens": max(1, prompt_chars // 4) + n}
+        content = _chunk(rid, {"content": "tok"})
+        events: list[tuple[str, bytes]] = [
+            (k, _chunk(rid, {"role": "assistant"} if k == "role" else {"content": ""}))
+            for k in lead
+        ]
+        events += [("content", content)] * (n - 1)
+        events.append(("content", _chunk(rid, {"content": "tok"}, "length")))
+        events.append(("usage", _event({"id": f"chatcmpl-{rid}", "object":
+                                        "chat.completion.chunk", "model": MODEL,
+                                        "choices": [], "usage": usage})))
+        events.append(("done", _frame(b"data: [DONE]\n\n") + b"0\r\n\r\n"))
+        kinds = [k for k, _ in events]
+        sent: list[int] = []
+        self.schedules[rid] = {"recv_ns": recv_ns, "kinds": kinds, "sent_ns": sent, "n": n,
+                               "first_token_ms": d0 * 1e3, "gap_ms": gap * 1e3}
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                     b"cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n")
+        transport = writer.transport
+        for j, (kind, data) in enumerate(events):
+            slot = j if kind != "done" else j - 1  # [DONE] goes right after the usage chunk
+            delay = start + d0 + slot * gap - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif kind != "done":
+                await asyncio.sleep(0)  # zero delay: let the other streams have a turn
+            if transport.is_closing():
+                return
+            writer.write(data)
+            sent.append(time.time_ns())
+            await writer.drain()
+
+
+async def serve(port: int, timing: Timing) -> None:
+    app = StreamServer(timing)
+    server = await asyncio.start_server(app.handle, "127.0.0.1", port, backlog=4096,
+                                        limit=1 << 20)
+    bound = server.sockets[0].getsockname()[1]
+    print(f"listening {bound}", flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--port", type=int, default=0, help="0: a free port (printed)")
+    p.add_argument("--first-token-ms", type=float, default=50.0)
+    p.add_argument("--gap-ms", type=float, default=20.0)
+    p.add_argument("--lead", default="", help="events before the first token: role,empty")
+    p.add_argument("--cpu", type=int, help="pin the server to this CPU")
+    p.add_argument("--exit-with-stdin", action="store_true",
+                   help="exit when stdin closes (the parent that started it has gone)")
+    a = p.parse_args(argv)
+    if a.cpu is not None:
+        os.sched_setaffinity(0, {a.cpu})
+    if a.exit_with_stdin:
+        threading.Thread(target=lambda: (sys.stdin.read(), os._exit(0)), daemon=True).start()
+    timing = Timing(a.first_token_ms, a.gap_ms, parse_lead(a.lead))
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(a.port, timing))
+
+
+class StreamingServer:
+    """The server in a child process, for tests and benchmarks: ``url``, ``schedule()``."""
+
+    def __init__(self, first_token_ms: float = 50.0, gap_ms: float = 20.0,
+                 lead: tuple[str, ...] = (), cpu: int | None = None) -> None:
+        cmd = [sys.executable, os.path.abspath(__file__), "--first-token-ms",
+               str(first_token_ms), "--gap-ms", str(gap_ms), "--lead", ",".join(lead)]
+        if cpu is not None:
+            cmd += ["--cpu", str(cpu)]
+        # stdin stays open while we live: the server exits when it closes, even if this
+        # process dies without close().
+        self.proc = subprocess.Popen([*cmd, "--exit-with-stdin"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        if not line.startswith("listening "):
+            self.proc.kill()
+            raise RuntimeError(f"streaming server did not start: {line!r}")
+        self.port = int(line.split()[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def _call(self, method: str, path: str) -> Any:
+        req = urllib.request.Request(self.url + path, method=method,
+                                     data=b"" if method == "POST" else None)
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return json.loads(resp.read())
+
+    def schedule(self) -> dict[str, dict[str, Any]]:
+        """request id -> {recv_ns, kinds, sent_ns, n, first_token_ms, gap_ms}."""
+        return self._call("GET", "/schedule")
+
+    def compact_schedule(self) -> dict[str, list[int | None]]:
+        """request id -> [recv_ns, first content sent_ns, last event sent_ns]."""
+        return self._call("GET", "/schedule?compact=1")
+
+    def reset(self) -> None:
+        self._call("POST", "/schedule/reset")
+
+    def cpu_seconds(self) -> float:
+        """CPU time the server process has used (user + system)."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self) -> StreamingServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+if __name__ == "__main__":
+    main()
