@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ from pathlib import Path
 
 import httpx
 
+from servescope.engines.process import log_tail, stop_group
 from servescope.engines.vllm_cpu import (
     EngineError,
     Progress,
@@ -309,24 +309,11 @@ class OllamaServer:
             time.sleep(0.1)
 
     def log_tail(self, n: int = 15) -> str:
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines() if self.log_path else []
-        except OSError:
-            return ""
-        return "\n".join(line[:200] for line in lines[-n:])
+        return log_tail(self.log_path, n)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the server and its runners (the whole process group it leads)."""
-        if self.proc is None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        except ProcessLookupError:
-            pass
+        stop_group(self.proc, timeout)
 
     def __enter__(self) -> OllamaServer:
         self.start()

