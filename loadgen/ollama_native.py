@@ -19,7 +19,7 @@ from typing import Any, Literal
 import httpx
 
 from collectors.ollama import phases_from_response
-from loadgen.openai_chat import add_content_event, flatten_messages, timed_post
+from loadgen.openai_chat import add_content_event, flatten_messages, new_record, timed_post
 from servescope.records import RequestRecord
 
 OllamaApi = Literal["generate", "chat"]
@@ -125,12 +125,7 @@ def stream_ollama(
     """Send `req` to `url` (the full /api/generate or /api/chat URL) and time every line."""
     hdrs = {"x-request-id": request_id, "accept": "application/x-ndjson", **(headers or {})}
     content = json.dumps(req.body()).encode()
-    rec = RequestRecord(
-        request_id=request_id,
-        intended_ns=intended_ns,
-        send_ns=0,
-        target_output_tokens=req.max_tokens,
-    )
+    rec = new_record(request_id, intended_ns, req.max_tokens)
     parser = NDJSONParser()
     final: dict[str, Any] | None = None
 

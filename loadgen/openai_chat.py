@@ -30,10 +30,13 @@ class ChatRequest:
     ignore_eos: bool = True  # vLLM/llama.cpp: generate exactly max_tokens
     extra_body: dict[str, Any] = field(default_factory=dict)
 
+    def prompt(self) -> dict[str, Any]:
+        return {"messages": self.messages}
+
     def body(self) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.model,
-            "messages": self.messages,
+            **self.prompt(),
             "max_tokens": self.max_tokens,
             "stream": True,
             "stream_options": {"include_usage": True},
@@ -51,27 +54,11 @@ def flatten_messages(messages: list[dict[str, str]]) -> str:
 
 
 @dataclass
-class CompletionRequest:
+class CompletionRequest(ChatRequest):
     """The same request for /v1/completions: the messages flattened to a `prompt`."""
 
-    model: str
-    messages: list[dict[str, str]]
-    max_tokens: int
-    ignore_eos: bool = True
-    extra_body: dict[str, Any] = field(default_factory=dict)
-
-    def body(self) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "model": self.model,
-            "prompt": flatten_messages(self.messages),
-            "max_tokens": self.max_tokens,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
-        if self.ignore_eos:
-            body["ignore_eos"] = True
-        body.update(self.extra_body)
-        return body
+    def prompt(self) -> dict[str, Any]:
+        return {"prompt": flatten_messages(self.messages)}
 
 
 def classify_http_error(status: int, body: str) -> tuple[str, str]:
@@ -92,12 +79,7 @@ def stream_chat(
     time every event."""
     hdrs = {"x-request-id": request_id, "accept": "text/event-stream", **(headers or {})}
     content = json.dumps(req.body()).encode()
-    rec = RequestRecord(
-        request_id=request_id,
-        intended_ns=intended_ns,
-        send_ns=0,
-        target_output_tokens=req.max_tokens,
-    )
+    rec = new_record(request_id, intended_ns, req.max_tokens)
     parser = SSEParser()
     usage: dict[str, Any] | None = None
     done = False
@@ -131,6 +113,12 @@ def stream_chat(
         rec.error = "stream ended before [DONE]"
     _apply_usage(rec, usage)
     return rec
+
+
+def new_record(request_id: str, intended_ns: int, max_tokens: int) -> RequestRecord:
+    """A request's record before it is sent (send_ns is stamped by timed_post)."""
+    return RequestRecord(request_id=request_id, intended_ns=intended_ns, send_ns=0,
+                         target_output_tokens=max_tokens)
 
 
 def add_content_event(rec: RequestRecord, arrived: int) -> None:
