@@ -41,9 +41,10 @@ def client_numbers(client: Mapping[str, Any]) -> str:
         value = (client.get(key) or {}).get(stat)
         if value is not None:
             parts.append(f"{label} {value:,.1f}{unit}")
-    pool, peak = client.get("pool_max_connections"), client.get("peak_concurrency")
-    if pool is not None and peak is not None:
-        parts.append(f"connection pool {pool} for {peak} concurrent requests")
+    conns, peak = client.get("connections") or {}, client.get("peak_concurrency")
+    if conns.get("peak_in_use") is not None and peak is not None:
+        parts.append(f"{conns['peak_in_use']} connections in use at most, for {peak} "
+                     "concurrent requests")
     return ", ".join(parts)
 
 

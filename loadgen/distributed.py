@@ -63,7 +63,7 @@ from loadgen.run import (
     discover_model,
     finish_run,
     load_context,
-    open_client,
+    open_clients,
     progress_line,
     run_time_limit,
     stop_timeout,
@@ -567,7 +567,6 @@ def _badness(h: dict[str, Any]) -> tuple[bool, int, float]:
         ratio(h["loop_lag_ms"]["p99"], client_health.MAX_LOOP_LAG_P99_MS),
         ratio(h["send_lag_ms"]["p99"], client_health.MAX_SEND_LAG_P99_MS),
         ratio(h["cpu_percent"]["max"], 100 * client_health.MAX_CPU_SHARE),
-        h["peak_concurrency"] / max(h["pool_max_connections"], 1),
     )
     return h["limited_by_client"], len(h["reasons"]), worst
 
@@ -583,8 +582,7 @@ def combine_health(finals: dict[str, dict[str, Any] | None]) -> dict[str, Any]:
         top = {k: v for k, v in entries[worst].items() if k not in ("host", "requests")}
     else:
         worst = None
-        top = ClientHealth().summary(send_lag_ms=[], pool_max_connections=0,
-                                     peak_concurrency=0)
+        top = ClientHealth().summary(send_lag_ms=[], connections={}, peak_concurrency=0)
     top["limited_by_client"] = any(e["limited_by_client"] for e in entries.values())
     top["reasons"] = [f"worker {name}: {r}" for name, e in entries.items() for r in e["reasons"]]
     top["worst_worker"] = worst
@@ -714,8 +712,8 @@ class Worker:
             scenario = scenario.model_copy(
                 update={"max_in_flight": -(-scenario.max_in_flight // n)})
         base_url = (target or setup["target"]).rstrip("/")
-        client, tap, self.pool, self.peak = open_client(scenario, n)
-        self.client = client
+        wire, client, self.peak = open_clients(scenario, base_url, n)
+        self.client, self.wire = client, wire
         try:
             try:  # the target answers from here (whatever it answers)
                 client.get(f"{base_url}/v1/models", headers=headers, timeout=10)
@@ -723,10 +721,11 @@ class Worker:
                 raise LoadError(f"cannot reach the target {base_url} from this worker "
                                 f"({type(exc).__name__}: {exc}); pass --target as this "
                                 "machine reaches it") from None
-            ctx = load_context(scenario, base_url, setup["model"], client, self.record, headers,
-                               setup["ignore_eos"], tap, worker=f"w{k}", share=(k, n))
+            ctx = load_context(scenario, base_url, setup["model"], wire, client, self.record,
+                               headers, setup["ignore_eos"], worker=f"w{k}", share=(k, n))
         except BaseException:
             client.close()
+            wire.close()
             raise
         ctx.events = self.env.events
         self.env.stop_timeout = stop_timeout(scenario)
@@ -803,6 +802,7 @@ def run_worker(
             if worker.ctx is not None:
                 worker.ctx.stop.set()
                 worker.client.close()
+                worker.wire.close()
             with contextlib.suppress(Exception):
                 worker.env.events.quitting.fire(environment=worker.env, reverse=True)
             with contextlib.suppress(Exception):
@@ -826,7 +826,7 @@ def _deliver(worker: Worker, health: ClientHealth, ctx: LoadContext, status: str
         "worker": ctx.worker, "host": socket.gethostname(), "records": worker.sent,
         "unacked": len(worker.unacked), "status": status, "counters": worker.counters(),
         "health": health.summary(
-            send_lag_ms=worker.lags, pool_max_connections=worker.pool,
+            send_lag_ms=worker.lags, connections=worker.wire.stats(),
             peak_concurrency=worker.peak if ctx.scenario.mode == "closed"
             else ctx.peak_in_flight),
     }

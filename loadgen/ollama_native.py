@@ -16,10 +16,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import httpx
-
 from collectors.ollama import phases_from_response
-from loadgen.openai_chat import add_content_event, flatten_messages, new_record, timed_post
+from loadgen.openai_chat import add_content_event, flatten_messages, new_record
+from loadgen.wire import Wire
 from servescope.records import RequestRecord
 
 OllamaApi = Literal["generate", "chat"]
@@ -114,16 +113,19 @@ class OllamaRequest:
 
 
 def stream_ollama(
-    client: httpx.Client,
-    url: str,
+    wire: Wire,
+    path: str,
     req: OllamaRequest,
     request_id: str,
     intended_ns: int,
     timeout: float,
     headers: dict[str, str] | None = None,
+    keep: list[bytes] | None = None,
 ) -> RequestRecord:
-    """Send `req` to `url` (the full /api/generate or /api/chat URL) and time every line."""
-    hdrs = {"x-request-id": request_id, "accept": "application/x-ndjson", **(headers or {})}
+    """Send `req` to `path` (/api/generate or /api/chat) and time every line. With `keep`,
+    the answer's bytes are also kept there."""
+    hdrs = {"x-request-id": request_id, "accept": "application/x-ndjson",
+            "content-type": "application/json", **(headers or {})}
     content = json.dumps(req.body()).encode()
     rec = new_record(request_id, intended_ns, req.max_tokens)
     parser = NDJSONParser()
@@ -146,10 +148,12 @@ def stream_ollama(
             final = info.body
 
     def on_chunk(chunk: bytes, arrived: int) -> None:
+        if keep is not None:
+            keep.append(chunk)
         for line in parser.feed(chunk, arrived):
             handle(line)
 
-    completed = timed_post(client, url, content, hdrs, timeout, rec, on_chunk)
+    completed = wire.post(path, content, hdrs, timeout, rec, on_chunk)
     if rec.status_code is not None and rec.status_code >= 400:
         return rec
     if completed:

@@ -30,13 +30,14 @@ from loadgen.prompts import PromptBuilder
 from loadgen.scenario import Scenario, ScenarioError, load_scenario
 from loadgen.users import (
     PREPARE_LEAD_S,
-    AnswerTap,
     ChatUser,
     LoadContext,
     ScheduleShape,
     ScheduleUser,
     StagesShape,
 )
+from loadgen.wire import Wire
+from loadgen.writer import RecordWriter
 from servescope.durations import parse_duration
 from servescope.join import server_side, wait_for_scrape_after
 from servescope.records import RequestRecord
@@ -127,32 +128,30 @@ class Progress:
             print(file=sys.stderr)
 
 
-def open_client(scenario: Scenario, workers: int = 1) -> tuple[httpx.Client, AnswerTap | None,
-                                                                   int, int]:
-    """The HTTP client for this process's share of the load: (client, answer tap, pool size,
-    peak concurrency). The pool has room for every request in flight plus the /tokenize
-    calls that build prompts. Locust spreads closed-loop users evenly over `workers`."""
-    closed = scenario.mode == "closed"
-    if closed:
+def open_clients(scenario: Scenario, base_url: str, workers: int = 1
+                 ) -> tuple[Wire, httpx.Client, int]:
+    """This process's clients for its share of the load: (the timed requests' Wire, an httpx
+    client for the control plane: model discovery, server config, /tokenize; peak
+    concurrency). Locust spreads closed-loop users evenly over `workers`."""
+    if scenario.mode == "closed":
         peak = -(-max(s.concurrency for s in scenario.stages) // workers)
     else:
         peak = scenario.max_in_flight
-    pool = peak + (8 if closed else 32)
-    limits = httpx.Limits(max_connections=pool, max_keepalive_connections=pool)
-    tap = AnswerTap(httpx.HTTPTransport(limits=limits)) if scenario.multi_turn else None
-    client = httpx.Client(limits=limits, timeout=scenario.request_timeout, transport=tap)
-    return client, tap, pool, peak
+    # /tokenize calls build prompts concurrently: room for every user's.
+    limits = httpx.Limits(max_connections=peak + 8, max_keepalive_connections=64)
+    client = httpx.Client(limits=limits, timeout=scenario.request_timeout)
+    return Wire(base_url), client, peak
 
 
 def load_context(
     scenario: Scenario,
     base_url: str,
     model: str,
+    wire: Wire,
     client: httpx.Client,
     record: Callable[[RequestRecord], None],
     headers: dict[str, str],
     ignore_eos: bool = True,
-    tap: AnswerTap | None = None,
     worker: str = "local",
     share: tuple[int, int] = (0, 1),
 ) -> LoadContext:
@@ -165,9 +164,8 @@ def load_context(
     for group in range(min(scenario.prefix_groups, PREBUILT_PREFIX_GROUPS)):
         prompts.system_message(group)
     return LoadContext(
-        scenario=scenario, base_url=base_url, model=model, record=record, client=client,
-        prompts=prompts, headers=headers, ignore_eos=ignore_eos, tap=tap, worker=worker,
-        share=share,
+        scenario=scenario, base_url=base_url, model=model, record=record, wire=wire,
+        prompts=prompts, headers=headers, ignore_eos=ignore_eos, worker=worker, share=share,
     )
 
 
@@ -194,12 +192,13 @@ def run_load(
     on_record: Callable[[RequestRecord], None] | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """Run `scenario` against `base_url`; returns (run id, summary). Every request is
-    stored as it completes; Ctrl-C stops the run and keeps (and summarizes) everything
+    stored within 0.1 s of completing (loadgen/writer.py); Ctrl-C stops the run and keeps
+    (and summarizes) everything
     measured so far."""
     base_url = base_url.rstrip("/")
     headers = dict(headers or {})
     closed = scenario.mode == "closed"
-    client, tap, pool, peak = open_client(scenario)
+    wire, client, peak = open_clients(scenario, base_url)
     try:
         model = model or discover_model(client, base_url, headers)
         config = target_config(base_url, client)
@@ -209,12 +208,14 @@ def run_load(
     config["model"] = model
     run_id = create_run(store, scenario, base_url, config)
 
+    writer = RecordWriter(store, run_id)
+
     def record(rec: RequestRecord) -> None:
-        store.add_requests(run_id, [rec])
+        writer.add(rec)
         if on_record is not None:
             on_record(rec)
 
-    ctx = load_context(scenario, base_url, model, client, record, headers, ignore_eos, tap)
+    ctx = load_context(scenario, base_url, model, wire, client, record, headers, ignore_eos)
     shape_base = StagesShape if closed else ScheduleShape
     shape = type("ScenarioShape", (shape_base,), {"ctx": ctx})()
     env = Environment(
@@ -262,11 +263,13 @@ def run_load(
         health.stop()
         progress.done()
         client.close()
+        wire.close()
+        writer.close()
     records = store.requests(run_id)
     summary = build_summary(run_id, scenario, config, records, status)
     summary["client"] = health.summary(
         send_lag_ms=[send_lag_ms(r) for r in records if r.ok],
-        pool_max_connections=pool,
+        connections=wire.stats(),
         peak_concurrency=peak if closed else ctx.peak_in_flight,
     )
     finish_run(store, run_id, summary, out)

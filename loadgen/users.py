@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 from gevent.event import Event
 from gevent.pool import Group
 from locust import LoadTestShape, User, task
@@ -35,6 +34,7 @@ from loadgen.openai_chat import ChatRequest, CompletionRequest, stream_chat
 from loadgen.prompts import Conversation, PromptBuilder, Turn
 from loadgen.scenario import Scenario
 from loadgen.sse import SSEParser, parse_openai_chunk
+from loadgen.wire import Wire
 from servescope.records import RequestRecord
 
 # Open loop: a request's prompt is built this long before its arrival, so building it (a few
@@ -44,66 +44,25 @@ PREPARE_LEAD_S = 0.5
 Arrival = tuple[float, tuple[int, int] | None]  # (seconds from start, fixed lengths or None)
 
 
-class AnswerTap(httpx.BaseTransport):
-    """Keeps the response bytes of the requests it is told to expect, so a conversation
-    can send the assistant's real answer back as history. The timed client (stream_chat)
-    reads the same bytes unchanged; this only keeps a copy."""
-
-    def __init__(self, inner: httpx.BaseTransport) -> None:
-        self.inner = inner
-        self._kept: dict[str, list[bytes]] = {}
-        self._ndjson: set[str] = set()
-
-    def expect(self, request_id: str, api: str = "openai-chat") -> None:
-        self._kept[request_id] = []
-        if api.startswith("ollama-"):
-            self._ndjson.add(request_id)
-
-    def answer(self, request_id: str) -> str:
-        """The content text the response streamed (and forget its bytes)."""
-        raw = b"".join(self._kept.pop(request_id, []))
-        if request_id in self._ndjson:
-            self._ndjson.discard(request_id)
-            lines = NDJSONParser().feed(raw + b"\n", 0)
-            out = []
-            for line in lines:
-                try:
-                    out.append(parse_ollama_line(line.data).content)
-                except ValueError:
-                    continue
-            return "".join(out)
-        parser, text = SSEParser(), []
-        for event in parser.feed(raw + b"\n\n", 0):
-            if event.data.strip() == "[DONE]":
-                continue
+def answer_text(raw: bytes, api: str) -> str:
+    """The content text a streamed answer carried (a conversation sends it back as history)."""
+    if api.startswith("ollama-"):
+        out = []
+        for line in NDJSONParser().feed(raw + b"\n", 0):
             try:
-                text.append(parse_openai_chunk(event.data).content)
+                out.append(parse_ollama_line(line.data).content)
             except ValueError:
                 continue
-        return "".join(text)
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        response = self.inner.handle_request(request)
-        kept = self._kept.get(request.headers.get("x-request-id", ""))
-        if kept is not None:
-            response.stream = _Tee(response.stream, kept)
-        return response
-
-    def close(self) -> None:
-        self.inner.close()
-
-
-class _Tee(httpx.SyncByteStream):
-    def __init__(self, stream: httpx.SyncByteStream, kept: list[bytes]) -> None:
-        self.stream, self.kept = stream, kept
-
-    def __iter__(self) -> Iterator[bytes]:
-        for chunk in self.stream:
-            self.kept.append(chunk)
-            yield chunk
-
-    def close(self) -> None:
-        self.stream.close()
+        return "".join(out)
+    text = []
+    for event in SSEParser().feed(raw + b"\n\n", 0):
+        if event.data.strip() == "[DONE]":
+            continue
+        try:
+            text.append(parse_openai_chunk(event.data).content)
+        except ValueError:
+            continue
+    return "".join(text)
 
 
 @dataclass
@@ -114,7 +73,7 @@ class LoadContext:
     base_url: str
     model: str
     record: Callable[[RequestRecord], None]
-    client: httpx.Client
+    wire: Wire  # the timed requests
     prompts: PromptBuilder
     headers: dict[str, str] = field(default_factory=dict)
     ignore_eos: bool = True
@@ -123,7 +82,6 @@ class LoadContext:
     # conversation and arrival indices k, k + n, k + 2n ... and its share of max_requests, so
     # the workers together send what one process would.
     share: tuple[int, int] = (0, 1)
-    tap: AnswerTap | None = None
     events: Any = None  # the Locust Environment's events, once it exists
     issued: int = 0
     completed: int = 0
@@ -202,17 +160,14 @@ class LoadContext:
 def send_turn(ctx: LoadContext, conv: Conversation, turn: Turn, intended_ns: int,
               user_id: int | None = None) -> RequestRecord:
     """Stream one turn, record it, and hand the answer to its conversation."""
-    api = ctx.scenario.api
-    tapped = ctx.tap is not None and conv.multi_turn
-    if tapped:
-        ctx.tap.expect(turn.request_id, api)
+    keep: list[bytes] | None = [] if conv.multi_turn else None
     ctx.in_flight += 1
     ctx.peak_in_flight = max(ctx.peak_in_flight, ctx.in_flight)
     try:
-        rec = _stream_turn(ctx, turn, intended_ns)
+        rec = _stream_turn(ctx, turn, intended_ns, keep)
     finally:
         ctx.in_flight -= 1
-        answer = ctx.tap.answer(turn.request_id) if tapped else None
+    answer = None if keep is None else answer_text(b"".join(keep), ctx.scenario.api)
     rec.target_prompt_tokens = turn.target_prompt_tokens
     rec.worker = ctx.worker
     rec.user_id = user_id
@@ -223,27 +178,28 @@ def send_turn(ctx: LoadContext, conv: Conversation, turn: Turn, intended_ns: int
     return rec
 
 
-def _stream_turn(ctx: LoadContext, turn: Turn, intended_ns: int) -> RequestRecord:
+def _stream_turn(ctx: LoadContext, turn: Turn, intended_ns: int,
+                 keep: list[bytes] | None) -> RequestRecord:
     """Send `turn` the way the scenario's `api` says and time it."""
     api, timeout = ctx.scenario.api, ctx.scenario.request_timeout
     if api in ("ollama-generate", "ollama-chat"):
         endpoint = "generate" if api == "ollama-generate" else "chat"
         oreq = OllamaRequest(ctx.model, turn.messages, turn.output_tokens, api=endpoint,
                              seed=ctx.scenario.seed)
-        return stream_ollama(ctx.client, f"{ctx.base_url}/api/{endpoint}", oreq,
-                             turn.request_id, intended_ns, timeout, ctx.headers)
+        return stream_ollama(ctx.wire, f"/api/{endpoint}", oreq, turn.request_id,
+                             intended_ns, timeout, ctx.headers, keep)
     extra = {"priority": turn.priority} if turn.priority is not None else {}
     if api == "openai-completions":
         req: ChatRequest | CompletionRequest = CompletionRequest(
             ctx.model, turn.messages, turn.output_tokens, ignore_eos=ctx.ignore_eos,
             extra_body=extra)
-        url = f"{ctx.base_url}/v1/completions"
+        path = "/v1/completions"
     else:
         req = ChatRequest(ctx.model, turn.messages, turn.output_tokens,
                           ignore_eos=ctx.ignore_eos, extra_body=extra)
-        url = f"{ctx.base_url}/v1/chat/completions"
-    return stream_chat(ctx.client, url, req, turn.request_id, intended_ns, timeout,
-                       ctx.headers)
+        path = "/v1/chat/completions"
+    return stream_chat(ctx.wire, path, req, turn.request_id, intended_ns, timeout,
+                       ctx.headers, keep)
 
 
 def record_overload(ctx: LoadContext, turn: Turn, intended_ns: int) -> RequestRecord:

@@ -57,6 +57,9 @@ def _auth_headers(env_name: str | None) -> dict[str, str]:
     if env_name and not key:
         raise CliError(f"--api-key-env {env_name}: that environment variable is not set",
                        EXIT_BAD_INPUT)
+    if key and (key != key.strip() or any(c in key for c in "\r\n")):
+        raise CliError(f"{name}: the API key has a line break or surrounding spaces (the key "
+                       "itself is not shown)", EXIT_BAD_INPUT)
     return {"authorization": f"Bearer {key}"} if key else {}
 
 

@@ -15,7 +15,6 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -372,22 +371,11 @@ class Store:
     def add_requests(self, run_id: int, records: Iterable[RequestRecord]) -> int:
         """Insert records; a record already stored (same run and request id) is ignored,
         so re-delivery from a distributed worker never double counts."""
-        rows = []
-        for rec in records:
-            d = asdict(rec)
-            rows.append(
-                (
-                    run_id, d["request_id"], d["worker"], d["user_id"], d["intended_ns"],
-                    d["send_ns"], d["headers_ns"], d["first_token_ns"], d["last_token_ns"],
-                    d["end_ns"], json.dumps(d["event_offsets_ns"]),
-                    json.dumps(d["reasoning_event_offsets_ns"]), d["prompt_tokens"],
-                    d["output_tokens"], d["reasoning_tokens"], d["token_count_source"],
-                    d["target_prompt_tokens"], d["target_output_tokens"], d["status_code"],
-                    d["error_class"], d["error"],
-                    json.dumps(d["server_timings"]) if d["server_timings"] is not None
-                    else None,
-                )
-            )
+        return self.add_request_rows([request_row(run_id, rec) for rec in records])
+
+    def add_request_rows(self, rows: list[tuple[Any, ...]]) -> int:
+        """Insert rows made by `request_row` (made where the records are, written here: the
+        load generator writes from a thread of its own). Returns the rows new to the store."""
         with self._write() as conn:
             before = conn.total_changes
             conn.executemany(
@@ -447,3 +435,16 @@ def _decode_run(row: sqlite3.Row) -> dict[str, Any]:
     for key in ("scenario", "target", "summary"):
         d[key] = json.loads(d[key]) if d[key] else None
     return d
+
+
+def request_row(run_id: int, rec: RequestRecord) -> tuple[Any, ...]:
+    """One record as a row of the requests table."""
+    return (
+        run_id, rec.request_id, rec.worker, rec.user_id, rec.intended_ns, rec.send_ns,
+        rec.headers_ns, rec.first_token_ns, rec.last_token_ns, rec.end_ns,
+        json.dumps(rec.event_offsets_ns), json.dumps(rec.reasoning_event_offsets_ns),
+        rec.prompt_tokens, rec.output_tokens, rec.reasoning_tokens, rec.token_count_source,
+        rec.target_prompt_tokens, rec.target_output_tokens, rec.status_code,
+        rec.error_class, rec.error,
+        json.dumps(rec.server_timings) if rec.server_timings is not None else None,
+    )

@@ -18,6 +18,13 @@ and last event), POST /schedule/reset. Anything else is a 404, so /tokenize and 
 are absent as on a bare OpenAI-compatible server.
 Per-request overrides: headers ``x-first-token-ms``, ``x-gap-ms``, ``x-lead`` (e.g.
 ``role,empty``).
+
+Faults, per request (header ``x-fault``): ``status:N`` answers HTTP N with a JSON error;
+``drop:K`` closes the connection after K content events; ``malformed:K`` makes event K's
+data not JSON; ``stall`` sends the headers and then nothing; ``eof`` closes the connection
+without answering; ``garbage`` answers bytes that are not HTTP; ``close-after`` streams the
+answer normally (keep-alive) and then closes the connection, as a server whose keep-alive
+timeout expired.
 """
 
 from __future__ import annotations
@@ -103,8 +110,21 @@ class StreamServer:
                 body = await reader.readexactly(size) if size else b""
                 recv_ns = time.time_ns()
                 path, _, query = target.partition("?")
-                if method == "POST" and path == "/v1/chat/completions":
+                fault = headers.get("x-fault", "")
+                if fault == "eof":
+                    return
+                if fault == "garbage":
+                    writer.write(b"this is not HTTP\r\n\r\n")
+                    await writer.drain()
+                    return
+                if fault.startswith("status:"):
+                    status = int(fault.removeprefix("status:"))
+                    self.reply(writer, status, {"error": {"message": f"injected {status}"}})
+                elif method == "POST" and path == "/v1/chat/completions":
                     await self.stream(writer, headers, body, recv_ns)
+                    if fault == "close-after" or writer.transport.is_closing():
+                        await writer.drain()
+                        return
                 elif method == "GET" and path == "/v1/models":
                     self.reply(writer, 200, {"object": "list", "data": [
                         {"id": MODEL, "object": "model", "max_model_len": 4096}]})
@@ -129,7 +149,8 @@ class StreamServer:
     @staticmethod
     def reply(writer: asyncio.StreamWriter, status: int, obj: Any) -> None:
         body = json.dumps(obj).encode()
-        reason = {200: "OK", 400: "Bad Request", 404: "Not Found"}.get(status, "Error")
+        reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 429: "Too Many Requests",
+                  503: "Service Unavailable"}.get(status, "Error")
         writer.write(
             f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
             f"content-length: {len(body)}\r\n\r\n".encode() + body
@@ -173,6 +194,11 @@ class StreamServer:
                                         "chat.completion.chunk", "model": MODEL,
                                         "choices": [], "usage": usage})))
         events.append(("done", _frame(b"data: [DONE]\n\n") + b"0\r\n\r\n"))
+        fault = headers.get("x-fault", "")
+        if fault.startswith("malformed:"):
+            k = int(fault.removeprefix("malformed:"))
+            events[k] = ("content", _frame(b"data: {not json\n\n"))
+        drop_after = int(fault.removeprefix("drop:")) if fault.startswith("drop:") else None
         kinds = [k for k, _ in events]
         sent: list[int] = []
         self.schedules[rid] = {"recv_ns": recv_ns, "kinds": kinds, "sent_ns": sent, "n": n,
@@ -180,7 +206,14 @@ class StreamServer:
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
                      b"cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n")
         transport = writer.transport
+        if fault == "stall":
+            await writer.drain()
+            await asyncio.sleep(3600)
         for j, (kind, data) in enumerate(events):
+            if drop_after is not None and kinds[:j].count("content") >= drop_after:
+                await writer.drain()
+                transport.abort()
+                return
             slot = j if kind != "done" else j - 1  # [DONE] goes right after the usage chunk
             delay = start + d0 + slot * gap - loop.time()
             if delay > 0:

@@ -110,19 +110,18 @@ def compare(records: list[RequestRecord], schedule: dict[str, dict]) -> Errors:
     return errors
 
 
-# What holds (64 streams, 256 requests, 2-core machine; client - server):
-#   TTFT p50 0.8 ms, p99 2.1 ms, max 2.7 ms; ITL p99 1.3 ms, max 3.3 ms; E2E p99 2.1 ms.
-# That is after three client fixes this test found: send_ns was stamped before httpx's pool
+# What holds (64 streams, 512 requests, 2-core machine; client - server): TTFT p50 0.3 ms,
+# p99 0.8-1.8 ms; ITL p99 0.5-0.7 ms; E2E p99 0.7-1.1 ms.
+# This test found four client bugs, all fixed: send_ns was stamped before httpx's pool
 # checkout (which yields to the gevent hub once per idle connection: p99 up to 40 ms of
 # other users' work counted as latency), end_ns after httpx's response close (the same
-# pool scan), and full garbage collections stopped every stream for 80-110 ms (gc.freeze()
-# after start-up). In CI (the suite's own installs and servers nearby) p99 reached 4.4 ms
-# TTFT and 4.2 ms ITL once, so the bounds leave room for that; they still catch the old
-# bugs (p99 20-40 ms, 100 ms pauses). The 2 ms goal at p99 is the xfail test below: it
-# passes on a quiet machine, not yet with margin.
-TTFT_P99_MS, ITL_P99_MS, E2E_P99_MS = 10.0, 6.0, 10.0
-TTFT_P50_MS, ITL_P50_MS, E2E_P50_MS = 2.0, 0.5, 2.0
+# pool scan), full garbage collections stopped every stream for 80-110 ms (gc.freeze()
+# after start-up), and SQLite commits on the hub stalled every stream for up to 6 ms at a
+# WAL checkpoint (now committed from a thread, loadgen/writer.py). httpx itself is gone from
+# the timed path (loadgen/wire.py). The bound is the goal: 2 ms at p99.
 GOAL_MS = 2.0
+TTFT_P50_MS, ITL_P50_MS, E2E_P50_MS = 1.0, 0.5, 1.0
+REQUESTS = 512
 
 
 def _p(values: list[float], q: float) -> float:
@@ -133,36 +132,28 @@ def _p(values: list[float], q: float) -> float:
 def run64(tmp_path_factory) -> Errors:
     tmp = tmp_path_factory.mktemp("accuracy64")
     with StreamingServer(FIRST_TOKEN_MS, GAP_MS, cpu=SERVER_CPU) as server:
-        records = run_load(server, tmp, concurrency=64, requests=256)
+        records = run_load(server, tmp, concurrency=64, requests=REQUESTS)
         schedule = server.schedule()
-    assert len(records) == 256
+    assert len(records) == REQUESTS
     errors = compare(records, schedule)
-    print(f"\n64 streams, 256 requests (load average {os.getloadavg()[0]:.2f}):")
+    print(f"\n64 streams, {REQUESTS} requests (load average {os.getloadavg()[0]:.2f}):")
     print(errors.report())
     return errors
 
 
 def test_every_request_counts_its_tokens_from_usage(run64):
     # compare() checked each record: ok, 16 tokens from usage, 16 content events
-    assert len(run64.ttft) == 256 and len(run64.itl) == 256 * (TOKENS - 1)
+    assert len(run64.ttft) == REQUESTS and len(run64.itl) == REQUESTS * (TOKENS - 1)
 
 
-def test_stamps_match_the_server_at_64_streams(run64):
+def test_stamps_within_2ms_of_the_server_at_64_streams(run64):
     context = f"{run64.report()}\nload average {os.getloadavg()}"
-    for name, p50, p99 in (("ttft", TTFT_P50_MS, TTFT_P99_MS), ("itl", ITL_P50_MS, ITL_P99_MS),
-                           ("e2e", E2E_P50_MS, E2E_P99_MS)):
+    for name, p50 in (("ttft", TTFT_P50_MS), ("itl", ITL_P50_MS), ("e2e", E2E_P50_MS)):
         values = getattr(run64, name)
         assert _p(values, 50) <= p50, f"{name} p50\n{context}"
-        assert _p(values, 99) <= p99, f"{name} p99\n{context}"
+        assert _p(values, 99) <= GOAL_MS, f"{name} p99\n{context}"
     # a client never sees a token before the server wrote it (the two clocks agree)
     assert min(run64.token_leg) > -5.0, context
-
-
-@pytest.mark.xfail(reason="the goal: every stamp within 2 ms of the server's at p99; met "
-                          "on a quiet machine, not yet with margin (see above)")
-def test_stamps_within_2ms_of_the_server(run64):
-    for name in ("ttft", "itl", "e2e"):
-        assert _p(getattr(run64, name), 99) <= GOAL_MS, f"{name}\n{run64.report()}"
 
 
 def test_role_only_and_empty_chunks_are_not_the_first_token(tmp_path):

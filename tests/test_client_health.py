@@ -14,7 +14,7 @@ def test_a_blocked_event_loop_is_flagged():
     time.sleep(0.15)  # a greenlet that hogs the loop, as a CPU-bound client would
     gevent.sleep(0.2)
     health.stop()
-    s = health.summary(send_lag_ms=[0.1] * 10, pool_max_connections=72, peak_concurrency=64)
+    s = health.summary(send_lag_ms=[0.1] * 10, connections={}, peak_concurrency=64)
     assert s["loop_lag_ms"]["max"] >= 100
     assert s["limited_by_client"] is True
     assert any("event-loop lag" in r for r in s["reasons"])
@@ -25,10 +25,5 @@ def test_an_idle_client_is_not_flagged():
     health.start()
     gevent.sleep(0.5)
     health.stop()
-    s = health.summary(send_lag_ms=[0.1] * 10, pool_max_connections=72, peak_concurrency=64)
+    s = health.summary(send_lag_ms=[0.1] * 10, connections={}, peak_concurrency=64)
     assert s["limited_by_client"] is False, s["reasons"]
-
-
-def test_a_pool_smaller_than_the_concurrency_is_flagged():
-    s = ClientHealth().summary(send_lag_ms=[], pool_max_connections=10, peak_concurrency=64)
-    assert s["limited_by_client"] and "connection pool (10)" in s["reasons"][0]

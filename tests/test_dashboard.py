@@ -442,15 +442,15 @@ def test_run_page_says_when_the_load_generator_limited_the_run(
     path = tmp_path / "limited.db"
     reasons = [
         "event-loop lag p99 42.0 ms > 10 ms: event stamps are late by up to that much",
-        "connection pool (100) below the concurrency asked for (256)",
+        "requests left the client late: send lag p99 12.0 ms",
     ]
     client = {
         "limited_by_client": True,
         "reasons": reasons,
         "loop_lag_ms": {"p50": 3.0, "p99": 42.0, "max": 80.0},
         "cpu_percent": {"p50": 60.0, "max": 97.0},
-        "send_lag_ms": {"p99": 5.0, "max": 9.0},
-        "pool_max_connections": 100,
+        "send_lag_ms": {"p99": 12.0, "max": 19.0},
+        "connections": {"opened": 256, "peak_in_use": 256, "connect_ms_p99": 0.2},
         "peak_concurrency": 256,
     }
     stored_run(path, {"client": client, "warnings": ["a warning only the CLI made"]})

@@ -89,7 +89,8 @@ request_timeout: 10s
     assert client["worst_worker"] in ("w0", "w1")
     assert client["workers_lost"] == []
     for w in client["workers"].values():
-        assert w["loop_lag_ms"]["p99"] is not None and w["pool_max_connections"] >= 4
+        assert w["loop_lag_ms"]["p99"] is not None
+        assert 1 <= w["connections"]["peak_in_use"] <= 4  # 8 users over 2 workers
         assert w["peak_concurrency"] == 4  # 8 users over 2 workers
     assert client["limited_by_client"] == any(
         w["limited_by_client"] for w in client["workers"].values())

@@ -87,14 +87,14 @@ def test_openai_completions_api(ollama_server, tmp_path):
 
 
 def test_ollama_http_error_becomes_an_error_class(ollama_server):
-    import httpx
-
     from loadgen.clock import now_ns
     from loadgen.ollama_native import stream_ollama
+    from loadgen.wire import Wire
 
     req = OllamaRequest("no-such-model", [{"role": "user", "content": "hi"}], 4)
-    with httpx.Client() as client:
-        rec = stream_ollama(client, f"{ollama_server.url}/api/generate", req, "r1", now_ns(), 30)
+    wire = Wire(ollama_server.url)
+    rec = stream_ollama(wire, "/api/generate", req, "r1", now_ns(), 30)
+    wire.close()
     assert rec.error_class == "http_404" and "not found" in rec.error
     assert rec.status_code == 404 and rec.server_timings is None
 

@@ -1,0 +1,141 @@
+"""The timed HTTP client (loadgen/wire.py) against the scheduled streaming server in its own
+process: stamps, one connection per request in flight with reuse, and every fault the load
+generator must record with its class instead of stopping (5xx, 429, a dropped connection,
+a malformed event, a stall, a non-HTTP answer, a closed keep-alive connection)."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import gevent
+import pytest
+from streaming_server import StreamingServer
+
+from loadgen.clock import now_ns
+from loadgen.openai_chat import ChatRequest, stream_chat
+from loadgen.wire import HeaderError, Wire
+from servescope.records import RequestRecord
+
+TOKENS = 8
+PATH = "/v1/chat/completions"
+
+
+@pytest.fixture(scope="module")
+def server():
+    with StreamingServer(first_token_ms=5, gap_ms=2) as srv:
+        yield srv
+
+
+def chat(wire: Wire, rid: str, fault: str | None = None, timeout: float = 30.0,
+         tokens: int = TOKENS) -> RequestRecord:
+    req = ChatRequest("stream-test", [{"role": "user", "content": "hello"}], tokens)
+    headers = {"x-fault": fault} if fault else {}
+    return stream_chat(wire, PATH, req, rid, now_ns(), timeout, headers)
+
+
+def test_a_stream_is_timed_event_by_event(server):
+    wire = Wire(server.url)
+    rec = chat(wire, "ok-1")
+    wire.close()
+    assert rec.ok, (rec.error_class, rec.error)
+    assert rec.status_code == 200
+    assert rec.output_tokens == TOKENS and rec.token_count_source == "usage"
+    assert len(rec.event_offsets_ns) == TOKENS
+    assert rec.send_ns < rec.headers_ns <= rec.first_token_ns <= rec.last_token_ns <= rec.end_ns
+    # The server spaced content events 2 ms apart; the client saw them apart, not bunched.
+    gaps = [b - a for a, b in zip(rec.event_offsets_ns, rec.event_offsets_ns[1:], strict=False)]
+    assert min(gaps) > 1_000_000, gaps
+
+
+def test_one_connection_per_request_in_flight_reused_afterwards(server):
+    wire = Wire(server.url)
+    for wave in range(2):
+        jobs = [gevent.spawn(chat, wire, f"wave{wave}-{i}") for i in range(64)]
+        gevent.joinall(jobs, raise_error=True)
+        assert all(j.value.ok for j in jobs), [j.value.error for j in jobs if not j.value.ok]
+        # No cap below the concurrency: all 64 were on the wire at once ...
+        assert wire.peak_in_use == 64
+        # ... and the second wave reused the first wave's connections.
+        assert wire.opened == 64, wave
+    stats = wire.stats()
+    wire.close()
+    assert stats["opened"] == 64 and stats["connect_ms_p99"] is not None
+
+
+@pytest.mark.parametrize(("fault", "error_class", "message"), [
+    ("status:503", "http_503", "HTTP 503: "),
+    ("status:429", "http_429", "injected 429"),
+    ("drop:3", "dropped", "connection dropped mid-stream"),
+    ("eof", "dropped", "closed before any answer"),
+    ("garbage", "malformed_http", "invalid HTTP answer"),
+])
+def test_faults_become_error_classes(server, fault, error_class, message):
+    wire = Wire(server.url)
+    rec = chat(wire, f"fault-{fault}", fault)
+    # The run goes on: the same client's next request succeeds.
+    after = chat(wire, f"after-{fault}")
+    wire.close()
+    assert rec.error_class == error_class, (rec.error_class, rec.error)
+    assert message in rec.error
+    assert rec.end_ns >= rec.send_ns > 0
+    assert after.ok, (after.error_class, after.error)
+    if fault == "drop:3":  # what arrived before the drop is kept and counted
+        assert len(rec.event_offsets_ns) == 3 and rec.output_tokens == 3
+        assert rec.token_count_source == "events"
+
+
+def test_a_malformed_event_is_recorded_and_the_rest_is_read(server):
+    wire = Wire(server.url)
+    rec = chat(wire, "malformed", "malformed:2")
+    wire.close()
+    assert rec.error_class == "malformed_event" and "{not json" in rec.error
+    assert len(rec.event_offsets_ns) == TOKENS - 1  # every other content event still counted
+    assert rec.output_tokens == TOKENS  # the usage chunk still arrived
+
+
+def test_a_stalled_stream_times_out_on_time(server):
+    wire = Wire(server.url)
+    t0 = time.monotonic()
+    rec = chat(wire, "stall", "stall", timeout=0.5)
+    elapsed = time.monotonic() - t0
+    wire.close()
+    assert rec.error_class == "timeout" and "0.5s" in rec.error
+    assert rec.status_code == 200 and rec.headers_ns is not None
+    assert 0.5 <= elapsed < 2.0
+
+
+def test_a_keep_alive_connection_the_server_closed_is_retried_fresh(server):
+    wire = Wire(server.url)
+    first = chat(wire, "close-after", "close-after")
+    gevent.sleep(0.1)  # the server's close reaches us while the connection is idle
+    second = chat(wire, "after-close")
+    wire.close()
+    assert first.ok and second.ok, (second.error_class, second.error)
+    assert wire.opened == 2
+
+
+def test_nothing_listening_is_a_connect_error():
+    with socket.socket() as s:  # a port that was free a moment ago
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    wire = Wire(f"http://127.0.0.1:{port}")
+    rec = chat(wire, "refused")
+    assert rec.error_class == "connect" and f"127.0.0.1:{port}" in rec.error
+    assert wire.opened == 0
+
+
+def test_a_path_prefix_and_bad_urls():
+    assert Wire("http://example.invalid:8080/proxy/").prefix == "/proxy"
+    assert Wire("https://example.invalid").port == 443
+    with pytest.raises(ValueError, match="ftp://x"):
+        Wire("ftp://x")
+
+
+def test_a_header_value_with_a_line_break_is_refused_without_showing_it(server):
+    wire = Wire(server.url)
+    rec = RequestRecord(request_id="h", intended_ns=0, send_ns=0)
+    with pytest.raises(HeaderError) as info:
+        wire.post(PATH, b"{}", {"authorization": "Bearer sk-secret\r\nx: y"}, 5, rec,
+                  lambda chunk, at: None)
+    assert "authorization" in str(info.value) and "sk-secret" not in str(info.value)
