@@ -13,8 +13,9 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def servescope(*args: str, db: Path | None = None, timeout: float = 300, **kw):
-    env = dict(os.environ)
+def servescope(*args: str, db: Path | None = None, timeout: float = 300,
+               env_extra: dict[str, str] | None = None, **kw):
+    env = {**os.environ, **(env_extra or {})}
     if db is not None:
         env["SERVESCOPE_DB"] = str(db)
     return subprocess.run(

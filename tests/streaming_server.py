@@ -36,6 +36,7 @@ import itertools
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -227,10 +228,18 @@ class StreamServer:
             await writer.drain()
 
 
-async def serve(port: int, timing: Timing) -> None:
+TLS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tls")
+
+
+async def serve(port: int, timing: Timing, tls: bool = False) -> None:
     app = StreamServer(timing)
+    context = None
+    if tls:  # the test certificate in tests/tls/ (127.0.0.1, localhost)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(os.path.join(TLS_DIR, "cert.pem"),
+                                os.path.join(TLS_DIR, "key.pem"))
     server = await asyncio.start_server(app.handle, "127.0.0.1", port, backlog=4096,
-                                        limit=1 << 20)
+                                        limit=1 << 20, ssl=context)
     bound = server.sockets[0].getsockname()[1]
     print(f"listening {bound}", flush=True)
     async with server:
@@ -244,6 +253,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--gap-ms", type=float, default=20.0)
     p.add_argument("--lead", default="", help="events before the first token: role,empty")
     p.add_argument("--cpu", type=int, help="pin the server to this CPU")
+    p.add_argument("--tls", action="store_true", help="HTTPS with tests/tls/cert.pem")
     p.add_argument("--exit-with-stdin", action="store_true",
                    help="exit when stdin closes (the parent that started it has gone)")
     a = p.parse_args(argv)
@@ -253,18 +263,21 @@ def main(argv: list[str] | None = None) -> None:
         threading.Thread(target=lambda: (sys.stdin.read(), os._exit(0)), daemon=True).start()
     timing = Timing(a.first_token_ms, a.gap_ms, parse_lead(a.lead))
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(a.port, timing))
+        asyncio.run(serve(a.port, timing, a.tls))
 
 
 class StreamingServer:
     """The server in a child process, for tests and benchmarks: ``url``, ``schedule()``."""
 
     def __init__(self, first_token_ms: float = 50.0, gap_ms: float = 20.0,
-                 lead: tuple[str, ...] = (), cpu: int | None = None) -> None:
+                 lead: tuple[str, ...] = (), cpu: int | None = None,
+                 tls: bool = False) -> None:
         cmd = [sys.executable, os.path.abspath(__file__), "--first-token-ms",
                str(first_token_ms), "--gap-ms", str(gap_ms), "--lead", ",".join(lead)]
         if cpu is not None:
             cmd += ["--cpu", str(cpu)]
+        if tls:
+            cmd.append("--tls")
         # stdin stays open while we live: the server exits when it closes, even if this
         # process dies without close().
         self.proc = subprocess.Popen([*cmd, "--exit-with-stdin"], stdin=subprocess.PIPE,
@@ -274,12 +287,14 @@ class StreamingServer:
             self.proc.kill()
             raise RuntimeError(f"streaming server did not start: {line!r}")
         self.port = int(line.split()[1])
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
 
     def _call(self, method: str, path: str) -> Any:
         req = urllib.request.Request(self.url + path, method=method,
                                      data=b"" if method == "POST" else None)
-        with urllib.request.urlopen(req, timeout=60) as resp:
+        context = (ssl.create_default_context(cafile=os.path.join(TLS_DIR, "cert.pem"))
+                   if self.url.startswith("https") else None)
+        with urllib.request.urlopen(req, timeout=60, context=context) as resp:
             return json.loads(resp.read())
 
     def schedule(self) -> dict[str, dict[str, Any]]:

@@ -5,11 +5,14 @@ a malformed event, a stall, a non-HTTP answer, a closed keep-alive connection)."
 
 from __future__ import annotations
 
+import json
 import socket
 import time
+from pathlib import Path
 
 import gevent
 import pytest
+from helpers import servescope
 from streaming_server import StreamingServer
 
 from loadgen.clock import now_ns
@@ -139,3 +142,39 @@ def test_a_header_value_with_a_line_break_is_refused_without_showing_it(server):
         wire.post(PATH, b"{}", {"authorization": "Bearer sk-secret\r\nx: y"}, 5, rec,
                   lambda chunk, at: None)
     assert "authorization" in str(info.value) and "sk-secret" not in str(info.value)
+
+
+# -- HTTPS -----------------------------------------------------------------------------------
+TLS_CERT = Path(__file__).parent / "tls" / "cert.pem"
+
+
+def test_https_with_a_certificate_trusted_through_ssl_cert_file(monkeypatch):
+    monkeypatch.setenv("SSL_CERT_FILE", str(TLS_CERT))
+    with StreamingServer(first_token_ms=5, gap_ms=2, tls=True) as srv:
+        wire = Wire(srv.url)
+        recs = [chat(wire, f"tls-{i}") for i in range(2)]
+        wire.close()
+    assert all(r.ok and r.output_tokens == TOKENS for r in recs), [r.error for r in recs]
+    assert wire.opened == 1  # the TLS connection was kept alive and reused
+
+
+def test_https_with_an_untrusted_certificate_is_a_connect_error(monkeypatch):
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    with StreamingServer(first_token_ms=5, gap_ms=2, tls=True) as srv:
+        wire = Wire(srv.url)
+        rec = chat(wire, "untrusted")
+    assert rec.error_class == "connect" and "CERTIFICATE_VERIFY_FAILED" in rec.error
+
+
+def test_a_run_over_https_end_to_end(tmp_path):
+    scenario = tmp_path / "tls.yaml"
+    scenario.write_text("name: tls\nseed: 1\nprompt_tokens: 16\noutput_tokens: 4\n"
+                        "stages:\n  - {concurrency: 2, duration: 30s}\nmax_requests: 6\n")
+    out = tmp_path / "summary.json"
+    with StreamingServer(first_token_ms=5, gap_ms=2, tls=True) as srv:
+        res = servescope("load", str(scenario), "--target", srv.url, "--out", str(out),
+                         "--quiet", db=tmp_path / "tls.db",
+                         env_extra={"SSL_CERT_FILE": str(TLS_CERT)})
+    assert res.returncode == 0, res.stdout + res.stderr
+    summary = json.loads(out.read_text())
+    assert summary["requests_ok"] == 6 and summary["requests_failed"] == 0
