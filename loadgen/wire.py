@@ -9,13 +9,24 @@ pushes it back when its answer was read to the end: O(1), no cap, no pool wait. 
 parsed by llhttp through geventhttpclient's parser (Locust's own HTTP dependency); this
 module writes the request line and headers and stamps every read.
 
+Arrival stamps come from the kernel where it can give them (Linux, plain TCP): with
+SO_TIMESTAMPNS every read carries the time its last packet arrived, so a read that waited
+while the one core ran 255 other streams' work is still stamped when its bytes came in, not
+when this greenlet got the CPU back (at 256 streams in lockstep that wait reached 7 ms at
+p99; bench/loadgen.py). Elsewhere (TLS, other systems, a read the kernel left unstamped)
+the stamp is taken when the read returns. The send stamp is taken just before the write.
+
 The control plane (model discovery, /tokenize, server config) stays on httpx.
 """
 
 from __future__ import annotations
 
 import contextlib
+import platform
 import socket
+import struct
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -29,6 +40,12 @@ from loadgen.clock import now_ns
 from servescope.records import RequestRecord
 
 READ_SIZE = 1 << 16
+# Linux's SO_TIMESTAMPNS (asm-generic value, as on x86-64 and arm64; the socket module does
+# not name it): a read's ancillary data holds a timespec of the arrival of its last packet.
+SO_TIMESTAMPNS = 35
+KERNEL_STAMPS = sys.platform == "linux" and platform.machine() in ("x86_64", "aarch64")
+_TIMESPEC = struct.Struct("@qq")
+_ANC_SIZE = socket.CMSG_SPACE(_TIMESPEC.size) if KERNEL_STAMPS else 0
 ERROR_BODY_LIMIT = 64 << 10  # bytes of an error answer kept for its message
 
 
@@ -66,6 +83,8 @@ class Wire:
     base_url: str
     connect_timeout: float = 10.0
     opened: int = 0
+    kernel_stamped: int = 0  # reads stamped by the kernel ...
+    user_stamped: int = 0  # ... and when they returned
     in_use: int = 0
     peak_in_use: int = 0
     connect_ms: list[float] = field(default_factory=list)
@@ -83,12 +102,15 @@ class Wire:
         self.host_header = host if default_port else f"{host}:{self.port}"
         self.prefix = url.path.rstrip("/")
         self._tls_context = gssl.create_default_context() if self.tls else None
+        self.kernel_stamps = KERNEL_STAMPS and not self.tls
 
     def stats(self) -> dict[str, float | int | None]:
         """For the client-health summary."""
         ms = sorted(self.connect_ms)
         return {"opened": self.opened, "peak_in_use": self.peak_in_use,
-                "connect_ms_p99": ms[min(len(ms) - 1, int(0.99 * len(ms)))] if ms else None}
+                "connect_ms_p99": ms[min(len(ms) - 1, int(0.99 * len(ms)))] if ms else None,
+                "reads_kernel_stamped": self.kernel_stamped,
+                "reads_user_stamped": self.user_stamped}
 
     def close(self) -> None:
         while self._idle:
@@ -173,6 +195,11 @@ class Wire:
             sock = gsocket.create_connection((self.host, self.port),
                                              timeout=self.connect_timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.kernel_stamps:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+                except OSError:
+                    self.kernel_stamps = False
             if self._tls_context is not None:
                 sock = self._tls_context.wrap_socket(sock, server_hostname=self.host)
         except OSError as exc:
@@ -182,8 +209,26 @@ class Wire:
         self.connect_ms.append((now_ns() - t0) / 1e6)
         return sock
 
-    @staticmethod
-    def _exchange(sock: socket.socket, request: bytes, rec: RequestRecord,
+    def _read(self, sock: socket.socket) -> tuple[bytes, int]:
+        """One read and the arrival of its bytes (see the module doc)."""
+        if not self.kernel_stamps:
+            data = sock.recv(READ_SIZE)
+            self.user_stamped += 1
+            return data, now_ns()
+        data, ancillary, _, _ = sock.recvmsg(READ_SIZE, _ANC_SIZE)
+        now = now_ns()
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                sec, nsec = _TIMESPEC.unpack_from(payload)
+                # The kernel's clock is the wall clock; ours is the perf counter anchored to
+                # it (loadgen/clock.py): shift by their offset right now.
+                arrived = sec * 1_000_000_000 + nsec - (time.time_ns() - now)
+                self.kernel_stamped += 1
+                return data, min(arrived, now)
+        self.user_stamped += 1
+        return data, now
+
+    def _exchange(self, sock: socket.socket, request: bytes, rec: RequestRecord,
                   on_chunk: Callable[[bytes, int], None]) -> _Answer | None:
         """Send and read one answer to its end; None when the connection closed before
         any byte of it came back."""
@@ -192,8 +237,8 @@ class Wire:
         sock.sendall(request)
         error_body = b""
         while True:
-            data = sock.recv(READ_SIZE)
-            arrived = now_ns()
+            data, arrived = self._read(sock)
+            arrived = max(arrived, rec.send_ns)
             if not data:
                 if rec.headers_ns is None:
                     if not answer.message_begun:
