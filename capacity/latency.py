@@ -23,6 +23,7 @@ METRICS = (
     "ttft_from_intended_ms",
     "e2e_from_intended_ms",
     "send_lag_ms",
+    "connect_ms",
 )
 NS_PER_MS = 1_000_000
 
@@ -70,8 +71,15 @@ def e2e_from_intended_ms(r: RequestRecord) -> float | None:
 
 
 def send_lag_ms(r: RequestRecord) -> float:
-    """How late the client sent the request: actual send - intended send."""
-    return (r.send_ns - r.intended_ns) / NS_PER_MS
+    """How late the client itself sent the request: actual send - intended send - time
+    spent opening a new connection (the server's accept and the network's, not the
+    client's; that is `connect_ms`)."""
+    return (r.send_ns - r.intended_ns - (r.connect_ns or 0)) / NS_PER_MS
+
+
+def connect_ms(r: RequestRecord) -> float | None:
+    """Time spent opening a new connection before the send (None: it reused one)."""
+    return None if r.connect_ns is None else r.connect_ns / NS_PER_MS
 
 
 _PER_REQUEST = {
@@ -81,6 +89,7 @@ _PER_REQUEST = {
     "ttft_from_intended_ms": ttft_from_intended_ms,
     "e2e_from_intended_ms": e2e_from_intended_ms,
     "send_lag_ms": send_lag_ms,
+    "connect_ms": connect_ms,
 }
 
 
@@ -169,6 +178,7 @@ def request_table(records: Iterable[RequestRecord]) -> list[dict[str, Any]]:
                 "ttft_from_intended_ms": ttft_from_intended_ms(r),
                 "e2e_from_intended_ms": e2e_from_intended_ms(r),
                 "send_lag_ms": send_lag_ms(r),
+                "connect_ms": connect_ms(r),
             }
         )
     return rows

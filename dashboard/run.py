@@ -36,6 +36,7 @@ METRIC_LABELS = {
     "ttft_from_intended_ms": "TTFT from intended send",
     "e2e_from_intended_ms": "E2E from intended send",
     "send_lag_ms": "send lag (client)",
+    "connect_ms": "new connection",
 }
 PERCENTILES = ("p50", "p95", "p99")
 # Scrapes are seconds apart: widen the run's window so the scrapes just before its start

@@ -137,14 +137,14 @@ class Wire:
         deadline = gevent.Timeout(timeout)
         deadline.start()
         try:
-            sock, reused = self._checkout()
+            sock, reused = self._checkout(rec)
             answer = self._exchange(sock, head + body, rec, on_chunk)
             if answer is None and reused:
                 # An idle keep-alive connection the server had closed: nothing was read, so
                 # nothing was processed. Once more, on a fresh connection.
                 sock.close()
                 sock = None
-                sock = self._connect()
+                sock = self._connect(rec)
                 answer = self._exchange(sock, head + body, rec, on_chunk)
             if answer is None:
                 raise ConnectionResetError("connection closed before any answer")
@@ -184,12 +184,12 @@ class Wire:
             lines.append(f"{name}: {value}")
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
-    def _checkout(self) -> tuple[socket.socket, bool]:
+    def _checkout(self, rec: RequestRecord) -> tuple[socket.socket, bool]:
         if self._idle:
             return self._idle.pop(), True
-        return self._connect(), False
+        return self._connect(rec), False
 
-    def _connect(self) -> socket.socket:
+    def _connect(self, rec: RequestRecord) -> socket.socket:
         t0 = now_ns()
         try:
             sock = gsocket.create_connection((self.host, self.port),
@@ -205,8 +205,10 @@ class Wire:
         except OSError as exc:
             raise _ConnectFailed() from exc
         sock.settimeout(None)  # the request's own deadline bounds every read
+        took = now_ns() - t0
         self.opened += 1
-        self.connect_ms.append((now_ns() - t0) / 1e6)
+        self.connect_ms.append(took / 1e6)
+        rec.connect_ns = (rec.connect_ns or 0) + took
         return sock
 
     def _read(self, sock: socket.socket) -> tuple[bytes, int]:

@@ -31,7 +31,9 @@ class RequestRecord:
     ``time.perf_counter_ns()`` anchored once per process to ``time.time_ns()``: differences
     between stamps of one request are exact perf-counter differences. `event_offsets_ns`
     holds the arrival of every event that carried generated content, as offsets from
-    `send_ns`. Every latency metric is derived from these stamps afterwards.
+    `send_ns`. `connect_ns` is how long the request waited for a new connection to open
+    before it was sent (None: it reused an open one). Every latency metric is derived from
+    these stamps afterwards.
     `server_timings` is the server's own account of the request where its API reports one
     (Ollama's native API: collectors.ollama.phases_from_response of the final line, e.g.
     total_s, load_s, prefill_s, decode_s, queue_and_overhead_s).
@@ -44,6 +46,7 @@ class RequestRecord:
     first_token_ns: int | None = None
     last_token_ns: int | None = None
     end_ns: int | None = None
+    connect_ns: int | None = None
     event_offsets_ns: list[int] = field(default_factory=list)
     reasoning_event_offsets_ns: list[int] = field(default_factory=list)
     prompt_tokens: int | None = None

@@ -113,6 +113,10 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE requests ADD COLUMN server_timings TEXT;
     """,
+    # v3 -> v4: time spent opening a new connection before the send (NULL: reused one).
+    """
+    ALTER TABLE requests ADD COLUMN connect_ns INTEGER;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -383,8 +387,8 @@ class Store:
                 "intended_ns, send_ns, headers_ns, first_token_ns, last_token_ns, end_ns, "
                 "event_offsets, reasoning_event_offsets, prompt_tokens, output_tokens, "
                 "reasoning_tokens, token_count_source, target_prompt_tokens, "
-                "target_output_tokens, status_code, error_class, error, server_timings) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "target_output_tokens, status_code, error_class, error, server_timings, "
+                "connect_ns) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 rows,
             )
             return conn.total_changes - before
@@ -410,6 +414,7 @@ class Store:
                     error=d["error"], worker=d["worker"], user_id=d["user_id"],
                     server_timings=json.loads(d["server_timings"])
                     if d.get("server_timings") else None,
+                    connect_ns=d.get("connect_ns"),
                 )
             )
         return out
@@ -447,4 +452,5 @@ def request_row(run_id: int, rec: RequestRecord) -> tuple[Any, ...]:
         rec.target_prompt_tokens, rec.target_output_tokens, rec.status_code,
         rec.error_class, rec.error,
         json.dumps(rec.server_timings) if rec.server_timings is not None else None,
+        rec.connect_ns,
     )

@@ -49,6 +49,16 @@ def test_formulas_on_known_stamps():
     s = summarize([r])
     assert s["e2e_from_intended_ms"]["p50"] == 146
     assert s["send_lag_ms"]["p50"] == 5
+    assert s["connect_ms"]["count"] == 0  # it reused a connection
+
+
+def test_time_opening_a_connection_is_not_client_send_lag():
+    r = rec(0, ttft=100, gaps=[10], lag=7)
+    r.connect_ns = 6 * MS  # of the 7 ms between intended and actual send, 6 were the connect
+    s = summarize([r, rec(1, ttft=100, gaps=[10], lag=1)])
+    assert s["send_lag_ms"]["max"] == pytest.approx(1)
+    assert s["connect_ms"]["count"] == 1 and s["connect_ms"]["p50"] == 6
+    assert s["e2e_from_intended_ms"]["max"] == 118  # the user waited for the connect too
 
 
 def test_distribution_has_tail_percentiles_with_intervals():

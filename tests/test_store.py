@@ -14,6 +14,7 @@ def _record(i: int) -> RequestRecord:
     return RequestRecord(
         request_id=f"r{i}", intended_ns=1_000 + i, send_ns=2_000 + i, first_token_ns=5_000 + i,
         end_ns=9_000 + i, event_offsets_ns=[3_000, 4_000], output_tokens=2,
+        connect_ns=700 if i % 2 else None,
     )
 
 

@@ -17,7 +17,7 @@ from streaming_server import StreamingServer
 
 from loadgen.clock import now_ns
 from loadgen.openai_chat import ChatRequest, stream_chat
-from loadgen.wire import HeaderError, Wire
+from loadgen.wire import KERNEL_STAMPS, HeaderError, Wire
 from servescope.records import RequestRecord
 
 TOKENS = 8
@@ -31,9 +31,9 @@ def server():
 
 
 def chat(wire: Wire, rid: str, fault: str | None = None, timeout: float = 30.0,
-         tokens: int = TOKENS) -> RequestRecord:
+         tokens: int = TOKENS, headers: dict[str, str] | None = None) -> RequestRecord:
     req = ChatRequest("stream-test", [{"role": "user", "content": "hello"}], tokens)
-    headers = {"x-fault": fault} if fault else {}
+    headers = {**(headers or {}), **({"x-fault": fault} if fault else {})}
     return stream_chat(wire, PATH, req, rid, now_ns(), timeout, headers)
 
 
@@ -51,12 +51,35 @@ def test_a_stream_is_timed_event_by_event(server):
     assert min(gaps) > 1_000_000, gaps
 
 
+@pytest.mark.skipif(not KERNEL_STAMPS, reason="kernel receive stamps are Linux-only")
+def test_a_read_is_stamped_when_its_bytes_arrived_not_when_its_greenlet_ran(server):
+    # Content events at 30, 60, 90, 120 ms after the request. The test then holds the only
+    # core from 55 to 80 ms, as 255 other streams' work would: the 60 ms event arrives while
+    # the reader cannot run. Stamped when the read returned it would be ~20 ms late.
+    wire = Wire(server.url)
+    job = gevent.spawn(chat, wire, "held", tokens=4,
+                       headers={"x-first-token-ms": "30", "x-gap-ms": "30"})
+    gevent.sleep(0.055)
+    time.sleep(0.025)
+    rec = job.get()
+    wire.close()
+    assert rec.ok, (rec.error_class, rec.error)
+    gaps_ms = [(b - a) / 1e6 for a, b in
+               zip(rec.event_offsets_ns, rec.event_offsets_ns[1:], strict=False)]
+    assert all(abs(g - 30) < 5 for g in gaps_ms), gaps_ms
+    assert wire.kernel_stamped > 0 and wire.user_stamped == 0
+
+
 def test_one_connection_per_request_in_flight_reused_afterwards(server):
     wire = Wire(server.url)
     for wave in range(2):
         jobs = [gevent.spawn(chat, wire, f"wave{wave}-{i}") for i in range(64)]
         gevent.joinall(jobs, raise_error=True)
         assert all(j.value.ok for j in jobs), [j.value.error for j in jobs if not j.value.ok]
+        # The first wave waited for its connections to open, the second reused them.
+        connects = [j.value.connect_ns for j in jobs]
+        assert all(c is not None and c > 0 for c in connects) if wave == 0 \
+            else connects == [None] * 64
         # No cap below the concurrency: all 64 were on the wire at once ...
         assert wire.peak_in_use == 64
         # ... and the second wave reused the first wave's connections.
