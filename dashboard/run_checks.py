@@ -35,7 +35,7 @@ def client_numbers(client: Mapping[str, Any]) -> str:
     parts = []
     for key, stat, label, unit in (
         ("loop_lag_ms", "p99", "event-loop lag p99", " ms"),
-        ("cpu_percent", "max", "CPU max", "% of a core"),
+        ("cpu_percent", "p90", "CPU p90", "% of a core"),
         ("send_lag_ms", "p99", "send lag p99", " ms"),
     ):
         value = (client.get(key) or {}).get(stat)

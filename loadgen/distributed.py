@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import os
 import socket
 import subprocess
@@ -566,7 +567,7 @@ def _badness(h: dict[str, Any]) -> tuple[bool, int, float]:
     worst = max(
         ratio(h["loop_lag_ms"]["p99"], client_health.MAX_LOOP_LAG_P99_MS),
         ratio(h["send_lag_ms"]["p99"], client_health.MAX_SEND_LAG_P99_MS),
-        ratio(h["cpu_percent"]["max"], 100 * client_health.MAX_CPU_SHARE),
+        ratio(h["cpu_percent"].get("p90"), 100 * client_health.MAX_CPU_SHARE),
     )
     return h["limited_by_client"], len(h["reasons"]), worst
 
@@ -771,6 +772,8 @@ def run_worker(
             assert ctx is not None
             worker.send(READY, {"worker": ctx.worker, "host": socket.gethostname(),
                                 "pid": os.getpid()})
+            gc.collect()  # as run_load does: full collections would stop every stream
+            gc.freeze()
             health.start()
             flusher = gevent.spawn(worker._flush_loop)
             started = time.monotonic()

@@ -19,7 +19,10 @@ import psutil
 # Thresholds past which results are flagged as limited by the client.
 MAX_LOOP_LAG_P99_MS = 10.0
 MAX_SEND_LAG_P99_MS = 10.0
-MAX_CPU_SHARE = 0.9  # of one core: one process runs on one core (the GIL)
+MAX_CPU_SHARE = 0.9  # of one core: one process runs on one core (the GIL) ...
+# ... in more than 10 % of the run's 1 s samples (p90). A single busy second (spawning
+# hundreds of users and opening their connections) limits nothing by itself; if it delayed
+# requests or stamps, the loop lag and the send lag say so.
 
 
 @dataclass
@@ -59,7 +62,7 @@ class ClientHealth:
         out = {
             "loop_lag_ms": {"p50": q(self.loop_lag_ms, 50), "p99": q(self.loop_lag_ms, 99),
                             "max": max(self.loop_lag_ms, default=None)},
-            "cpu_percent": {"p50": q(self.cpu_percent, 50),
+            "cpu_percent": {"p50": q(self.cpu_percent, 50), "p90": q(self.cpu_percent, 90),
                             "max": max(self.cpu_percent, default=None)},
             "send_lag_ms": {"p99": q(send_lag_ms, 99), "max": max(send_lag_ms, default=None)},
             "connections": connections,
@@ -69,8 +72,9 @@ class ClientHealth:
         if (lag := out["loop_lag_ms"]["p99"]) is not None and lag > MAX_LOOP_LAG_P99_MS:
             reasons.append(f"event-loop lag p99 {lag:.1f} ms > {MAX_LOOP_LAG_P99_MS:g} ms: "
                            "event stamps are late by up to that much")
-        if (cpu := out["cpu_percent"]["max"]) is not None and cpu > 100 * MAX_CPU_SHARE:
-            reasons.append(f"load generator CPU peaked at {cpu:.0f}% of a core")
+        if (cpu := out["cpu_percent"]["p90"]) is not None and cpu > 100 * MAX_CPU_SHARE:
+            reasons.append(f"load generator CPU at {cpu:.0f}% of a core or more in 10 % of "
+                           "the run")
         if (lag := out["send_lag_ms"]["p99"]) is not None and lag > MAX_SEND_LAG_P99_MS:
             reasons.append(f"requests left the client late: send lag p99 {lag:.1f} ms")
         out["limited_by_client"] = bool(reasons)

@@ -232,11 +232,11 @@ def run_load(
     hard_limit = run_time_limit(scenario)
     try:
         with StopOnInterrupt() as interrupt:
-            health.start()
             # Everything built so far lives for the whole run: keep it out of the garbage
             # collector's full passes, which otherwise stop every stream for ~100 ms.
             gc.collect()
             gc.freeze()
+            health.start()  # after that one collection, which stops no request
             runner.start_shape()
             while True:
                 gevent.sleep(0.5)

@@ -27,3 +27,11 @@ def test_an_idle_client_is_not_flagged():
     health.stop()
     s = health.summary(send_lag_ms=[0.1] * 10, connections={}, peak_concurrency=64)
     assert s["limited_by_client"] is False, s["reasons"]
+
+
+def test_one_busy_second_is_not_a_cpu_limit_but_a_busy_run_is():
+    spike = ClientHealth(cpu_percent=[97.0] + [40.0] * 19)  # spawning 256 users, once
+    assert spike.summary([0.1], {}, 256)["limited_by_client"] is False
+    busy = ClientHealth(cpu_percent=[97.0] * 5 + [40.0] * 15)
+    s = busy.summary([0.1], {}, 256)
+    assert s["limited_by_client"] is True and "CPU at 97%" in s["reasons"][0]
