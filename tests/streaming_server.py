@@ -24,7 +24,9 @@ Faults, per request (header ``x-fault``): ``status:N`` answers HTTP N with a JSO
 data not JSON; ``stall`` sends the headers and then nothing; ``eof`` closes the connection
 without answering; ``garbage`` answers bytes that are not HTTP; ``close-after`` streams the
 answer normally (keep-alive) and then closes the connection, as a server whose keep-alive
-timeout expired.
+timeout expired. ``--fault-cycle`` gives chat requests faults in turn, for clients that send
+no x-fault header (e.g. ``status:503,,drop:2,,,``: the first of every six answers 503, the
+third drops after two tokens).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class Timing:
     gap_ms: float = 20.0
     lead: tuple[str, ...] = ()
     default_tokens: int = 16
+    fault_cycle: tuple[str, ...] = ()
 
 
 def _frame(data: bytes) -> bytes:
@@ -89,6 +92,7 @@ class StreamServer:
         self.timing = timing
         self.schedules: dict[str, dict[str, Any]] = {}
         self._anon = itertools.count()
+        self._chats = itertools.count()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sock = writer.get_extra_info("socket")
@@ -111,6 +115,10 @@ class StreamServer:
                 body = await reader.readexactly(size) if size else b""
                 recv_ns = time.time_ns()
                 path, _, query = target.partition("?")
+                if method == "POST" and path == "/v1/chat/completions" \
+                        and self.timing.fault_cycle and "x-fault" not in headers:
+                    cycle = self.timing.fault_cycle
+                    headers["x-fault"] = cycle[next(self._chats) % len(cycle)]
                 fault = headers.get("x-fault", "")
                 if fault == "eof":
                     return
@@ -254,6 +262,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lead", default="", help="events before the first token: role,empty")
     p.add_argument("--cpu", type=int, help="pin the server to this CPU")
     p.add_argument("--tls", action="store_true", help="HTTPS with tests/tls/cert.pem")
+    p.add_argument("--fault-cycle", default="", help="faults for chat requests in turn, "
+                   "comma-separated (empty: none), e.g. status:503,,drop:2")
     p.add_argument("--exit-with-stdin", action="store_true",
                    help="exit when stdin closes (the parent that started it has gone)")
     a = p.parse_args(argv)
@@ -261,7 +271,8 @@ def main(argv: list[str] | None = None) -> None:
         os.sched_setaffinity(0, {a.cpu})
     if a.exit_with_stdin:
         threading.Thread(target=lambda: (sys.stdin.read(), os._exit(0)), daemon=True).start()
-    timing = Timing(a.first_token_ms, a.gap_ms, parse_lead(a.lead))
+    timing = Timing(a.first_token_ms, a.gap_ms, parse_lead(a.lead),
+                    fault_cycle=tuple(a.fault_cycle.split(",")) if a.fault_cycle else ())
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(a.port, timing, a.tls))
 
@@ -271,13 +282,15 @@ class StreamingServer:
 
     def __init__(self, first_token_ms: float = 50.0, gap_ms: float = 20.0,
                  lead: tuple[str, ...] = (), cpu: int | None = None,
-                 tls: bool = False) -> None:
+                 tls: bool = False, fault_cycle: tuple[str, ...] = ()) -> None:
         cmd = [sys.executable, os.path.abspath(__file__), "--first-token-ms",
                str(first_token_ms), "--gap-ms", str(gap_ms), "--lead", ",".join(lead)]
         if cpu is not None:
             cmd += ["--cpu", str(cpu)]
         if tls:
             cmd.append("--tls")
+        if fault_cycle:
+            cmd += ["--fault-cycle", ",".join(fault_cycle)]
         # stdin stays open while we live: the server exits when it closes, even if this
         # process dies without close().
         self.proc = subprocess.Popen([*cmd, "--exit-with-stdin"], stdin=subprocess.PIPE,

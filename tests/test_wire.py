@@ -201,3 +201,22 @@ def test_a_run_over_https_end_to_end(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     summary = json.loads(out.read_text())
     assert summary["requests_ok"] == 6 and summary["requests_failed"] == 0
+
+
+def test_a_run_records_every_fault_with_its_class_and_goes_on(tmp_path):
+    # Of every eight requests the server answers one 503, one 429, drops one after two
+    # tokens and sends one malformed event; the run must finish with all 48 accounted for.
+    cycle = ("status:503", "", "status:429", "", "drop:2", "", "malformed:3", "")
+    scenario = tmp_path / "faults.yaml"
+    scenario.write_text("name: faults\nseed: 1\nprompt_tokens: 16\noutput_tokens: 6\n"
+                        "stages:\n  - {concurrency: 1, duration: 60s}\nmax_requests: 48\n")
+    out = tmp_path / "summary.json"
+    with StreamingServer(first_token_ms=2, gap_ms=1, fault_cycle=cycle) as srv:
+        res = servescope("load", str(scenario), "--target", srv.url, "--out", str(out),
+                         "--quiet", db=tmp_path / "faults.db")
+    assert res.returncode == 0, res.stdout + res.stderr
+    summary = json.loads(out.read_text())
+    assert summary["status"] == "finished"
+    assert summary["errors_by_class"] == {"http_503": 6, "http_429": 6, "dropped": 6,
+                                          "malformed_event": 6}
+    assert summary["requests_ok"] == 24 and summary["requests_failed"] == 24
