@@ -55,7 +55,8 @@ class ClientHealth:
     def summary(self, send_lag_ms: list[float], connections: dict[str, Any],
                 peak_concurrency: int) -> dict[str, Any]:
         """`connections`: the timed client's Wire.stats() (one connection per request in
-        flight, no cap, so no pool wait: a slow connect shows as send lag)."""
+        flight, no cap, so no pool wait; a request's wait for a new connection is its
+        `connect_ns`, apart from its send lag)."""
         def q(values: list[float], p: float) -> float | None:
             return float(np.percentile(values, p)) if values else None
 
@@ -70,8 +71,13 @@ class ClientHealth:
         }
         reasons = []
         if (lag := out["loop_lag_ms"]["p99"]) is not None and lag > MAX_LOOP_LAG_P99_MS:
+            if connections.get("reads_user_stamped", 1) == 0:  # all stamped by the kernel
+                effect = ("requests go out late and closed-loop users slow down (arrival "
+                          "stamps are the kernel's, so the latencies themselves hold)")
+            else:
+                effect = "event stamps are late by up to that much"
             reasons.append(f"event-loop lag p99 {lag:.1f} ms > {MAX_LOOP_LAG_P99_MS:g} ms: "
-                           "event stamps are late by up to that much")
+                           f"{effect}")
         if (cpu := out["cpu_percent"]["p90"]) is not None and cpu > 100 * MAX_CPU_SHARE:
             reasons.append(f"load generator CPU at {cpu:.0f}% of a core or more in 10 % of "
                            "the run")

@@ -35,3 +35,12 @@ def test_one_busy_second_is_not_a_cpu_limit_but_a_busy_run_is():
     busy = ClientHealth(cpu_percent=[97.0] * 5 + [40.0] * 15)
     s = busy.summary([0.1], {}, 256)
     assert s["limited_by_client"] is True and "CPU at 97%" in s["reasons"][0]
+
+
+def test_loop_lag_says_what_it_costs_by_how_reads_were_stamped():
+    health = ClientHealth(loop_lag_ms=[40.0] * 100)
+    kernel = health.summary([0.1], {"reads_kernel_stamped": 900, "reads_user_stamped": 0}, 8)
+    assert "the latencies themselves hold" in kernel["reasons"][0]
+    user = health.summary([0.1], {"reads_kernel_stamped": 0, "reads_user_stamped": 900}, 8)
+    assert "event stamps are late by up to that much" in user["reasons"][0]
+    assert kernel["limited_by_client"] and user["limited_by_client"]
