@@ -22,6 +22,7 @@ The control plane (model discovery, /tokenize, server config) stays on httpx.
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 import socket
 import struct
@@ -43,7 +44,8 @@ READ_SIZE = 1 << 16
 # Linux's SO_TIMESTAMPNS (asm-generic value, as on x86-64 and arm64; the socket module does
 # not name it): a read's ancillary data holds a timespec of the arrival of its last packet.
 SO_TIMESTAMPNS = 35
-KERNEL_STAMPS = sys.platform == "linux" and platform.machine() in ("x86_64", "aarch64")
+KERNEL_STAMPS = (sys.platform == "linux" and platform.machine() in ("x86_64", "aarch64")
+                 and os.environ.get("SERVESCOPE_KERNEL_STAMPS", "1") != "0")
 _TIMESPEC = struct.Struct("@qq")
 _ANC_SIZE = socket.CMSG_SPACE(_TIMESPEC.size) if KERNEL_STAMPS else 0
 ERROR_BODY_LIMIT = 64 << 10  # bytes of an error answer kept for its message

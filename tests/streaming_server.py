@@ -20,13 +20,15 @@ Per-request overrides: headers ``x-first-token-ms``, ``x-gap-ms``, ``x-lead`` (e
 ``role,empty``).
 
 Faults, per request (header ``x-fault``): ``status:N`` answers HTTP N with a JSON error;
-``drop:K`` closes the connection after K content events; ``malformed:K`` makes event K's
-data not JSON; ``stall`` sends the headers and then nothing; ``eof`` closes the connection
-without answering; ``garbage`` answers bytes that are not HTTP; ``close-after`` streams the
-answer normally (keep-alive) and then closes the connection, as a server whose keep-alive
-timeout expired. ``--fault-cycle`` gives chat requests faults in turn, for clients that send
-no x-fault header (e.g. ``status:503,,drop:2,,,``: the first of every six answers 503, the
-third drops after two tokens).
+``drop:K`` closes the connection after K content events; ``close-delimited`` streams three
+tokens with no length or chunking, the body ending at the connection's close;
+``malformed:K`` makes event K's data not JSON; ``stall`` sends the headers and then
+nothing; ``eof`` closes the connection without answering; ``garbage`` answers bytes that
+are not HTTP; ``close-after`` streams the answer normally (keep-alive) and then closes the
+connection, as a server whose keep-alive timeout expired. ``--fault-cycle`` gives chat
+requests faults in turn, for clients that send no x-fault header (e.g.
+``status:503,,drop:2,,,``: the first of every six answers 503, the third drops after two
+tokens).
 """
 
 from __future__ import annotations
@@ -124,6 +126,19 @@ class StreamServer:
                     return
                 if fault == "garbage":
                     writer.write(b"this is not HTTP\r\n\r\n")
+                    await writer.drain()
+                    return
+                if fault == "close-delimited":  # HTTP/1.0 style: the body ends at the close
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                                 b"connection: close\r\n\r\n")
+                    for j in range(3):
+                        writer.write(b"data: " + json.dumps(
+                            {"choices": [{"index": 0, "delta": {"content": f"t{j}"}}]}).encode()
+                            + b"\n\n")
+                        await writer.drain()
+                        await asyncio.sleep(0.002)
+                    writer.write(b'data: {"choices":[],"usage":{"prompt_tokens":2,'
+                                 b'"completion_tokens":3}}\n\ndata: [DONE]\n\n')
                     await writer.drain()
                     return
                 if fault.startswith("status:"):

@@ -127,7 +127,12 @@ def test_every_request_is_in_the_store_and_summarized(saturated):
     for metric in ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms", "e2e_from_intended_ms"):
         d = summary[metric]
         assert {"p50", "p90", "p95", "p99", "mean"} <= d.keys()
-        assert 0 < d["p50"] <= d["p90"] <= d["p95"] <= d["p99"], metric
+        assert 0 <= d["p50"] <= d["p90"] <= d["p95"] <= d["p99"], metric
+        assert d["p99"] > 0 and d["mean"] > 0, metric
+    # Not ITL: with vLLM, its API server, the collector and the client on 2 cores, events
+    # often arrive several to a read, and such gaps are 0 (0-41 % of them in runs here).
+    for metric in ("ttft_ms", "tpot_ms", "e2e_ms"):
+        assert summary[metric]["p50"] > 0, metric
     assert summary["output_tokens_per_s"] > 0 and summary["requests_per_s"] > 0
     # E2E from the intended send can only be longer than from the actual send.
     assert summary["e2e_from_intended_ms"]["mean"] >= summary["e2e_ms"]["mean"]

@@ -220,3 +220,13 @@ def test_a_run_records_every_fault_with_its_class_and_goes_on(tmp_path):
     assert summary["errors_by_class"] == {"http_503": 6, "http_429": 6, "dropped": 6,
                                           "malformed_event": 6}
     assert summary["requests_ok"] == 24 and summary["requests_failed"] == 24
+
+
+def test_an_answer_delimited_by_the_close_is_read_to_its_end(server):
+    wire = Wire(server.url)
+    rec = chat(wire, "close-delimited", "close-delimited")
+    after = chat(wire, "after-close-delimited")  # a new connection: that one was closed
+    wire.close()
+    assert rec.ok, (rec.error_class, rec.error)
+    assert len(rec.event_offsets_ns) == 3 and rec.output_tokens == 3
+    assert after.ok and wire.opened == 2
