@@ -2,8 +2,9 @@
 whose turns carry their history.
 
 With a server that tokenizes (vLLM's /tokenize accepts chat messages and applies the chat
-template, so the count is exactly the prompt_tokens the server will report), the filler is
-sized by a few tokenize round trips. Without one, the chars-per-token ratio is calibrated
+template; llama.cpp's /apply-template then /tokenize do the same in two steps, so the count
+is exactly the prompt_tokens the server will report), the filler is sized by a few tokenize
+round trips. Without one, the chars-per-token ratio is calibrated
 from the usage the server reports, so counts converge after the first responses.
 
 Everything random is drawn from generators seeded by the scenario's seed and the
@@ -16,6 +17,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
@@ -47,6 +49,7 @@ class PromptBuilder:
     headers: dict[str, str] = field(default_factory=dict)
     seed: int = 0
     _tokenize_ok: bool | None = None
+    _dialect: str | None = None  # "vllm" or "llamacpp" once a count worked
     _tokens_per_word: float = 1.5
     _systems: dict[int, str] = field(default_factory=dict)
     _chars_per_token: float = 4.0
@@ -86,24 +89,39 @@ class PromptBuilder:
         return msgs
 
     def count(self, messages: list[Message]) -> int | None:
-        """Exact prompt tokens from the server's /tokenize, or None when it has none."""
+        """Exact prompt tokens from the server, or None when it cannot count them.
+
+        vLLM: /tokenize takes the chat messages, applies the template and says `count`.
+        llama.cpp: /tokenize takes text only (it answers chat messages with no tokens), so
+        the messages go through /apply-template first, then the prompt is tokenized as the
+        server will (special tokens added and parsed). The dialect is found on first use."""
         if self._tokenize_ok is False:
             return None
         try:
-            resp = self.client.post(
-                f"{self.base_url}/tokenize",
-                json={"model": self.model, "messages": messages},
-                headers=self.headers,
-                timeout=30,
-            )
-            if resp.status_code != 200:
-                self._tokenize_ok = False
-                return None
-            self._tokenize_ok = True
-            return int(resp.json()["count"])
-        except (httpx.HTTPError, ValueError, KeyError):
+            if self._dialect != "llamacpp":
+                got = self._post("/tokenize", {"model": self.model, "messages": messages})
+                if got is not None and "count" in got:
+                    self._dialect, self._tokenize_ok = "vllm", True
+                    return int(got["count"])
+                if self._dialect == "vllm":
+                    raise ValueError("no count")
+            templated = self._post("/apply-template", {"messages": messages})
+            tokens = None if templated is None else self._post(
+                "/tokenize", {"content": templated["prompt"], "add_special": True,
+                              "parse_special": True})
+            if tokens is None:
+                raise ValueError("no tokens")
+            self._dialect, self._tokenize_ok = "llamacpp", True
+            return len(tokens["tokens"])
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
             self._tokenize_ok = False
             return None
+
+    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        """The server's JSON answer, or None when the path is not there (not a 200)."""
+        resp = self.client.post(f"{self.base_url}{path}", json=body, headers=self.headers,
+                                timeout=30)
+        return resp.json() if resp.status_code == 200 else None
 
     def _fit(self, render: Callable[[int], list[Message]], target: int, limit: int) -> int:
         """The word count n whose rendered messages come closest to `target` tokens: secant

@@ -240,9 +240,13 @@ class Wire:
         rec.send_ns = now_ns()
         sock.sendall(request)
         error_body = b""
+        last = rec.send_ns
         while True:
             data, arrived = self._read(sock)
-            arrived = max(arrived, rec.send_ns)
+            # Never before the previous read: a read the kernel left unstamped (the first
+            # packets after timestamping is switched on system-wide) is stamped when it
+            # returned, which can be later than the next read's kernel stamp.
+            arrived = last = max(arrived, last)
             if not data:
                 if rec.headers_ns is None:
                     if not answer.message_begun:

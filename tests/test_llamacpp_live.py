@@ -1,6 +1,7 @@
 """Against a REAL llama.cpp server (session fixture: llama-server b11434 on the CPU, the
 tiny GGUF, 2 slots of 512 tokens): the collector reads its /metrics, /slots and /props,
-and a load run through `servescope load` is counted the same by client and server."""
+and a load run through `servescope load` is counted the same by client and server, with
+prompts of exactly the asked length."""
 
 from __future__ import annotations
 
@@ -16,14 +17,16 @@ from collectors.llamacpp import props_info
 from collectors.scrape import scrape
 from servescope.store import Store
 
-OUTPUT_TOKENS = 96
-REQUESTS = 12
+# Long enough that the watcher sees the run (the tiny model decodes thousands of tokens/s),
+# within a slot's 512 tokens of context (96 + 384).
+OUTPUT_TOKENS = 384
+REQUESTS = 16
 USERS = 4  # on 2 slots: two requests wait at a time
 
 SCENARIO = f"""\
 name: llamacpp-live
 seed: 5
-prompt_tokens: 32
+prompt_tokens: 96  # the id, template and filler: the tiny vocabulary is ~1 char a token
 output_tokens: {OUTPUT_TOKENS}
 stages:
   - {{concurrency: {USERS}, duration: 5m}}
@@ -73,7 +76,8 @@ def test_a_load_run_is_counted_the_same_by_client_and_server(llamacpp_server, tm
     for r in records:
         # ignore_eos: exactly the tokens asked for, as the server's usage counted them
         assert r.output_tokens == OUTPUT_TOKENS and r.token_count_source == "usage", r
-        assert r.prompt_tokens and r.prompt_tokens > 0
+        # prompts sized through /apply-template + /tokenize: exactly the target length
+        assert r.prompt_tokens == r.target_prompt_tokens, r
         assert 0 < len(r.event_offsets_ns) <= OUTPUT_TOKENS
         assert r.send_ns < r.first_token_ns <= r.last_token_ns <= r.end_ns
     after = scrape(url, "llamacpp").to_json()
