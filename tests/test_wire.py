@@ -189,17 +189,24 @@ def test_https_with_an_untrusted_certificate_is_a_connect_error(monkeypatch):
     assert rec.error_class == "connect" and "CERTIFICATE_VERIFY_FAILED" in rec.error
 
 
-def test_a_run_over_https_end_to_end(tmp_path):
-    scenario = tmp_path / "tls.yaml"
-    scenario.write_text("name: tls\nseed: 1\nprompt_tokens: 16\noutput_tokens: 4\n"
-                        "stages:\n  - {concurrency: 2, duration: 30s}\nmax_requests: 6\n")
+def run_cli(tmp_path: Path, srv: StreamingServer, users: int, output_tokens: int,
+            requests: int, env_extra: dict[str, str] | None = None) -> dict:
+    """`servescope load` against `srv`; its summary."""
+    scenario = tmp_path / "scenario.yaml"
+    scenario.write_text(f"name: wire\nseed: 1\nprompt_tokens: 16\noutput_tokens: "
+                        f"{output_tokens}\nstages:\n  - {{concurrency: {users}, duration: 60s}}"
+                        f"\nmax_requests: {requests}\n")
     out = tmp_path / "summary.json"
-    with StreamingServer(first_token_ms=5, gap_ms=2, tls=True) as srv:
-        res = servescope("load", str(scenario), "--target", srv.url, "--out", str(out),
-                         "--quiet", db=tmp_path / "tls.db",
-                         env_extra={"SSL_CERT_FILE": str(TLS_CERT)})
+    res = servescope("load", str(scenario), "--target", srv.url, "--out", str(out), "--quiet",
+                     db=tmp_path / "wire.db", env_extra=env_extra)
     assert res.returncode == 0, res.stdout + res.stderr
-    summary = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+def test_a_run_over_https_end_to_end(tmp_path):
+    with StreamingServer(first_token_ms=5, gap_ms=2, tls=True) as srv:
+        summary = run_cli(tmp_path, srv, users=2, output_tokens=4, requests=6,
+                          env_extra={"SSL_CERT_FILE": str(TLS_CERT)})
     assert summary["requests_ok"] == 6 and summary["requests_failed"] == 0
 
 
@@ -207,15 +214,8 @@ def test_a_run_records_every_fault_with_its_class_and_goes_on(tmp_path):
     # Of every eight requests the server answers one 503, one 429, drops one after two
     # tokens and sends one malformed event; the run must finish with all 48 accounted for.
     cycle = ("status:503", "", "status:429", "", "drop:2", "", "malformed:3", "")
-    scenario = tmp_path / "faults.yaml"
-    scenario.write_text("name: faults\nseed: 1\nprompt_tokens: 16\noutput_tokens: 6\n"
-                        "stages:\n  - {concurrency: 1, duration: 60s}\nmax_requests: 48\n")
-    out = tmp_path / "summary.json"
     with StreamingServer(first_token_ms=2, gap_ms=1, fault_cycle=cycle) as srv:
-        res = servescope("load", str(scenario), "--target", srv.url, "--out", str(out),
-                         "--quiet", db=tmp_path / "faults.db")
-    assert res.returncode == 0, res.stdout + res.stderr
-    summary = json.loads(out.read_text())
+        summary = run_cli(tmp_path, srv, users=1, output_tokens=6, requests=48)
     assert summary["status"] == "finished"
     assert summary["errors_by_class"] == {"http_503": 6, "http_429": 6, "dropped": 6,
                                           "malformed_event": 6}

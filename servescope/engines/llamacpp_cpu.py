@@ -14,13 +14,10 @@ import json
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
-from servescope.engines.process import log_tail, stop_group
+from servescope.engines.process import LocalServer, start_logged, wait_http_ready
 from servescope.engines.vllm_cpu import (
     EngineError,
     Progress,
@@ -121,7 +118,7 @@ def ensure_model(env: LlamaCppEnv, progress: Progress = _log) -> Path:
 
 
 @dataclass
-class LlamaCppServer:
+class LlamaCppServer(LocalServer):
     """One `llama-server` process: `slots` parallel slots sharing `ctx` tokens of context."""
 
     env: LlamaCppEnv
@@ -134,50 +131,21 @@ class LlamaCppServer:
     extra_args: list[str] = field(default_factory=list)
     proc: subprocess.Popen | None = None
 
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
     def start(self) -> None:
         if not self.port:
             self.port = free_port(self.host)
         self.log_path = self.log_path or servescope_home() / "logs" / f"llamacpp-{self.port}.log"
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         cmd = [str(self.env.binary), "-m", str(model_path()), "--alias", MODEL_NAME,
                "--host", self.host, "--port", str(self.port), "--metrics", "--slots",
                "-np", str(self.slots), "-c", str(self.ctx), "-t", str(self.threads),
                *self.extra_args]
-        log = open(self.log_path, "w")  # noqa: SIM115 - owned by the child for its lifetime
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        log.close()
+        self.proc = start_logged(cmd, self.log_path)
 
     def wait_ready(self, timeout: float = 120.0, progress: Progress = _log) -> None:
         assert self.proc is not None
-        started = time.monotonic()
-        while True:
-            if self.proc.poll() is not None:
-                raise EngineError(f"llama-server exited with {self.proc.returncode} before it "
-                                  f"was ready; last log lines from {self.log_path}:\n"
-                                  f"{self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    progress(f"llama-server ready at {self.url} after "
-                             f"{time.monotonic() - started:.1f}s")
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() - started > timeout:
-                self.stop()
-                raise EngineError(f"llama-server not ready after {timeout:.0f}s:\n"
-                                  f"{self.log_tail()}")
-            time.sleep(0.1)
-
-    def log_tail(self, n: int = 15) -> str:
-        return log_tail(self.log_path, n)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        stop_group(self.proc, timeout)
+        took = wait_http_ready(self.proc, f"{self.url}/health", "llama-server", self.log_path,
+                               timeout, progress)
+        progress(f"llama-server ready at {self.url} after {took:.1f}s")
 
 
 def start_local_llamacpp(slots: int = 2, progress: Progress = _log,

@@ -27,13 +27,10 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
-from servescope.engines.process import log_tail, stop_group
+from servescope.engines.process import LocalServer, start_logged, wait_http_ready
 from servescope.engines.vllm_cpu import (
     EngineError,
     Progress,
@@ -246,7 +243,7 @@ def ensure_model(
 
 
 @dataclass
-class OllamaServer:
+class OllamaServer(LocalServer):
     """One `ollama-lib serve` process; the model runners it spawns share its process group."""
 
     env: OllamaEnv
@@ -257,10 +254,6 @@ class OllamaServer:
     log_path: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
 
     def start(self) -> None:
         if not self.port:
@@ -278,50 +271,15 @@ class OllamaServer:
         models_dir().mkdir(parents=True, exist_ok=True)
         ollama_home().mkdir(parents=True, exist_ok=True)
         self.log_path = self.log_path or servescope_home() / "logs" / f"ollama-{self.port}.log"
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "w")  # noqa: SIM115 - owned by the child for its lifetime
-        self.proc = subprocess.Popen(
-            [str(self.env.binary), "serve"], stdout=log, stderr=subprocess.STDOUT,
-            env=self.env.process_env(**extra),
-            start_new_session=True,  # own process group: stop() takes the runners too
-        )
-        log.close()
+        # own process group: stop() takes the runners too
+        self.proc = start_logged([str(self.env.binary), "serve"], self.log_path,
+                                 self.env.process_env(**extra))
 
     def wait_ready(self, timeout: float = 60.0, progress: Progress = _log) -> None:
         assert self.proc is not None
-        started = time.monotonic()
-        while True:
-            if self.proc.poll() is not None:
-                raise EngineError(
-                    f"Ollama exited with {self.proc.returncode} before it was ready; "
-                    f"last log lines from {self.log_path}:\n{self.log_tail()}"
-                )
-            try:
-                if httpx.get(f"{self.url}/api/version", timeout=2).status_code == 200:
-                    progress(f"Ollama ready at {self.url} after "
-                             f"{time.monotonic() - started:.1f}s")
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() - started > timeout:
-                self.stop()
-                raise EngineError(f"Ollama not ready after {timeout:.0f}s:\n{self.log_tail()}")
-            time.sleep(0.1)
-
-    def log_tail(self, n: int = 15) -> str:
-        return log_tail(self.log_path, n)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the server and its runners (the whole process group it leads)."""
-        stop_group(self.proc, timeout)
-
-    def __enter__(self) -> OllamaServer:
-        self.start()
-        self.wait_ready()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        took = wait_http_ready(self.proc, f"{self.url}/api/version", "Ollama", self.log_path,
+                               timeout, progress)
+        progress(f"Ollama ready at {self.url} after {took:.1f}s")
 
 
 def start_local_ollama(

