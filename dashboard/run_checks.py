@@ -22,10 +22,10 @@ def client_health(client: Mapping[str, Any] | None) -> None:
         reasons = client.get("reasons") or ["(no reason recorded)"]
         st.error("\n".join([CLIENT_LIMITED, *(f"- {r}" for r in reasons)]))
         if numbers:
-            st.caption(
-                f"Load generator: {numbers}. Rerun with fewer users per process, or "
-                "spread the load over more processes or machines."
-            )
+            advice = client.get("advice") or (
+                "Rerun with fewer users per process, or spread the load over more processes "
+                "or machines.")
+            st.caption(f"Load generator: {numbers}. {advice}")
     elif numbers:
         st.caption(f"Load generator: {numbers}; it did not limit this run.")
 

@@ -19,6 +19,9 @@ import psutil
 # Thresholds past which results are flagged as limited by the client.
 MAX_LOOP_LAG_P99_MS = 10.0
 MAX_SEND_LAG_P99_MS = 10.0
+# Loop lag with the process itself mostly idle: it was runnable but other processes had the
+# CPU (e.g. the server on the same cores).
+STARVED_CPU_SHARE = 0.5
 MAX_CPU_SHARE = 0.9  # of one core: one process runs on one core (the GIL) ...
 # ... in more than 10 % of the run's 1 s samples (p90). A single busy second (spawning
 # hundreds of users and opening their connections) limits nothing by itself; if it delayed
@@ -70,6 +73,8 @@ class ClientHealth:
             "peak_concurrency": peak_concurrency,
         }
         reasons = []
+        advice = ("Rerun with fewer users per process, or spread the load over more "
+                  "processes or machines.")
         if (lag := out["loop_lag_ms"]["p99"]) is not None and lag > MAX_LOOP_LAG_P99_MS:
             if connections.get("reads_user_stamped", 1) == 0:  # all stamped by the kernel
                 effect = ("requests go out late and closed-loop users slow down (arrival "
@@ -78,6 +83,13 @@ class ClientHealth:
                 effect = "event stamps are late by up to that much"
             reasons.append(f"event-loop lag p99 {lag:.1f} ms > {MAX_LOOP_LAG_P99_MS:g} ms: "
                            f"{effect}")
+            cpu = out["cpu_percent"]["p90"]
+            if cpu is not None and cpu < 100 * STARVED_CPU_SHARE:
+                reasons.append(f"the load generator itself used at most {cpu:.0f}% of a core "
+                               "(p90): other processes on this machine kept it waiting for a "
+                               "CPU")
+                advice = ("Run the load generator on cores the server does not use (taskset), "
+                          "or on another machine.")
         if (cpu := out["cpu_percent"]["p90"]) is not None and cpu > 100 * MAX_CPU_SHARE:
             reasons.append(f"load generator CPU at {cpu:.0f}% of a core or more in 10 % of "
                            "the run")
@@ -85,4 +97,5 @@ class ClientHealth:
             reasons.append(f"requests left the client late: send lag p99 {lag:.1f} ms")
         out["limited_by_client"] = bool(reasons)
         out["reasons"] = reasons
+        out["advice"] = advice if reasons else None
         return out

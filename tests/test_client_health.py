@@ -44,3 +44,15 @@ def test_loop_lag_says_what_it_costs_by_how_reads_were_stamped():
     user = health.summary([0.1], {"reads_kernel_stamped": 0, "reads_user_stamped": 900}, 8)
     assert "event stamps are late by up to that much" in user["reasons"][0]
     assert kernel["limited_by_client"] and user["limited_by_client"]
+
+
+def test_loop_lag_while_the_process_idles_is_blamed_on_the_machine():
+    starved = ClientHealth(loop_lag_ms=[500.0] * 100, cpu_percent=[16.0] * 20)
+    s = starved.summary([0.1], {}, 16)
+    assert any("other processes on this machine" in r for r in s["reasons"])
+    assert "cores the server does not use" in s["advice"]
+    busy = ClientHealth(loop_lag_ms=[40.0] * 100, cpu_percent=[85.0] * 20)
+    b = busy.summary([0.1], {}, 16)
+    assert not any("other processes" in r for r in b["reasons"])
+    assert "fewer users per process" in b["advice"]
+    assert ClientHealth().summary([0.1], {}, 16)["advice"] is None
