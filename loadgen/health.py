@@ -76,7 +76,9 @@ class ClientHealth:
         advice = ("Rerun with fewer users per process, or spread the load over more "
                   "processes or machines.")
         if (lag := out["loop_lag_ms"]["p99"]) is not None and lag > MAX_LOOP_LAG_P99_MS:
-            if connections.get("reads_user_stamped", 1) == 0:  # all stamped by the kernel
+            kernel = connections.get("reads_kernel_stamped", 0)
+            user = connections.get("reads_user_stamped", 0)
+            if kernel and user <= 0.01 * (kernel + user):  # (nearly) all stamped by the kernel
                 effect = ("requests go out late and closed-loop users slow down (arrival "
                           "stamps are the kernel's, so the latencies themselves hold)")
             else:

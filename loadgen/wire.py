@@ -105,7 +105,17 @@ class Wire:
         self.prefix = url.path.rstrip("/")
         self._tls_context = gssl.create_default_context() if self.tls else None
         self.kernel_stamps = KERNEL_STAMPS and not self.tls
-
+        self._keeper: socket.socket | None = None
+        if self.kernel_stamps:
+            # Linux switches receive stamping on system-wide a moment after the first socket
+            # asks for it (deferred), and off after the last one closes: packets in between
+            # go unstamped. A socket holding the option from now on (before model
+            # discovery) keeps it on for the whole run.
+            try:
+                self._keeper = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                self._keeper.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            except OSError:
+                self.kernel_stamps = False
     def stats(self) -> dict[str, float | int | None]:
         """For the client-health summary."""
         ms = sorted(self.connect_ms)
@@ -117,6 +127,9 @@ class Wire:
     def close(self) -> None:
         while self._idle:
             self._idle.pop().close()
+        if self._keeper is not None:
+            self._keeper.close()
+            self._keeper = None
 
     def post(
         self,
@@ -229,7 +242,8 @@ class Wire:
                 arrived = sec * 1_000_000_000 + nsec - (time.time_ns() - now)
                 self.kernel_stamped += 1
                 return data, min(arrived, now)
-        self.user_stamped += 1
+        if data:  # an end of stream carries no stamp and needs none
+            self.user_stamped += 1
         return data, now
 
     def _exchange(self, sock: socket.socket, request: bytes, rec: RequestRecord,
@@ -243,9 +257,8 @@ class Wire:
         last = rec.send_ns
         while True:
             data, arrived = self._read(sock)
-            # Never before the previous read: a read the kernel left unstamped (the first
-            # packets after timestamping is switched on system-wide) is stamped when it
-            # returned, which can be later than the next read's kernel stamp.
+            # Never before the previous read: a read the kernel left unstamped is stamped
+            # when it returned, which can be later than the next read's kernel stamp.
             arrived = last = max(arrived, last)
             if not data:
                 if rec.headers_ns is None:

@@ -43,6 +43,9 @@ def test_loop_lag_says_what_it_costs_by_how_reads_were_stamped():
     assert "the latencies themselves hold" in kernel["reasons"][0]
     user = health.summary([0.1], {"reads_kernel_stamped": 0, "reads_user_stamped": 900}, 8)
     assert "event stamps are late by up to that much" in user["reasons"][0]
+    # two reads of 11,511 left unstamped (seen in a demo run) do not change the verdict
+    nearly = health.summary([0.1], {"reads_kernel_stamped": 11509, "reads_user_stamped": 2}, 8)
+    assert "the latencies themselves hold" in nearly["reasons"][0]
     assert kernel["limited_by_client"] and user["limited_by_client"]
 
 
