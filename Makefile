@@ -5,10 +5,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-# Debian packages the test suite needs: a real Prometheus server, and the C/C++ compilers
-# that build Ollama's no-device SYCL stub and llama.cpp's llama-server (once, then cached).
-# Each name is both the command looked for and the package installed when it is missing.
-APT_PACKAGES := prometheus gcc g++
+# Debian packages the test suite needs: a real Prometheus server, headless Chromium for the
+# dashboard, and the C/C++ compilers that build Ollama's no-device SYCL stub and llama.cpp's
+# llama-server (once, then cached). Each name is both the command looked for and the
+# package installed when it is missing.
+APT_PACKAGES := prometheus chromium gcc g++
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test lint bench clean apt-deps

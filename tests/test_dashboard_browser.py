@@ -1,0 +1,95 @@
+"""The dashboard in a REAL headless Chromium: `servescope dashboard` serves a store holding a
+run the load generator just made against the scheduled streaming server. The Run page
+shows the run and plotly draws its figures in the browser; the Live and Sweep pages load;
+no page shows an exception."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from browser import Browser
+from helpers import REPO_ROOT, servescope
+from streaming_server import StreamingServer
+
+REQUESTS = 24
+NO_EXCEPTION = "document.querySelectorAll('[data-testid=\"stException\"]').length === 0"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} did not answer within {timeout:g}s")
+        time.sleep(0.25)
+
+
+@pytest.fixture(scope="module")
+def dashboard(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("browser")
+    db = tmp / "browser.db"
+    scenario = tmp / "browser.yaml"
+    scenario.write_text(f"name: browser\nseed: 2\nprompt_tokens: 24\noutput_tokens: 12\n"
+                        f"stages:\n  - {{concurrency: 4, duration: 60s}}\n"
+                        f"max_requests: {REQUESTS}\n")
+    with StreamingServer(first_token_ms=20, gap_ms=5) as srv:
+        res = servescope("load", str(scenario), "--target", srv.url, "--quiet", db=db)
+    assert res.returncode == 0, res.stdout + res.stderr
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "servescope.cli", "--db", str(db), "dashboard", "--port",
+         str(port)], cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "SERVESCOPE_DB": str(db)})
+    browser = None
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/_stcore/health")
+        browser = Browser(free_port())
+        yield url, browser
+    finally:
+        if browser is not None:
+            browser.close()
+        server.terminate()
+        server.wait(10)
+
+
+def test_the_run_page_shows_the_run_and_draws_its_figures(dashboard):
+    url, browser = dashboard
+    browser.goto(f"{url}/run")
+    text = browser.wait_for("document.body.innerText.includes('TTFT distribution') && "
+                            "document.body.innerText")
+    assert f"Requests ok\n\n{REQUESTS}" in text, text[:2000]
+    assert "Latency (client)" in text and "Where the time went" in text
+    # plotly drew the figures in the browser: every one has a trace with bars, points or a
+    # line drawn in it
+    plots = "Array.from(document.querySelectorAll('.js-plotly-plot'))"
+    drawn = f"{plots}.filter(p => p.querySelector('.trace .point, .trace .js-line')).length"
+    assert browser.wait_for(f"{drawn} >= 4 && {drawn} === {plots}.length && {drawn}") >= 4
+    assert browser.evaluate(NO_EXCEPTION)
+
+
+@pytest.mark.parametrize(("path", "heading"), [("", "Live"), ("/sweep", "Sweep")])
+def test_the_other_pages_load_without_an_exception(dashboard, path: str, heading: str):
+    url, browser = dashboard
+    browser.goto(f"{url}{path}")
+    browser.wait_for(f"Array.from(document.querySelectorAll('h1')).some("
+                     f"h => h.innerText.trim() === {heading!r})")
+    time.sleep(2)  # what renders after the heading (figures, tables) has had its turn
+    assert browser.evaluate(NO_EXCEPTION), browser.evaluate("document.body.innerText")[:2000]
