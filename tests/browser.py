@@ -17,6 +17,8 @@ from typing import Any
 
 import websocket
 
+from servescope.engines.process import stop_group
+
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run",
          "--window-size=1400,2400"]
@@ -27,11 +29,13 @@ class Browser:
         exe = shutil.which("chromium")
         if exe is None:
             raise RuntimeError("chromium is not installed (make test installs Debian's)")
-        self.profile = tempfile.TemporaryDirectory(prefix="servescope-chromium-")
+        self.profile = tempfile.TemporaryDirectory(prefix="servescope-chromium-",
+                                                   ignore_cleanup_errors=True)
         self.proc = subprocess.Popen(
             [exe, *FLAGS, f"--user-data-dir={self.profile.name}",
              f"--remote-debugging-port={port}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)  # its own process group: close() stops every helper
         tabs = self._wait_json(f"http://127.0.0.1:{port}/json", 30)
         page = next(t for t in tabs if t["type"] == "page")
         self.ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=30,
@@ -81,6 +85,5 @@ class Browser:
         try:
             self.ws.close()
         finally:
-            self.proc.kill()
-            self.proc.wait()
+            stop_group(self.proc, 10.0)  # renderers and helpers too, before the profile goes
             self.profile.cleanup()
