@@ -116,6 +116,7 @@ class Wire:
                 self._keeper.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             except OSError:
                 self.kernel_stamps = False
+
     def stats(self) -> dict[str, float | int | None]:
         """For the client-health summary."""
         ms = sorted(self.connect_ms)
@@ -158,7 +159,7 @@ class Wire:
                 # An idle keep-alive connection the server had closed: nothing was read, so
                 # nothing was processed. Once more, on a fresh connection.
                 sock.close()
-                sock = None
+                sock = None  # (not closed twice if the new connect fails)
                 sock = self._connect(rec)
                 answer = self._exchange(sock, head + body, rec, on_chunk)
             if answer is None:
