@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from collectors.ollama import phases_from_response
-from loadgen.openai_chat import add_content_event, flatten_messages, new_record
+from loadgen.openai_chat import flatten_messages, new_record, note_event
 from loadgen.wire import Wire
 from servescope.records import RequestRecord
 
@@ -120,10 +120,10 @@ def stream_ollama(
     intended_ns: int,
     timeout: float,
     headers: dict[str, str] | None = None,
-    keep: list[bytes] | None = None,
+    answer: list[str] | None = None,
 ) -> RequestRecord:
-    """Send `req` to `path` (/api/generate or /api/chat) and time every line. With `keep`,
-    the answer's bytes are also kept there."""
+    """Send `req` to `path` (/api/generate or /api/chat) and time every line. With `answer`,
+    the generated text is gathered there too."""
     hdrs = {"x-request-id": request_id, "accept": "application/x-ndjson",
             "content-type": "application/json", **(headers or {})}
     content = json.dumps(req.body()).encode()
@@ -139,17 +139,11 @@ def stream_ollama(
             rec.error_class = "malformed_event"
             rec.error = f"line is not a JSON object: {line.data[:120]!r}"
             return
-        if info.error:
-            rec.error_class = "server_error_event"
-            rec.error = info.error[:300]
-        if info.content:
-            add_content_event(rec, line.arrived_ns)
+        note_event(rec, info.error, info.content, line.arrived_ns, answer)
         if info.done:
             final = info.body
 
     def on_chunk(chunk: bytes, arrived: int) -> None:
-        if keep is not None:
-            keep.append(chunk)
         for line in parser.feed(chunk, arrived):
             handle(line)
 

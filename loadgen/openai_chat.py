@@ -66,10 +66,10 @@ def stream_chat(
     intended_ns: int,
     timeout: float,
     headers: dict[str, str] | None = None,
-    keep: list[bytes] | None = None,
+    answer: list[str] | None = None,
 ) -> RequestRecord:
     """Send `req` to `path` (/v1/chat/completions or /v1/completions) and time every event.
-    With `keep`, the answer's bytes are also kept there (a conversation's history)."""
+    With `answer`, the generated text is gathered there too (a conversation's history)."""
     hdrs = {"x-request-id": request_id, "accept": "text/event-stream",
             "content-type": "application/json", **(headers or {})}
     content = json.dumps(req.body()).encode()
@@ -80,8 +80,6 @@ def stream_chat(
 
     def on_chunk(chunk: bytes, arrived: int) -> None:
         nonlocal usage, done
-        if keep is not None:
-            keep.append(chunk)
         for event in parser.feed(chunk, arrived):
             if event.data.strip() == "[DONE]":
                 done = True
@@ -92,11 +90,7 @@ def stream_chat(
                 rec.error_class = "malformed_event"
                 rec.error = f"event data is not JSON: {event.data[:120]!r}"
                 continue
-            if info.error:
-                rec.error_class = "server_error_event"
-                rec.error = info.error[:300]
-            if info.content:
-                add_content_event(rec, arrived)
+            note_event(rec, info.error, info.content, arrived, answer)
             if info.reasoning:
                 rec.reasoning_event_offsets_ns.append(arrived - rec.send_ns)
             if info.usage:
@@ -118,12 +112,20 @@ def new_record(request_id: str, intended_ns: int, max_tokens: int) -> RequestRec
                          target_output_tokens=max_tokens)
 
 
-def add_content_event(rec: RequestRecord, arrived: int) -> None:
-    """An event that carried generated text: the first one is the first token."""
-    if rec.first_token_ns is None:
-        rec.first_token_ns = arrived
-    rec.last_token_ns = arrived
-    rec.event_offsets_ns.append(arrived - rec.send_ns)
+def note_event(rec: RequestRecord, error: str | None, content: str, arrived: int,
+               answer: list[str] | None) -> None:
+    """What one parsed event (an SSE event or an NDJSON line) adds to its record: a server
+    error, or generated text (the first is the first token; the text goes to `answer`)."""
+    if error:
+        rec.error_class = "server_error_event"
+        rec.error = error[:300]
+    if content:
+        if rec.first_token_ns is None:
+            rec.first_token_ns = arrived
+        rec.last_token_ns = arrived
+        rec.event_offsets_ns.append(arrived - rec.send_ns)
+        if answer is not None:
+            answer.append(content)
 
 
 def _apply_usage(rec: RequestRecord, usage: dict[str, Any] | None) -> None:

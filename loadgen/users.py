@@ -29,11 +29,10 @@ from locust.exception import StopUser
 
 from loadgen.arrivals import arrival_times, users_at
 from loadgen.clock import now_ns
-from loadgen.ollama_native import NDJSONParser, OllamaRequest, parse_ollama_line, stream_ollama
+from loadgen.ollama_native import OllamaRequest, stream_ollama
 from loadgen.openai_chat import ChatRequest, CompletionRequest, stream_chat
 from loadgen.prompts import Conversation, PromptBuilder, Turn
 from loadgen.scenario import Scenario
-from loadgen.sse import SSEParser, parse_openai_chunk
 from loadgen.wire import Wire
 from servescope.records import RequestRecord
 
@@ -42,27 +41,6 @@ from servescope.records import RequestRecord
 PREPARE_LEAD_S = 0.5
 
 Arrival = tuple[float, tuple[int, int] | None]  # (seconds from start, fixed lengths or None)
-
-
-def answer_text(raw: bytes, api: str) -> str:
-    """The content text a streamed answer carried (a conversation sends it back as history)."""
-    if api.startswith("ollama-"):
-        out = []
-        for line in NDJSONParser().feed(raw + b"\n", 0):
-            try:
-                out.append(parse_ollama_line(line.data).content)
-            except ValueError:
-                continue
-        return "".join(out)
-    text = []
-    for event in SSEParser().feed(raw + b"\n\n", 0):
-        if event.data.strip() == "[DONE]":
-            continue
-        try:
-            text.append(parse_openai_chunk(event.data).content)
-        except ValueError:
-            continue
-    return "".join(text)
 
 
 @dataclass
@@ -160,26 +138,25 @@ class LoadContext:
 def send_turn(ctx: LoadContext, conv: Conversation, turn: Turn, intended_ns: int,
               user_id: int | None = None) -> RequestRecord:
     """Stream one turn, record it, and hand the answer to its conversation."""
-    keep: list[bytes] | None = [] if conv.multi_turn else None
+    answer: list[str] | None = [] if conv.multi_turn else None
     ctx.in_flight += 1
     ctx.peak_in_flight = max(ctx.peak_in_flight, ctx.in_flight)
     try:
-        rec = _stream_turn(ctx, turn, intended_ns, keep)
+        rec = _stream_turn(ctx, turn, intended_ns, answer)
     finally:
         ctx.in_flight -= 1
-    answer = None if keep is None else answer_text(b"".join(keep), ctx.scenario.api)
     rec.target_prompt_tokens = turn.target_prompt_tokens
     rec.worker = ctx.worker
     rec.user_id = user_id
     ctx.finished(rec)
     ctx.prompts.observe(sum(len(m["content"]) for m in turn.messages), rec.prompt_tokens)
-    conv.answered(turn, rec, answer)
+    conv.answered(turn, rec, None if answer is None else "".join(answer))
     _fire_locust_event(ctx, rec)
     return rec
 
 
 def _stream_turn(ctx: LoadContext, turn: Turn, intended_ns: int,
-                 keep: list[bytes] | None) -> RequestRecord:
+                 answer: list[str] | None) -> RequestRecord:
     """Send `turn` the way the scenario's `api` says and time it."""
     api, timeout = ctx.scenario.api, ctx.scenario.request_timeout
     if api in ("ollama-generate", "ollama-chat"):
@@ -187,7 +164,7 @@ def _stream_turn(ctx: LoadContext, turn: Turn, intended_ns: int,
         oreq = OllamaRequest(ctx.model, turn.messages, turn.output_tokens, api=endpoint,
                              seed=ctx.scenario.seed)
         return stream_ollama(ctx.wire, f"/api/{endpoint}", oreq, turn.request_id,
-                             intended_ns, timeout, ctx.headers, keep)
+                             intended_ns, timeout, ctx.headers, answer)
     extra = {"priority": turn.priority} if turn.priority is not None else {}
     if api == "openai-completions":
         req: ChatRequest | CompletionRequest = CompletionRequest(
@@ -199,7 +176,7 @@ def _stream_turn(ctx: LoadContext, turn: Turn, intended_ns: int,
                           ignore_eos=ctx.ignore_eos, extra_body=extra)
         path = "/v1/chat/completions"
     return stream_chat(ctx.wire, path, req, turn.request_id, intended_ns, timeout,
-                       ctx.headers, keep)
+                       ctx.headers, answer)
 
 
 def record_overload(ctx: LoadContext, turn: Turn, intended_ns: int) -> RequestRecord:
