@@ -14,6 +14,7 @@ from capacity.latency import metric_values, request_table, summarize, trim_warmu
 from capacity.slo import evaluate_slos
 from dashboard import figures, run_checks
 from dashboard.figures import local_clock, redact_urls
+from dashboard.widgets import header_caption
 from servescope.join import WINDOW_PAD_S, server_split
 from servescope.records import RequestRecord
 from servescope.store import Store
@@ -132,18 +133,8 @@ def _slos(run: Mapping[str, Any]) -> dict[str, dict[str, float]]:
 
 def _run_header(run: Mapping[str, Any]) -> None:
     target = run.get("target") or {}
-    ended = run.get("ended_at")
-    duration = (ended or time.time()) - run["started_at"]
-    parts = [
-        f"target {redact_urls(run['target_url'])}",
-        f"model {target.get('model') or 'unknown'}",
-        f"started {local_clock(run['started_at'])}",
-        f"{duration:,.0f} s",
-        f"status {run['status']}",
-    ]
-    st.caption(" · ".join(parts))
-    if run["status"] == "running":
-        st.info("This run is still going; rerun the page for newer requests.")
+    header_caption([f"target {redact_urls(run['target_url'])}",
+                    f"model {target.get('model') or 'unknown'}"], run, "run", "requests")
 
 
 def _summary_metrics(summary: Mapping[str, Any]) -> None:

@@ -3,7 +3,6 @@ where throughput stopped growing (saturation) and the highest level meeting the 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,6 +12,7 @@ import streamlit as st
 from capacity.sweep import MIN_LATENCY_GROWTH, MIN_THROUGHPUT_GAIN
 from dashboard import figures, figures_sweep
 from dashboard.figures import local_clock, redact_urls
+from dashboard.widgets import header_caption
 from servescope.store import Store
 
 EMPTY_STATE = (
@@ -113,19 +113,10 @@ def sweep_label(sweep: Mapping[str, Any]) -> str:
 
 
 def _sweep_header(sweep: Mapping[str, Any]) -> None:
-    ended = sweep.get("ended_at")
     levels = ", ".join(f"{v:g}" for v in sweep.get("levels") or [])
-    parts = [
-        f"scenario {sweep['scenario_name']}",
-        f"target {redact_urls(sweep['target_url'])}",
-        f"{sweep.get('kind') or 'level'} {levels}",
-        f"started {local_clock(sweep['started_at'])}",
-        f"{(ended or time.time()) - sweep['started_at']:,.0f} s",
-        f"status {sweep['status']}",
-    ]
-    st.caption(" · ".join(parts))
-    if sweep["status"] == "running":
-        st.info("This sweep is still going; rerun the page for newer levels.")
+    header_caption([f"scenario {sweep['scenario_name']}",
+                    f"target {redact_urls(sweep['target_url'])}",
+                    f"{sweep.get('kind') or 'level'} {levels}"], sweep, "sweep", "levels")
 
 
 def _verdicts(sweep: Mapping[str, Any], curve: pd.DataFrame, saturation: Any, meets: Any) -> None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping
+from typing import Any
+
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
@@ -28,3 +32,17 @@ def last_sample_caption(df: pd.DataFrame, noun: str = "scrapes", count: int | No
     last = float(df["ts"].max())
     count = df["ts"].nunique() if count is None else count
     st.caption(f"Last sample {local_clock(last)} ({ago(last)}), {count:,} {noun} in this range.")
+
+
+def header_caption(parts: list[str], row: Mapping[str, Any], noun: str, newer: str) -> None:
+    """One caption line for a run or a sweep (`row` from the store): `parts`, then when it
+    started, how long it took (so far) and its status; a note while it is still going."""
+    ended = row.get("ended_at")
+    st.caption(" · ".join([
+        *parts,
+        f"started {local_clock(row['started_at'])}",
+        f"{(ended or time.time()) - row['started_at']:,.0f} s",
+        f"status {row['status']}",
+    ]))
+    if row["status"] == "running":
+        st.info(f"This {noun} is still going; rerun the page for newer {newer}.")
