@@ -5,7 +5,9 @@ that need it fail with the reason; they never skip."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,15 +26,25 @@ def fixtures_dir() -> Path:
     return FIXTURES
 
 
-@pytest.fixture(scope="session")
-def vllm_server():
-    from servescope.engines.vllm_cpu import start_local_vllm
-
-    server = start_local_vllm(progress=_progress, max_num_seqs=8)
+def _serve(what: str, start: Callable[[], Any]) -> Iterator[Any]:
+    """Start a real engine server for the session and stop it at the end. If it cannot be
+    installed, built or started, every test that needs it fails with the reason."""
+    try:
+        server = start()
+    except Exception as exc:
+        pytest.fail(f"could not start the local {what} server: {type(exc).__name__}: {exc}",
+                    pytrace=False)
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def vllm_server():
+    from servescope.engines.vllm_cpu import start_local_vllm
+
+    yield from _serve("vLLM", lambda: start_local_vllm(progress=_progress, max_num_seqs=8))
 
 
 @pytest.fixture(scope="session")
@@ -41,15 +53,7 @@ def ollama_server():
     so a second concurrent request waits."""
     from servescope.engines.ollama_cpu import start_local_ollama
 
-    try:
-        server = start_local_ollama(num_parallel=1, progress=_progress)
-    except Exception as exc:  # install, build or start failed: fail with the reason
-        pytest.fail(f"could not start the local Ollama server: {type(exc).__name__}: {exc}",
-                    pytrace=False)
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _serve("Ollama", lambda: start_local_ollama(num_parallel=1, progress=_progress))
 
 
 @pytest.fixture(scope="session")
@@ -58,15 +62,7 @@ def llamacpp_server():
     about 17 minutes on 2 cores, then cached) with 2 slots of 512 tokens each."""
     from servescope.engines.llamacpp_cpu import start_local_llamacpp
 
-    try:
-        server = start_local_llamacpp(slots=2, progress=_progress)
-    except Exception as exc:  # build or start failed: fail with the reason
-        pytest.fail(f"could not start the local llama.cpp server: {type(exc).__name__}: {exc}",
-                    pytrace=False)
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _serve("llama.cpp", lambda: start_local_llamacpp(slots=2, progress=_progress))
 
 
 @pytest.fixture()
