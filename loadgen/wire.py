@@ -229,11 +229,10 @@ class Wire:
 
     def _read(self, sock: socket.socket) -> tuple[bytes, int]:
         """One read and the arrival of its bytes (see the module doc)."""
-        if not self.kernel_stamps:
-            data = sock.recv(READ_SIZE)
-            self.user_stamped += 1
-            return data, now_ns()
-        data, ancillary, _, _ = sock.recvmsg(READ_SIZE, _ANC_SIZE)
+        if self.kernel_stamps:
+            data, ancillary, _, _ = sock.recvmsg(READ_SIZE, _ANC_SIZE)
+        else:
+            data, ancillary = sock.recv(READ_SIZE), []
         now = now_ns()
         for level, kind, payload in ancillary:
             if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:

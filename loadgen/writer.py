@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 class RecordWriter:
     def __init__(self, store: Store, run_id: int, interval: float = FLUSH_INTERVAL_S) -> None:
         self.store, self.run_id, self.interval = store, run_id, interval
-        self.written = 0
         self._rows: list[tuple[Any, ...]] = []
         self._thread = ThreadPool(1)
         self._loop = gevent.spawn(self._flush_every)
@@ -39,7 +38,7 @@ class RecordWriter:
         if self._rows:
             rows, self._rows = self._rows, []
             try:
-                self.written += self._thread.apply(self.store.add_request_rows, (rows,))
+                self._thread.apply(self.store.add_request_rows, (rows,))
             except BaseException:
                 self._rows[:0] = rows  # kept for the next try (close() raises if it fails)
                 raise
