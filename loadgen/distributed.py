@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import gc
 import os
 import socket
 import subprocess
@@ -63,6 +62,7 @@ from loadgen.run import (
     create_run,
     discover_model,
     finish_run,
+    freeze_heap,
     load_context,
     open_clients,
     progress_line,
@@ -772,8 +772,7 @@ def run_worker(
             assert ctx is not None
             worker.send(READY, {"worker": ctx.worker, "host": socket.gethostname(),
                                 "pid": os.getpid()})
-            gc.collect()  # as run_load does: full collections would stop every stream
-            gc.freeze()
+            freeze_heap()
             health.start()
             flusher = gevent.spawn(worker._flush_loop)
             started = time.monotonic()
