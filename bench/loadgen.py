@@ -9,10 +9,11 @@ EVENTS = TOKENS content events + usage + [DONE] per request.
 - events/s: completed requests x EVENTS / s, over the middle of the run (ramp-up and drain
   cut off).
 - added TTFT: the client's own TTFT minus the server's (first content event written -
-  request received), joined per request by x-request-id (GuideLLM sends none: joined by the
-  response id, which the server derives from it). At zero delay a saturated client queues,
-  so this column is the cost of saturation; the goal's "added p99" is measured in the
-  paced run below it, where 256 streams ask for just over 5,000 events/s.
+  the request's arrival, stamped by the server's kernel, so a server slow to read it does
+  not count against the client), joined per request by x-request-id (GuideLLM sends none:
+  joined by the response id, which the server derives from it). At zero delay a saturated
+  client queues, so this column is the cost of saturation; the goal's "added p99" is
+  measured in the paced run below it, where 256 streams ask for just over 5,000 events/s.
 - floor: a minimal asyncio raw-socket client reading the same streams (finds the first
   content event and the end, counts events; no JSON, no HTTP library).
 - peers: `vllm bench serve` (the vLLM CPU engine's env, openai-chat backend, random

@@ -2,8 +2,15 @@
 
 It runs as its own process (``python tests/streaming_server.py``), so the client under
 test never shares a GIL or an event loop with it. HTTP/1.1 is written by hand on asyncio
-streams (keep-alive, chunked responses, TCP_NODELAY), and every event's send time is
-recorded: ``time.time_ns()`` just after the socket write, per ``x-request-id``.
+(keep-alive, chunked responses, TCP_NODELAY), and every event's send time is recorded:
+``time.time_ns()`` just after the socket write, per ``x-request-id``.
+
+A request's ``recv_ns`` is when its first bytes reached this machine's kernel
+(``SO_TIMESTAMPNS`` on Linux over plain TCP; the wall clock, like ``time.time_ns()``), so it
+does not move when this server's own loop is slow to read it: a client's TTFT is checked
+against the time its request really arrived. ``parsed_ns`` is when the server had read and
+parsed it, which is what its event schedule counts from. Over TLS (or where the kernel
+gives no stamp) both are the parse time.
 
 Per chat request, after a first-token delay D0 the server sends its optional lead events
 (``role``: a role-only chunk, ``empty``: an empty-content chunk), then N content chunks
@@ -41,6 +48,7 @@ import json
 import os
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import threading
@@ -51,6 +59,11 @@ from typing import Any
 
 MODEL = "stream-test"
 LEADS = ("role", "empty")
+
+SO_TIMESTAMPNS = 35  # Linux: the socket option, and the control message that carries it
+_TIMESPEC = struct.Struct("@qq")
+_ANC_SIZE = socket.CMSG_SPACE(_TIMESPEC.size)
+KERNEL_STAMPS = sys.platform == "linux"
 
 
 @dataclass
@@ -87,6 +100,109 @@ def parse_lead(text: str) -> tuple[str, ...]:
     return kinds
 
 
+class StampedConnection:
+    """A plain-TCP connection read with ``recvmsg``, so each request carries the kernel's
+    arrival stamp. It offers the few stream calls the handler uses, as both its reader
+    (``readuntil``, ``readexactly``) and its writer (``write``, ``drain``, ``close``, and
+    ``transport.abort`` / ``transport.is_closing``)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+        self.loop, self.sock = loop, sock
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        self.transport = self
+        self._in = bytearray()
+        self._in_stamp = 0  # arrival of the oldest unread byte
+        self.arrival_ns = 0  # arrival of the request whose head was read last
+        self._out = bytearray()
+        self._closing = False
+
+    def get_extra_info(self, name: str) -> Any:
+        return self.sock if name == "socket" else None
+
+    async def _ready(self, add: Any, remove: Any) -> None:
+        fd = self.sock.fileno()
+        ready = self.loop.create_future()
+        add(fd, lambda: ready.done() or ready.set_result(None))
+        try:
+            await ready
+        finally:
+            remove(fd)
+
+    async def _fill(self) -> None:
+        while True:
+            try:
+                data, ancillary, _, _ = self.sock.recvmsg(1 << 16, _ANC_SIZE)
+                break
+            except BlockingIOError:
+                await self._ready(self.loop.add_reader, self.loop.remove_reader)
+        if not data:
+            raise asyncio.IncompleteReadError(bytes(self._in), None)
+        stamp = time.time_ns()
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                sec, nsec = _TIMESPEC.unpack_from(payload)
+                stamp = min(stamp, sec * 1_000_000_000 + nsec)
+        if not self._in:
+            self._in_stamp = stamp
+        self._in += data
+
+    async def readuntil(self, separator: bytes) -> bytes:
+        while (at := self._in.find(separator)) < 0:
+            await self._fill()
+        self.arrival_ns = self._in_stamp
+        head = bytes(self._in[:at + len(separator)])
+        del self._in[:at + len(separator)]
+        return head
+
+    async def readexactly(self, n: int) -> bytes:
+        while len(self._in) < n:
+            await self._fill()
+        data = bytes(self._in[:n])
+        del self._in[:n]
+        return data
+
+    def write(self, data: bytes) -> None:
+        if self._closing:
+            return
+        sent = 0
+        if not self._out:
+            try:
+                sent = self.sock.send(data)
+            except BlockingIOError:
+                pass
+            except OSError:
+                self.abort()
+                return
+        self._out += data[sent:]
+
+    async def drain(self) -> None:
+        while self._out:
+            if self._closing:
+                raise ConnectionResetError("connection closed")
+            await self._ready(self.loop.add_writer, self.loop.remove_writer)
+            try:
+                del self._out[:self.sock.send(self._out)]
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                self.abort()
+                raise ConnectionResetError(str(exc)) from exc
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def abort(self) -> None:
+        self._closing = True
+        self._out.clear()
+        self.sock.close()
+
+    def close(self) -> None:
+        if not self._closing:
+            self._closing = True
+            self.sock.close()
+
+
 class StreamServer:
     """The asyncio side: one task per connection, one stream at a time per connection."""
 
@@ -115,7 +231,8 @@ class StreamServer:
                         headers[name.strip().lower()] = value.strip()
                 size = int(headers.get("content-length") or 0)
                 body = await reader.readexactly(size) if size else b""
-                recv_ns = time.time_ns()
+                parsed_ns = time.time_ns()
+                recv_ns = getattr(reader, "arrival_ns", 0) or parsed_ns
                 path, _, query = target.partition("?")
                 if method == "POST" and path == "/v1/chat/completions" \
                         and self.timing.fault_cycle and "x-fault" not in headers:
@@ -145,7 +262,7 @@ class StreamServer:
                     status = int(fault.removeprefix("status:"))
                     self.reply(writer, status, {"error": {"message": f"injected {status}"}})
                 elif method == "POST" and path == "/v1/chat/completions":
-                    await self.stream(writer, headers, body, recv_ns)
+                    await self.stream(writer, headers, body, recv_ns, parsed_ns)
                     if fault == "close-after" or writer.transport.is_closing():
                         await writer.drain()
                         return
@@ -190,7 +307,7 @@ class StreamServer:
         return out
 
     async def stream(self, writer: asyncio.StreamWriter, headers: dict[str, str], body: bytes,
-                     recv_ns: int) -> None:
+                     recv_ns: int, parsed_ns: int) -> None:
         loop = asyncio.get_running_loop()
         start = loop.time()
         try:
@@ -225,8 +342,9 @@ class StreamServer:
         drop_after = int(fault.removeprefix("drop:")) if fault.startswith("drop:") else None
         kinds = [k for k, _ in events]
         sent: list[int] = []
-        self.schedules[rid] = {"recv_ns": recv_ns, "kinds": kinds, "sent_ns": sent, "n": n,
-                               "first_token_ms": d0 * 1e3, "gap_ms": gap * 1e3}
+        self.schedules[rid] = {"recv_ns": recv_ns, "parsed_ns": parsed_ns, "kinds": kinds,
+                               "sent_ns": sent, "n": n, "first_token_ms": d0 * 1e3,
+                               "gap_ms": gap * 1e3}
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
                      b"cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n")
         transport = writer.transport
@@ -261,12 +379,29 @@ async def serve(port: int, timing: Timing, tls: bool = False) -> None:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(os.path.join(TLS_DIR, "cert.pem"),
                                 os.path.join(TLS_DIR, "key.pem"))
-    server = await asyncio.start_server(app.handle, "127.0.0.1", port, backlog=4096,
-                                        limit=1 << 20, ssl=context)
-    bound = server.sockets[0].getsockname()[1]
-    print(f"listening {bound}", flush=True)
-    async with server:
-        await server.serve_forever()
+    if context is not None or not KERNEL_STAMPS:
+        server = await asyncio.start_server(app.handle, "127.0.0.1", port, backlog=4096,
+                                            limit=1 << 20, ssl=context)
+        print(f"listening {server.sockets[0].getsockname()[1]}", flush=True)
+        async with server:
+            await server.serve_forever()
+        return
+    loop = asyncio.get_running_loop()
+    listener = socket.create_server(("127.0.0.1", port), backlog=4096)
+    listener.setblocking(False)
+    print(f"listening {listener.getsockname()[1]}", flush=True)
+    tasks: set[asyncio.Task[None]] = set()
+    while True:
+        conn, _ = await loop.sock_accept(listener)
+        while True:  # every connection already waiting, as asyncio's own server does
+            stamped = StampedConnection(loop, conn)
+            task = loop.create_task(app.handle(stamped, stamped))  # type: ignore[arg-type]
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            try:
+                conn, _ = listener.accept()
+            except BlockingIOError:
+                break
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -326,7 +461,7 @@ class StreamingServer:
             return json.loads(resp.read())
 
     def schedule(self) -> dict[str, dict[str, Any]]:
-        """request id -> {recv_ns, kinds, sent_ns, n, first_token_ms, gap_ms}."""
+        """request id -> {recv_ns, parsed_ns, kinds, sent_ns, n, first_token_ms, gap_ms}."""
         return self._call("GET", "/schedule")
 
     def compact_schedule(self) -> dict[str, list[int | None]]:
