@@ -5,12 +5,15 @@ test never shares a GIL or an event loop with it. HTTP/1.1 is written by hand on
 (keep-alive, chunked responses, TCP_NODELAY), and every event's send time is recorded:
 ``time.time_ns()`` just after the socket write, per ``x-request-id``.
 
-A request's ``recv_ns`` is when its first bytes reached this machine's kernel
-(``SO_TIMESTAMPNS`` on Linux over plain TCP; the wall clock, like ``time.time_ns()``), so it
-does not move when this server's own loop is slow to read it: a client's TTFT is checked
-against the time its request really arrived. ``parsed_ns`` is when the server had read and
-parsed it, which is what its event schedule counts from. Over TLS (or where the kernel
-gives no stamp) both are the parse time.
+On Linux over plain TCP both ends of the truth come from the kernel (``SO_TIMESTAMPING``,
+software stamps; the wall clock, like ``time.time_ns()``): a request's ``recv_ns`` is when
+its first bytes arrived, and an event's ``sent_ns`` is when the kernel handed its last byte
+to the (loopback) device. So neither moves when this server's own process is slow: not when
+its loop reads a request late, not when it is preempted between a write and its stamp, not
+when the kernel defers a transmit. ``parsed_ns`` is when the server had read and parsed the
+request, which is what its event schedule counts from. Over TLS (or where the kernel gives
+no stamp) the stamps are taken in user space: receive at the parse, each event just after
+its write.
 
 Per chat request, after a first-token delay D0 the server sends its optional lead events
 (``role``: a role-only chunk, ``empty``: an empty-content chunk), then N content chunks
@@ -42,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextlib
 import itertools
 import json
@@ -60,9 +64,15 @@ from typing import Any
 MODEL = "stream-test"
 LEADS = ("role", "empty")
 
-SO_TIMESTAMPNS = 35  # Linux: the socket option, and the control message that carries it
-_TIMESPEC = struct.Struct("@qq")
-_ANC_SIZE = socket.CMSG_SPACE(_TIMESPEC.size)
+# Linux: the socket option and the control message carrying its stamps; the flags ask for
+# software stamps on receive and on transmit, each transmit stamp keyed by the byte offset
+# of the last byte of its send, with no copy of the data.
+SO_TIMESTAMPING = 37
+TIMESTAMPING_FLAGS = (1 << 1) | (1 << 3) | (1 << 4) | (1 << 7) | (1 << 11)
+IP_RECVERR = 11
+_STAMPS = struct.Struct("@qq")  # the first of scm_timestamping's three timespecs (software)
+_EXTENDED_ERR = struct.Struct("@IBBBBII")  # sock_extended_err: ..., ee_info, ee_data (key)
+_ANC_SIZE = 512
 KERNEL_STAMPS = sys.platform == "linux"
 
 
@@ -100,17 +110,29 @@ def parse_lead(text: str) -> tuple[str, ...]:
     return kinds
 
 
+def _stamp(ancillary: list[tuple[int, int, bytes]]) -> int | None:
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPING:
+            sec, nsec = _STAMPS.unpack_from(payload)
+            if sec or nsec:
+                return sec * 1_000_000_000 + nsec
+    return None
+
+
 class StampedConnection:
-    """A plain-TCP connection read with ``recvmsg``, so each request carries the kernel's
-    arrival stamp. It offers the few stream calls the handler uses, as both its reader
-    (``readuntil``, ``readexactly``) and its writer (``write``, ``drain``, ``close``, and
-    ``transport.abort`` / ``transport.is_closing``)."""
+    """A plain-TCP connection with the kernel's receive and transmit stamps. It offers the
+    few stream calls the handler uses, as both its reader (``readuntil``, ``readexactly``)
+    and its writer (``write``, ``drain``, ``close``, ``transport.abort`` /
+    ``transport.is_closing``); ``written`` counts the bytes given to ``write``, and
+    ``sent_at`` turns byte offsets into transmit stamps."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
         self.loop, self.sock = loop, sock
         sock.setblocking(False)
-        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPING, TIMESTAMPING_FLAGS)
         self.transport = self
+        self.written = 0
+        self._sent: dict[int, int] = {}  # last byte offset of a send -> its transmit stamp
         self._in = bytearray()
         self._in_stamp = 0  # arrival of the oldest unread byte
         self.arrival_ns = 0  # arrival of the request whose head was read last
@@ -128,6 +150,37 @@ class StampedConnection:
             await ready
         finally:
             remove(fd)
+        # transmit stamps waiting in the error queue make the socket ready (EPOLLERR) until
+        # they are taken
+        self._take_sent()
+
+    def _take_sent(self) -> None:
+        while not self._closing:
+            try:
+                _, ancillary, _, _ = self.sock.recvmsg(0, _ANC_SIZE, socket.MSG_ERRQUEUE)
+            except OSError:  # BlockingIOError: none left
+                return
+            key = next((_EXTENDED_ERR.unpack_from(payload)[-1] for level, kind, payload
+                        in ancillary if level == socket.IPPROTO_IP and kind == IP_RECVERR),
+                       None)
+            stamp = _stamp(ancillary)
+            if key is not None and stamp is not None:
+                self._sent[key] = stamp
+
+    async def sent_at(self, offsets: list[int], wait_s: float = 0.2) -> list[int | None]:
+        """The transmit stamp of the send holding each byte offset (a send is stamped at its
+        last byte); None where none came within ``wait_s``."""
+        deadline = self.loop.time() + wait_s
+        while True:
+            self._take_sent()
+            keys = sorted(self._sent)
+            out: list[int | None] = []
+            for offset in offsets:
+                at = bisect.bisect_left(keys, offset)
+                out.append(self._sent[keys[at]] if at < len(keys) else None)
+            if None not in out or self._closing or self.loop.time() > deadline:
+                return out
+            await asyncio.sleep(0.001)
 
     async def _fill(self) -> None:
         while True:
@@ -138,11 +191,8 @@ class StampedConnection:
                 await self._ready(self.loop.add_reader, self.loop.remove_reader)
         if not data:
             raise asyncio.IncompleteReadError(bytes(self._in), None)
-        stamp = time.time_ns()
-        for level, kind, payload in ancillary:
-            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
-                sec, nsec = _TIMESPEC.unpack_from(payload)
-                stamp = min(stamp, sec * 1_000_000_000 + nsec)
+        now = time.time_ns()
+        stamp = min(_stamp(ancillary) or now, now)
         if not self._in:
             self._in_stamp = stamp
         self._in += data
@@ -165,6 +215,7 @@ class StampedConnection:
     def write(self, data: bytes) -> None:
         if self._closing:
             return
+        self.written += len(data)
         sent = 0
         if not self._out:
             try:
@@ -342,9 +393,10 @@ class StreamServer:
         drop_after = int(fault.removeprefix("drop:")) if fault.startswith("drop:") else None
         kinds = [k for k, _ in events]
         sent: list[int] = []
+        ends: list[int] = []  # the offset of each event's last byte on the connection
         self.schedules[rid] = {"recv_ns": recv_ns, "parsed_ns": parsed_ns, "kinds": kinds,
                                "sent_ns": sent, "n": n, "first_token_ms": d0 * 1e3,
-                               "gap_ms": gap * 1e3}
+                               "gap_ms": gap * 1e3, "stamps": "user"}
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
                      b"cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n")
         transport = writer.transport
@@ -366,7 +418,13 @@ class StreamServer:
                 return
             writer.write(data)
             sent.append(time.time_ns())
+            ends.append(getattr(writer, "written", 0) - 1)
             await writer.drain()
+        if isinstance(writer, StampedConnection):
+            stamps = await writer.sent_at(ends)
+            if None not in stamps:
+                sent[:] = stamps
+                self.schedules[rid]["stamps"] = "kernel"
 
 
 TLS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tls")
@@ -461,7 +519,9 @@ class StreamingServer:
             return json.loads(resp.read())
 
     def schedule(self) -> dict[str, dict[str, Any]]:
-        """request id -> {recv_ns, parsed_ns, kinds, sent_ns, n, first_token_ms, gap_ms}."""
+        """request id -> {recv_ns, parsed_ns, kinds, sent_ns, n, first_token_ms, gap_ms,
+        stamps ("kernel" where the kernel stamped its arrival and every event, else
+        "user")}."""
         return self._call("GET", "/schedule")
 
     def compact_schedule(self) -> dict[str, list[int | None]]:
