@@ -2,9 +2,11 @@
 
 The server is tests/streaming_server.py (its own process, pinned to CPU 1) with no delays:
 every event goes out as soon as the loop gets to it, so the client on CPU 0 is the
-bottleneck. Each client runs closed-loop at 32..512 streams for STEP_S seconds, pinned to
-CPU 0 (a peer's worker processes inherit the pin), asking for TOKENS tokens per request:
-EVENTS = TOKENS content events + usage + [DONE] per request.
+bottleneck. It stamps events after their write returns here (--no-tx-stamps): the kernel's
+transmit stamps about double its cost per event and would make it the bottleneck instead.
+The paced run keeps them. Each client runs closed-loop at 32..512 streams for STEP_S
+seconds, pinned to CPU 0 (a peer's worker processes inherit the pin), asking for TOKENS
+tokens per request: EVENTS = TOKENS content events + usage + [DONE] per request.
 
 - events/s: completed requests x EVENTS / s, over the middle of the run (ramp-up and drain
   cut off).
@@ -327,7 +329,8 @@ def main() -> None:
     print(f"{'client':28}{'users':>6}{'events/s':>10}{'req/s':>8}{'add p50':>9}{'add p99':>9}"
           f"{'x floor':>9}{'srv cpu':>8}{'joined':>12}")
     results: dict[tuple[str, int], float] = {}
-    with tempfile.TemporaryDirectory() as tmpdir, StreamingServer(0, 0, cpu=SERVER_CPU) as srv:
+    server = StreamingServer(0, 0, cpu=SERVER_CPU, tx_stamps=False)
+    with tempfile.TemporaryDirectory() as tmpdir, server as srv:
         tmp = Path(tmpdir)
         for c in STEPS:
             raw, sched = measured(srv, lambda c=c: run_raw(srv.url, c, tmp))

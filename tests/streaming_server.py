@@ -13,7 +13,8 @@ its loop reads a request late, not when it is preempted between a write and its 
 when the kernel defers a transmit. ``parsed_ns`` is when the server had read and parsed the
 request, which is what its event schedule counts from. Over TLS (or where the kernel gives
 no stamp) the stamps are taken in user space: receive at the parse, each event just after
-its write.
+its write; ``--no-tx-stamps`` does the latter for events on plain TCP too (for benchmarks:
+transmit stamps about double this server's cost per event).
 
 Per chat request, after a first-token delay D0 the server sends its optional lead events
 (``role``: a role-only chunk, ``empty``: an empty-content chunk), then N content chunks
@@ -68,7 +69,8 @@ LEADS = ("role", "empty")
 # software stamps on receive and on transmit, each transmit stamp keyed by the byte offset
 # of the last byte of its send, with no copy of the data.
 SO_TIMESTAMPING = 37
-TIMESTAMPING_FLAGS = (1 << 1) | (1 << 3) | (1 << 4) | (1 << 7) | (1 << 11)
+RX_STAMPS = (1 << 3) | (1 << 4)
+TX_STAMPS = (1 << 1) | (1 << 7) | (1 << 11)
 IP_RECVERR = 11
 _STAMPS = struct.Struct("@qq")  # the first of scm_timestamping's three timespecs (software)
 _EXTENDED_ERR = struct.Struct("@IBBBBII")  # sock_extended_err: ..., ee_info, ee_data (key)
@@ -83,6 +85,7 @@ class Timing:
     lead: tuple[str, ...] = ()
     default_tokens: int = 16
     fault_cycle: tuple[str, ...] = ()
+    tx_stamps: bool = True
 
 
 def _frame(data: bytes) -> bytes:
@@ -126,10 +129,13 @@ class StampedConnection:
     ``transport.is_closing``); ``written`` counts the bytes given to ``write``, and
     ``sent_at`` turns byte offsets into transmit stamps."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
+                 tx_stamps: bool = True) -> None:
         self.loop, self.sock = loop, sock
         sock.setblocking(False)
-        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPING, TIMESTAMPING_FLAGS)
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPING,
+                        RX_STAMPS | (TX_STAMPS if tx_stamps else 0))
+        self.tx_stamps = tx_stamps
         self.transport = self
         self.written = 0
         self._sent: dict[int, int] = {}  # last byte offset of a send -> its transmit stamp
@@ -420,7 +426,7 @@ class StreamServer:
             sent.append(time.time_ns())
             ends.append(getattr(writer, "written", 0) - 1)
             await writer.drain()
-        if isinstance(writer, StampedConnection):
+        if isinstance(writer, StampedConnection) and writer.tx_stamps:
             stamps = await writer.sent_at(ends)
             if None not in stamps:
                 sent[:] = stamps
@@ -452,7 +458,7 @@ async def serve(port: int, timing: Timing, tls: bool = False) -> None:
     while True:
         conn, _ = await loop.sock_accept(listener)
         while True:  # every connection already waiting, as asyncio's own server does
-            stamped = StampedConnection(loop, conn)
+            stamped = StampedConnection(loop, conn, timing.tx_stamps)
             task = loop.create_task(app.handle(stamped, stamped))  # type: ignore[arg-type]
             tasks.add(task)
             task.add_done_callback(tasks.discard)
@@ -470,6 +476,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lead", default="", help="events before the first token: role,empty")
     p.add_argument("--cpu", type=int, help="pin the server to this CPU")
     p.add_argument("--tls", action="store_true", help="HTTPS with tests/tls/cert.pem")
+    p.add_argument("--no-tx-stamps", action="store_true",
+                   help="events stamped after their write returns, not by the kernel's "
+                   "transmit stamp (which about doubles this server's cost per event)")
     p.add_argument("--fault-cycle", default="", help="faults for chat requests in turn, "
                    "comma-separated (empty: none), e.g. status:503,,drop:2")
     p.add_argument("--exit-with-stdin", action="store_true",
@@ -480,7 +489,8 @@ def main(argv: list[str] | None = None) -> None:
     if a.exit_with_stdin:
         threading.Thread(target=lambda: (sys.stdin.read(), os._exit(0)), daemon=True).start()
     timing = Timing(a.first_token_ms, a.gap_ms, parse_lead(a.lead),
-                    fault_cycle=tuple(a.fault_cycle.split(",")) if a.fault_cycle else ())
+                    fault_cycle=tuple(a.fault_cycle.split(",")) if a.fault_cycle else (),
+                    tx_stamps=not a.no_tx_stamps)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(a.port, timing, a.tls))
 
@@ -490,7 +500,8 @@ class StreamingServer:
 
     def __init__(self, first_token_ms: float = 50.0, gap_ms: float = 20.0,
                  lead: tuple[str, ...] = (), cpu: int | None = None,
-                 tls: bool = False, fault_cycle: tuple[str, ...] = ()) -> None:
+                 tls: bool = False, fault_cycle: tuple[str, ...] = (),
+                 tx_stamps: bool = True) -> None:
         cmd = [sys.executable, os.path.abspath(__file__), "--first-token-ms",
                str(first_token_ms), "--gap-ms", str(gap_ms), "--lead", ",".join(lead)]
         if cpu is not None:
@@ -499,6 +510,8 @@ class StreamingServer:
             cmd.append("--tls")
         if fault_cycle:
             cmd += ["--fault-cycle", ",".join(fault_cycle)]
+        if not tx_stamps:
+            cmd.append("--no-tx-stamps")
         # stdin stays open while we live: the server exits when it closes, even if this
         # process dies without close().
         self.proc = subprocess.Popen([*cmd, "--exit-with-stdin"], stdin=subprocess.PIPE,
