@@ -46,11 +46,18 @@ def main() -> None:
     def sweep_page() -> None:
         sweep.render(store, run_page=runs)
 
+    lives = st.Page(live_page, title="Live", icon=":material/monitoring:", url_path="live")
+
+    def home() -> None:
+        st.switch_page(lives)
+
+    # Streamlit serves the default page at "/" and nowhere else; a hidden default page that
+    # moves on to Live gives Live a URL of its own (/live) that can be bookmarked.
     page = st.navigation(
         [
-            st.Page(
-                live_page, title="Live", icon=":material/monitoring:", url_path="live", default=True
-            ),
+            st.Page(home, title="servescope", url_path="home", default=True,
+                    visibility="hidden"),
+            lives,
             runs,
             st.Page(
                 sweep_page, title="Sweep", icon=":material/stacked_line_chart:", url_path="sweep"

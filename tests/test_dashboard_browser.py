@@ -85,11 +85,17 @@ def test_the_run_page_shows_the_run_and_draws_its_figures(dashboard):
     assert browser.evaluate(NO_EXCEPTION)
 
 
-@pytest.mark.parametrize(("path", "heading"), [("", "Live"), ("/sweep", "Sweep")])
+@pytest.mark.parametrize(("path", "heading"),
+                         [("", "Live"), ("/live", "Live"), ("/sweep", "Sweep")])
 def test_the_other_pages_load_without_an_exception(dashboard, path: str, heading: str):
     url, browser = dashboard
     browser.goto(f"{url}{path}")
     browser.wait_for(f"Array.from(document.querySelectorAll('h1')).some("
                      f"h => h.innerText.trim() === {heading!r})")
     time.sleep(2)  # what renders after the heading (figures, tables) has had its turn
-    assert browser.evaluate(NO_EXCEPTION), browser.evaluate("document.body.innerText")[:2000]
+    text = browser.evaluate("document.body.innerText")
+    assert browser.evaluate(NO_EXCEPTION), text[:2000]
+    assert "Page not found" not in text, text[:2000]
+    # every page has a URL of its own: the root moves on to Live's
+    expected = path or "/live"
+    assert browser.evaluate("window.location.pathname") == expected
