@@ -5,6 +5,7 @@ a malformed event, a stall, a non-HTTP answer, a closed keep-alive connection)."
 
 from __future__ import annotations
 
+import itertools
 import json
 import socket
 import time
@@ -39,16 +40,23 @@ def chat(wire: Wire, rid: str, fault: str | None = None, timeout: float = 30.0,
 
 def test_a_stream_is_timed_event_by_event(server):
     wire = Wire(server.url)
-    rec = chat(wire, "ok-1")
+    rec = chat(wire, "ok-1", headers={"x-gap-ms": "10"})
     wire.close()
     assert rec.ok, (rec.error_class, rec.error)
     assert rec.status_code == 200
     assert rec.output_tokens == TOKENS and rec.token_count_source == "usage"
     assert len(rec.event_offsets_ns) == TOKENS
     assert rec.send_ns < rec.headers_ns <= rec.first_token_ns <= rec.last_token_ns <= rec.end_ns
-    # The server spaced content events 2 ms apart; the client saw them apart, not bunched.
-    gaps = [b - a for a, b in zip(rec.event_offsets_ns, rec.event_offsets_ns[1:], strict=False)]
-    assert min(gaps) > 1_000_000, gaps
+    # The server spaced content events 10 ms apart; the client saw each gap as the server's
+    # kernel sent it (within 1 ms), not bunched.
+    sched = server.schedule()["ok-1"]
+    sent = [t for kind, t in zip(sched["kinds"], sched["sent_ns"], strict=True)
+            if kind == "content"]
+    gaps = [b - a for a, b in itertools.pairwise(rec.event_offsets_ns)]
+    server_gaps = [b - a for a, b in itertools.pairwise(sent)]
+    assert min(gaps) > 5_000_000, gaps
+    assert max(abs(c - s) for c, s in zip(gaps, server_gaps, strict=True)) < 1_000_000, \
+        (gaps, server_gaps)
 
 
 @pytest.mark.skipif(not KERNEL_STAMPS, reason="kernel receive stamps are Linux-only")
