@@ -27,7 +27,6 @@ import platform
 import socket
 import struct
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -37,7 +36,7 @@ from gevent import socket as gsocket
 from gevent import ssl as gssl
 from geventhttpclient.response import HTTPParseError, HTTPResponse
 
-from loadgen.clock import now_ns
+from loadgen.clock import from_wall_ns, now_ns
 from servescope.records import RequestRecord
 
 READ_SIZE = 1 << 16
@@ -238,8 +237,8 @@ class Wire:
             if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
                 sec, nsec = _TIMESPEC.unpack_from(payload)
                 # The kernel's clock is the wall clock; ours is the perf counter anchored to
-                # it (loadgen/clock.py): shift by their offset right now.
-                arrived = sec * 1_000_000_000 + nsec - (time.time_ns() - now)
+                # it (loadgen/clock.py).
+                arrived = from_wall_ns(sec * 1_000_000_000 + nsec, now)
                 self.kernel_stamped += 1
                 return data, min(arrived, now)
         if data:  # an end of stream carries no stamp and needs none
