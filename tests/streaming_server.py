@@ -175,18 +175,20 @@ class StampedConnection:
 
     async def sent_at(self, offsets: list[int], wait_s: float = 0.2) -> list[int | None]:
         """The transmit stamp of the send holding each byte offset (a send is stamped at its
-        last byte); None where none came within ``wait_s``."""
+        last byte); None where none came within ``wait_s``. Stamps up to the last offset's
+        are then dropped: a connection's later answers lie past it."""
         deadline = self.loop.time() + wait_s
         while True:
             self._take_sent()
             keys = sorted(self._sent)
-            out: list[int | None] = []
-            for offset in offsets:
-                at = bisect.bisect_left(keys, offset)
-                out.append(self._sent[keys[at]] if at < len(keys) else None)
+            found = [bisect.bisect_left(keys, offset) for offset in offsets]
+            out = [self._sent[keys[at]] if at < len(keys) else None for at in found]
             if None not in out or self._closing or self.loop.time() > deadline:
-                return out
+                break
             await asyncio.sleep(0.001)
+        for key in keys[:max(found, default=-1) + 1]:
+            del self._sent[key]
+        return out
 
     async def _fill(self) -> None:
         while True:
