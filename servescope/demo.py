@@ -30,7 +30,8 @@ def _port_free(host: str, port: int) -> bool:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from servescope.engines.vllm_cpu import EngineError, free_port, start_local_vllm
+    from servescope.engines.process import EngineError, free_port
+    from servescope.engines.vllm_cpu import start_local_vllm
 
     store = Store(args.db)
     scenario = _scenario_path(args.scenario)

@@ -16,7 +16,7 @@ from collectors.exporter import SnapshotExporter, serve
 from collectors.loop import Collector, TargetSpec
 from collectors.mappings import VLLM
 from collectors.normalize import normalize
-from servescope.engines.vllm_cpu import free_port
+from servescope.engines.process import free_port
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from collectors.loop import Collector, TargetSpec
 from collectors.ollama_proxy import OllamaProxy
-from servescope.engines.vllm_cpu import free_port
+from servescope.engines.process import free_port
 
 MODEL = "tiny"
 

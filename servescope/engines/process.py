@@ -1,12 +1,15 @@
-"""What every locally started engine server needs: a start with its output in a log file,
-a wait until it answers, a log tail for error messages, and a clean stop of its whole
-process group (servers fork engine cores and runners)."""
+"""What every locally started engine server needs: a home for its files, a free port, a
+start with its output in a log file, a wait until it answers, a log tail for error
+messages, and a clean stop of its whole process group (servers fork engine cores and
+runners)."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +20,31 @@ import httpx
 
 class EngineError(RuntimeError):
     pass
+
+
+Progress = Callable[[str], None]
+
+
+def servescope_home() -> Path:
+    return Path(os.environ.get("SERVESCOPE_HOME") or Path.home() / ".cache" / "servescope")
+
+
+def _log(msg: str) -> None:
+    print(f"[servescope] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def run_build(cmd: list[str], what: str) -> None:
+    """Run a build step (a tiny model's script); its failure names `what` and ends with
+    the step's stderr."""
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise EngineError(f"building {what} failed:\n{res.stderr[-2000:]}")
 
 
 def start_logged(cmd: list[str], log_path: Path,
@@ -57,21 +85,52 @@ def wait_http_ready(proc: subprocess.Popen, url: str, what: str, log_path: Path 
 
 
 class LocalServer:
-    """What the engine servers (vLLM, Ollama, llama.cpp) share: their URL, the tail of
-    their log, a stop of their whole process group, and `with` (start, wait, stop). Each
-    one defines host, port, log_path, proc, start() and wait_ready()."""
+    """What the engine servers (vLLM, Ollama, llama.cpp) share: start on a free port with a
+    log under servescope_home()/logs, wait until a health URL answers, their URL, the tail
+    of their log, a stop of their whole process group, and `with` (start, wait, stop). Each
+    one defines host, port, log_path, proc, the class constants below and launch()."""
 
     host: str
     port: int
     log_path: Path | None
     proc: subprocess.Popen | None
+    name: ClassVar[str]  # in messages: "vLLM"
+    log_prefix: ClassVar[str]  # logs/<log_prefix>-<port>.log
+    health_path: ClassVar[str]  # answers 200 once the server is ready
+    ready_timeout_s: ClassVar[float]
+    ready_poll_s: ClassVar[float] = 0.1
+    ready_note_every_s: ClassVar[float | None] = None  # show the log's last line this often
     stop_timeout_s: ClassVar[float] = 10.0
 
-    def start(self) -> None:
+    def launch(self) -> tuple[list[str], dict[str, str] | None]:
+        """The command and its environment (None: this process's), with self.port set."""
         raise NotImplementedError
 
-    def wait_ready(self) -> None:
-        raise NotImplementedError
+    def start(self) -> None:
+        if not self.port:
+            self.port = free_port(self.host)
+        self.log_path = self.log_path or (
+            servescope_home() / "logs" / f"{self.log_prefix}-{self.port}.log")
+        cmd, env = self.launch()
+        # its own process group: stop() takes what it forks too
+        self.proc = start_logged(cmd, self.log_path, env)
+
+    def wait_ready(self, timeout: float | None = None, progress: Progress = _log) -> None:
+        assert self.proc is not None
+        took = wait_http_ready(self.proc, f"{self.url}{self.health_path}", self.name,
+                               self.log_path, timeout or self.ready_timeout_s, progress,
+                               self.ready_poll_s, self.ready_note_every_s)
+        progress(f"{self.name} ready at {self.url} after {took:.1f}s")
+
+    def start_and_wait(self, progress: Progress = _log) -> None:
+        """Start, say where, wait until ready; a server that never gets there is stopped."""
+        self.start()
+        progress(f"starting {self.name} on {self.url} (log: {self.log_path})")
+        try:
+            self.wait_ready(progress=progress)
+        except BaseException:
+            self.stop()
+            raise
 
     @property
     def url(self) -> str:

