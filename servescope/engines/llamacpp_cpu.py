@@ -118,14 +118,10 @@ class LlamaCppServer(LocalServer):
     """One `llama-server` process: `slots` parallel slots sharing `ctx` tokens of context."""
 
     env: LlamaCppEnv
-    host: str = "127.0.0.1"
-    port: int = 0
     slots: int = 2
     ctx: int = 1024
     threads: int = 1
-    log_path: Path | None = None
     extra_args: list[str] = field(default_factory=list)
-    proc: subprocess.Popen | None = None
 
     name = "llama-server"
     log_prefix = "llamacpp"

@@ -243,13 +243,9 @@ class OllamaServer(LocalServer):
     """One `ollama-lib serve` process; the model runners it spawns share its process group."""
 
     env: OllamaEnv
-    host: str = "127.0.0.1"
-    port: int = 0
     num_parallel: int = 1
     keep_alive: str | None = None  # OLLAMA_KEEP_ALIVE, e.g. "5m"; None: Ollama's default
-    log_path: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
-    proc: subprocess.Popen | None = None
 
     name = "Ollama"
     log_prefix = "ollama"

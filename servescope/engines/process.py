@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Self
 
@@ -84,16 +85,17 @@ def wait_http_ready(proc: subprocess.Popen, url: str, what: str, log_path: Path 
         time.sleep(poll_s)
 
 
+@dataclass(kw_only=True)
 class LocalServer:
-    """What the engine servers (vLLM, Ollama, llama.cpp) share: start on a free port with a
-    log under servescope_home()/logs, wait until a health URL answers, their URL, the tail
-    of their log, a stop of their whole process group, and `with` (start, wait, stop). Each
-    one defines host, port, log_path, proc, the class constants below and launch()."""
+    """What the engine servers (vLLM, Ollama, llama.cpp) share: start on a free port (0: any)
+    with a log under servescope_home()/logs, wait until a health URL answers, their URL, the
+    tail of their log, a stop of their whole process group, and `with` (start, wait, stop).
+    Each one defines the class constants below and launch()."""
 
-    host: str
-    port: int
-    log_path: Path | None
-    proc: subprocess.Popen | None
+    host: str = "127.0.0.1"
+    port: int = 0
+    log_path: Path | None = None
+    proc: subprocess.Popen | None = None
     name: ClassVar[str]  # in messages: "vLLM"
     log_prefix: ClassVar[str]  # logs/<log_prefix>-<port>.log
     health_path: ClassVar[str]  # answers 200 once the server is ready

@@ -124,15 +124,11 @@ class VLLMServer(LocalServer):
 
     model_dir: Path
     python: Path
-    host: str = "127.0.0.1"
-    port: int = 0
     max_num_seqs: int = 8
     max_model_len: int = 2048
     kv_cache_gib: int = 1
     served_model_name: str = MODEL_NAME
-    log_path: Path | None = None
     extra_args: list[str] = field(default_factory=list)
-    proc: subprocess.Popen | None = None
 
     name = "vLLM"
     log_prefix = "vllm"
