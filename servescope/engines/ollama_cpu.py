@@ -33,6 +33,7 @@ from servescope.engines.process import (
     EngineError,
     LocalServer,
     Progress,
+    Venv,
     _log,
     create_venv,
     file_lock,
@@ -87,14 +88,8 @@ def ollama_home() -> Path:
 
 
 @dataclass(frozen=True)
-class OllamaEnv:
+class OllamaEnv(Venv):
     """Paths of an installed engine."""
-
-    root: Path
-
-    @property
-    def python(self) -> Path:
-        return self.root / "bin" / "python"
 
     @property
     def bin_dir(self) -> Path:

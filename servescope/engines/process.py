@@ -81,6 +81,17 @@ def pip_command(python: Path) -> list[str]:
     return [str(python), "-m", "pip", "--disable-pip-version-check"]
 
 
+@dataclass(frozen=True)
+class Venv:
+    """An engine's own virtual environment."""
+
+    root: Path
+
+    @property
+    def python(self) -> Path:
+        return self.root / "bin" / "python"
+
+
 def create_venv(root: Path) -> list[str]:
     """A fresh virtual environment at `root` (made again if one is there); its pip command."""
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(root)], check=True)
