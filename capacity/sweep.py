@@ -1,6 +1,11 @@
 """Reading a sweep: where throughput stops growing while latency climbs (saturation),
 and the highest load level that still meets the SLOs. Pure functions over per-level
-summaries (the `servescope load` summary of each level)."""
+summaries (the `servescope load` summary of each level).
+
+A level where the load generator reported itself the bottleneck (its summary's
+`client.limited_by_client`) is marked `client_limited`: its throughput is the client's, not
+the server's, so no saturation is read from a step to or from it.
+"""
 
 from __future__ import annotations
 
@@ -28,14 +33,23 @@ def curve(levels: list[float], summaries: list[dict[str, Any]]) -> list[dict[str
             "itl_p95_ms": (s.get("itl_ms") or {}).get("p95"),
             "e2e_p95_ms": (s.get("e2e_ms") or {}).get("p95"),
             "slos_met": all(r["met"] for r in s.get("slos") or []) if s.get("slos") else None,
+            "client_limited": _client_limited(s),
         })
     return rows
 
 
+def _client_limited(summary: dict[str, Any]) -> bool | None:
+    client = summary.get("client")
+    return None if not client else bool(client.get("limited_by_client"))
+
+
 def saturation_level(rows: list[dict[str, Any]]) -> float | None:
     """The last level before throughput stopped growing while latency climbed; None if
-    throughput kept growing to the highest level tried."""
+    throughput kept growing to the highest level tried. Steps to or from a client-limited
+    level are skipped: the flat throughput there may be the load generator's."""
     for prev, cur in itertools.pairwise(rows):
+        if prev.get("client_limited") or cur.get("client_limited"):
+            continue
         t0, t1 = prev["output_tokens_per_s"], cur["output_tokens_per_s"]
         l0, l1 = prev["e2e_p95_ms"], cur["e2e_p95_ms"]
         if None in (t0, t1, l0, l1) or t0 <= 0 or l0 <= 0:
@@ -63,4 +77,5 @@ def analyze(levels: list[float], summaries: list[dict[str, Any]]) -> dict[str, A
         "curve": rows,
         "saturation_level": saturation_level(rows),
         "max_level_meeting_slos": highest_level_meeting_slos(rows),
+        "client_limited_levels": [r["level"] for r in rows if r.get("client_limited")],
     }

@@ -2,7 +2,8 @@
 level and the highest level meeting the SLOs marked.
 
 Pure like dashboard.figures. `curve` is capacity.sweep's curve as a DataFrame (level,
-output_tokens_per_s, requests_per_s, goodput_per_s, ttft_p95_ms, itl_p95_ms, e2e_p95_ms).
+output_tokens_per_s, requests_per_s, goodput_per_s, ttft_p95_ms, itl_p95_ms, e2e_p95_ms,
+client_limited).
 """
 
 from __future__ import annotations
@@ -51,8 +52,20 @@ def throughput_figure(
                         yaxis="y2",
                     )
                 )
+        if "client_limited" in curve and curve["client_limited"].eq(True).any():
+            limited = curve[curve["client_limited"].eq(True)]
+            fig.add_trace(
+                go.Scatter(
+                    x=limited["level"],
+                    y=limited["output_tokens_per_s"],
+                    name="client-limited",
+                    mode="markers",
+                    marker={"symbol": "x", "size": 13, "color": MARK_COLORS[0]},
+                    hovertemplate="the load generator limited this level<extra></extra>",
+                )
+            )
     fig = layout(fig, "Throughput by load level", level_name, "output tokens/s")
-    if len(fig.data) > 1:  # after layout(), which titles every y axis alike
+    if any(t.yaxis == "y2" for t in fig.data):  # after layout(), which titles all y axes alike
         fig.update_layout(
             yaxis2={
                 "title": {"text": "requests/s"},

@@ -34,6 +34,7 @@ CURVE_COLUMNS = {
     "itl_p95_ms": "ITL p95 (ms)",
     "e2e_p95_ms": "E2E p95 (ms)",
     "slos": "SLOs",
+    "client": "load generator",
 }
 CURVE_KEYS = [
     "level",
@@ -46,6 +47,7 @@ CURVE_KEYS = [
     "itl_p95_ms",
     "e2e_p95_ms",
     "slos_met",
+    "client_limited",
 ]
 SLO_METRICS = {"ttft_ms": "TTFT p95", "itl_ms": "ITL p95", "e2e_ms": "E2E p95"}
 
@@ -76,16 +78,24 @@ def render(store: Store, run_page: Any = None) -> None:
     curve = pd.DataFrame(rows).reindex(columns=CURVE_KEYS)
     saturation, meets = result.get("saturation_level"), result.get("max_level_meeting_slos")
     _verdicts(sweep, curve, saturation, meets)
+    limited = limited_levels(curve)
+    if limited:
+        st.warning(
+            f"The load generator itself was the bottleneck at {level_name(sweep)} "
+            f"{', '.join(f'{v:g}' for v in limited)} (marked ✕ on the throughput chart; "
+            "each run's page says why). Their throughput is not the server's, so no "
+            "saturation is read from them. Run the load generator on cores the server does "
+            "not use (taskset) or on another machine, and sweep again."
+        )
     marks = {SATURATION: saturation, MEETS_SLOS: meets}
-    level_name = sweep.get("kind") or "level"
     left, right = st.columns(2)
     left.plotly_chart(
-        figures_sweep.throughput_figure(curve, marks, level_name),
+        figures_sweep.throughput_figure(curve, marks, level_name(sweep)),
         key="sweep-throughput",
         config=figures.PLOTLY_CONFIG,
     )
     right.plotly_chart(
-        figures_sweep.latency_figure(curve, marks, slo_lines(runs), level_name),
+        figures_sweep.latency_figure(curve, marks, slo_lines(runs), level_name(sweep)),
         key="sweep-latency",
         config=figures.PLOTLY_CONFIG,
     )
@@ -108,6 +118,15 @@ def render(store: Store, run_page: Any = None) -> None:
     _run_links(runs, run_page, curve["level"].tolist())
 
 
+def level_name(sweep: Mapping[str, Any]) -> str:
+    return sweep.get("kind") or "level"
+
+
+def limited_levels(curve: pd.DataFrame) -> list[float]:
+    """The levels where the load generator reported itself the bottleneck."""
+    return curve.loc[curve["client_limited"].eq(True), "level"].tolist()
+
+
 def sweep_label(sweep: Mapping[str, Any]) -> str:
     return f"#{sweep['id']} {sweep['name']} {sweep['status']} {local_clock(sweep['started_at'])}"
 
@@ -120,7 +139,7 @@ def _sweep_header(sweep: Mapping[str, Any]) -> None:
 
 
 def _verdicts(sweep: Mapping[str, Any], curve: pd.DataFrame, saturation: Any, meets: Any) -> None:
-    kind = sweep.get("kind") or "level"
+    kind = level_name(sweep)
     cols = st.columns(4)
     cols[0].metric("Levels measured", f"{len(curve)} of {len(sweep.get('levels') or curve)}")
     cols[1].metric(
@@ -149,6 +168,8 @@ def curve_table(curve: pd.DataFrame, runs: list[dict[str, Any]]) -> pd.DataFrame
     table = curve.assign(
         run=[f"#{by_level[v]}" if v in by_level else None for v in curve["level"]],
         slos=curve["slos_met"].map(lambda met: {True: "met", False: "MISS"}.get(met, "-")),
+        client=curve["client_limited"].map(
+            lambda lim: {True: "LIMITED", False: "ok"}.get(lim, "-")),
     )
     return table[list(CURVE_COLUMNS)].rename(columns=CURVE_COLUMNS)
 

@@ -77,19 +77,23 @@ def target_config(base_url: str, client: httpx.Client) -> dict[str, Any]:
 
 
 class StopOnInterrupt:
-    """The first Ctrl-C asks the run to stop (requests in flight may finish, the summary is
-    written); a second one raises KeyboardInterrupt as usual. A flag instead of an exception,
-    so no greenlet is interrupted halfway through a request or a store write."""
+    """The first Ctrl-C (or SIGTERM, as `kill`, `docker stop` and CI cancellations send)
+    asks the run to stop: requests in flight may finish, the summary is written. A second
+    one acts as it would without this. A flag instead of an exception, so no greenlet is
+    interrupted halfway through a request or a store write."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous: Any = None
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopOnInterrupt:
         with contextlib.suppress(ValueError):  # not the main thread: plain KeyboardInterrupt
-            previous = signal.getsignal(signal.SIGINT)
-            if previous is not signal.SIG_IGN:
-                self._previous = signal.signal(signal.SIGINT, self._handle)
+            for sig in self.SIGNALS:
+                previous = signal.getsignal(sig)
+                if previous is not signal.SIG_IGN:
+                    self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -97,9 +101,9 @@ class StopOnInterrupt:
         self._restore()
 
     def _restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
 
     def __exit__(self, *exc: object) -> None:
         self._restore()

@@ -10,7 +10,9 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -392,14 +394,21 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     result = analyze(done_levels, summaries)
     store.finish_sweep(sweep_id, status, result)
     print(f"{kind + (' (req/s)' if kind == 'rate' else ''):>14}{'out tok/s':>11}{'req/s':>8}"
-          f"{'TTFT p95':>10}{'E2E p95':>10}{'SLOs':>6}")
+          f"{'TTFT p95':>10}{'E2E p95':>10}{'SLOs':>6}{'client':>9}")
     for row in result["curve"]:
         verdict = {True: "met", False: "MISS", None: "-"}[row["slos_met"]]
+        client = {True: "LIMITED", False: "ok", None: "-"}[row.get("client_limited")]
         print(f"{row['level']:>14g}{_f(row['output_tokens_per_s']):>11}"
               f"{_f(row['requests_per_s']):>8}{_f(row['ttft_p95_ms']):>10}"
-              f"{_f(row['e2e_p95_ms']):>10}{verdict:>6}")
+              f"{_f(row['e2e_p95_ms']):>10}{verdict:>6}{client:>9}")
     print(f"saturation at {kind} {result['saturation_level'] or '(not reached)'}; "
           f"highest level meeting the SLOs: {result['max_level_meeting_slos'] or 'none'}")
+    if result["client_limited_levels"]:
+        shown = ", ".join(f"{v:g}" for v in result["client_limited_levels"])
+        print(f"warning: the load generator limited {kind} {shown} (see each run's client "
+              "health): their throughput is not the server's, and no saturation is read "
+              "from them. Run the load generator on cores the server does not use "
+              "(taskset) or on another machine, and sweep again.")
     if args.out:
         args.out.write_text(json.dumps({"sweep_id": sweep_id, "status": status, **result},
                                        indent=2))
@@ -567,6 +576,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -577,6 +590,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("httpx", "httpcore", "locust"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # SIGTERM (kill, docker stop, systemd) cleans up as Ctrl-C does: the engines a command
+    # started are stopped, not left running without it.
+    previous = signal.getsignal(signal.SIGTERM)
+    catch_term = (previous is signal.SIG_DFL
+                  and threading.current_thread() is threading.main_thread())
+    if catch_term:
+        signal.signal(signal.SIGTERM, _terminated)
     try:
         return args.func(args)
     except CliError as exc:
@@ -584,6 +604,9 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code
     except KeyboardInterrupt:
         return 130
+    finally:
+        if catch_term:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

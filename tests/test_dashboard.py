@@ -149,9 +149,9 @@ def trace_names(spec: dict) -> list[str]:
     return [trace["name"] for trace in spec["data"]]
 
 
-def ys(trace: dict) -> list[float]:
-    """A trace's y values; plotly sends numpy arrays as base64 ("bdata") in the spec."""
-    y = trace["y"]
+def ys(trace: dict, axis: str = "y") -> list[float]:
+    """A trace's y (or x) values; plotly sends numpy arrays as base64 ("bdata") in the spec."""
+    y = trace[axis]
     if isinstance(y, dict):
         return np.frombuffer(base64.b64decode(y["bdata"]), dtype=y["dtype"]).tolist()
     return list(y)

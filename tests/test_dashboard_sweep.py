@@ -68,8 +68,10 @@ def level_records(level: int, start_ns: int) -> list[RequestRecord]:
     return records
 
 
-def add_sweep(store: Store) -> tuple[int, list[int]]:
-    """A finished sweep over LEVELS, a run per level, analyzed like `servescope sweep`."""
+def add_sweep(store: Store, client_limited_at: int | None = None) -> tuple[int, list[int]]:
+    """A finished sweep over LEVELS, a run per level, analyzed like `servescope sweep`; the
+    level `client_limited_at` carries a client health that says the load generator limited
+    it (the others say it did not)."""
     sweep_id = store.create_sweep(
         "chat-sweep", "chat", "http://127.0.0.1:8000", "concurrency", LEVELS
     )
@@ -81,6 +83,7 @@ def add_sweep(store: Store) -> tuple[int, list[int]]:
         store.add_requests(run_id, records)
         summary = summarize(records, slos=SLOS)
         summary["slos"] = evaluate_slos(SLOS, summary)
+        summary["client"] = {"limited_by_client": level == client_limited_at, "reasons": []}
         store.finish_run(run_id, "finished", summary)
         store.add_run_to_sweep(run_id, sweep_id)
         summaries.append(summary)
@@ -147,6 +150,26 @@ def test_sweep_page_marks_saturation_and_the_slo_limit(sweep_db: Path) -> None:
     assert list(curve["requests ok"]) == [level * 6 for level in LEVELS]
     links = texts(at.markdown)
     assert "Run #5 at 16 (finished)" in links
+
+
+def test_sweep_page_marks_a_level_the_load_generator_limited(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "limited.db"
+    with Store(path) as store:
+        add_sweep(store, client_limited_at=8)
+    monkeypatch.setenv("SERVESCOPE_DB", str(path))
+    at = AppTest.from_function(sweep_page, default_timeout=TIMEOUT_S).run()
+    assert not at.exception
+    # 4 -> 8 is where the unflagged sweep saturates; a client-limited 8 says nothing
+    assert {m.label: m.value for m in at.metric}["Saturation (concurrency)"] == "not reached"
+    assert "load generator itself was the bottleneck at concurrency 8 " in texts(at.warning)
+    throughput, _ = chart_specs(at)
+    cross = next(t for t in throughput["data"] if t["name"] == "client-limited")
+    assert ys(cross, "x") == [8] and ys(cross) == pytest.approx([200])
+    assert cross["marker"]["symbol"] == "x"
+    curve = frame_with(at, "output tokens/s")
+    assert list(curve["load generator"]) == ["ok", "ok", "ok", "LIMITED", "ok"]
 
 
 def test_a_sweep_still_going_shows_what_it_has(

@@ -6,6 +6,7 @@ runners)."""
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import re
 import signal
@@ -13,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,14 +107,16 @@ def run_build(cmd: list[str], what: str) -> None:
         raise EngineError(f"building {what} failed:\n{res.stderr[-2000:]}")
 
 
-def start_logged(cmd: list[str], log_path: Path,
-                 env: dict[str, str] | None = None) -> subprocess.Popen:
+def start_logged(cmd: list[str], log_path: Path, env: dict[str, str] | None = None,
+                 cpus: Sequence[int] | None = None) -> subprocess.Popen:
     """Start `cmd` writing to `log_path`, as the leader of its own process group (so
-    stop_group takes its children too)."""
+    stop_group takes its children too); on `cpus` only, when given (its children inherit
+    that)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    pin = None if cpus is None else functools.partial(os.sched_setaffinity, 0, set(cpus))
     with open(log_path, "w") as log:
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=pin)
 
 
 def wait_http_ready(proc: subprocess.Popen, url: str, what: str, log_path: Path | None,
@@ -166,6 +169,10 @@ class LocalServer:
         """The command and its environment (None: this process's), with self.port set."""
         raise NotImplementedError
 
+    def server_cpus(self) -> list[int] | None:
+        """The CPUs the server process tree is confined to (None: wherever it likes)."""
+        return None
+
     def start(self) -> None:
         if not self.port:
             self.port = free_port(self.host)
@@ -173,7 +180,7 @@ class LocalServer:
             servescope_home() / "logs" / f"{self.log_prefix}-{self.port}.log")
         cmd, env = self.launch()
         # its own process group: stop() takes what it forks too
-        self.proc = start_logged(cmd, self.log_path, env)
+        self.proc = start_logged(cmd, self.log_path, env, self.server_cpus())
 
     def wait_ready(self, timeout: float | None = None, progress: Progress = _log) -> None:
         assert self.proc is not None

@@ -1,0 +1,85 @@
+"""SIGTERM, as `kill`, `docker stop`, systemd and CI cancellations send it: a load run stops
+the way Ctrl-C stops it (what was measured is kept), and `servescope engine serve` takes
+the vLLM it started down with it instead of leaving it running."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+from helpers import REPO_ROOT
+from streaming_server import StreamingServer
+
+from servescope.engines.vllm_cpu import split_cpus
+from servescope.store import Store
+
+
+def _cli(*args: str, db=None) -> subprocess.Popen:
+    env = {**os.environ, **({"SERVESCOPE_DB": str(db)} if db else {})}
+    return subprocess.Popen([sys.executable, "-m", "servescope.cli", *args], cwd=REPO_ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _requests_stored(db) -> int:
+    if not db.exists():
+        return 0
+    with Store(db) as store:
+        runs = store.runs()
+        return len(store.requests(runs[0]["id"])) if runs else 0
+
+
+def test_sigterm_stops_a_load_run_and_keeps_what_it_measured(tmp_path):
+    db, scenario = tmp_path / "s.db", tmp_path / "long.yaml"
+    scenario.write_text("name: long\nseed: 1\nprompt_tokens: 16\noutput_tokens: 8\n"
+                        "stages:\n  - {concurrency: 4, duration: 120s}\n")
+    with StreamingServer(first_token_ms=5, gap_ms=5) as srv:
+        proc = _cli("load", str(scenario), "--target", srv.url, "--quiet", db=db)
+        try:
+            deadline = time.monotonic() + 60
+            while _requests_stored(db) < 20:  # the writer commits every second
+                assert proc.poll() is None, proc.communicate()
+                assert time.monotonic() < deadline, "no requests stored within 60 s"
+                time.sleep(0.2)
+            before = _requests_stored(db)
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    assert "run 1 interrupted" in out
+    with Store(db) as store:
+        (run,) = store.runs()
+        assert run["status"] == "interrupted"
+        kept = store.requests(run["id"])
+    assert len(kept) >= before and all(r.ok for r in kept)
+    assert run["summary"]["requests_ok"] == len(kept)
+
+
+def test_engine_serve_confines_vllm_and_sigterm_stops_it(tmp_path):
+    proc = _cli("engine", "serve", "--max-num-seqs", "2")
+    tree: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 600
+        line = ""
+        while "Ctrl-C stops it" not in line:  # the line printed once vLLM answers
+            line = proc.stdout.readline()
+            assert line or proc.poll() is None, proc.stderr.read()[-2000:]
+            assert time.monotonic() < deadline, "vLLM not ready within 600 s"
+        tree = psutil.Process(proc.pid).children(recursive=True)
+        assert any("vllm" in " ".join(p.cmdline()) for p in tree)
+        server_cpus, _ = split_cpus()
+        if server_cpus is not None:  # two or more CPUs: vLLM keeps off the last one
+            assert {p.pid: sorted(p.cpu_affinity()) for p in tree} == {
+                p.pid: server_cpus for p in tree}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0  # stopped as on Ctrl-C
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    _, alive = psutil.wait_procs(tree, timeout=30)
+    assert not alive, [p.cmdline() for p in alive]
