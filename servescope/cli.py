@@ -10,13 +10,12 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
 from servescope.durations import parse_duration
+from servescope.terminate import sigterm_as_interrupt
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXIT_BAD_INPUT = 2
@@ -576,10 +575,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _terminated(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -590,23 +585,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("httpx", "httpcore", "locust"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    # SIGTERM (kill, docker stop, systemd) cleans up as Ctrl-C does: the engines a command
-    # started are stopped, not left running without it.
-    previous = signal.getsignal(signal.SIGTERM)
-    catch_term = (previous is signal.SIG_DFL
-                  and threading.current_thread() is threading.main_thread())
-    if catch_term:
-        signal.signal(signal.SIGTERM, _terminated)
     try:
-        return args.func(args)
+        with sigterm_as_interrupt():  # the same clean-up as on Ctrl-C
+            return args.func(args)
     except CliError as exc:
         print(f"servescope {args.command}: error: {exc}", file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:
         return 130
-    finally:
-        if catch_term:
-            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

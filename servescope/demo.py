@@ -14,6 +14,7 @@ from pathlib import Path
 from collectors.loop import Collector, TargetSpec
 from servescope.cli import REPO_ROOT, CliError, _scenario_path, dashboard_command
 from servescope.store import Store
+from servescope.terminate import Terminated
 
 
 def _say(msg: str) -> None:
@@ -80,12 +81,14 @@ def run_demo(args: argparse.Namespace) -> int:
             time.sleep(1)
             if dashboard is not None and dashboard.poll() is not None:
                 raise CliError(f"the dashboard exited with {dashboard.returncode}")
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         _say("stopping (measurements are kept in the store)")
+        if isinstance(exc, Terminated) and load is not None and load.poll() is None:
+            load.terminate()  # a Ctrl-C reached it too; a SIGTERM came to this process only
         return 0
     finally:
         if load is not None and load.poll() is None:
-            load.wait(30)  # it got the same Ctrl-C and is saving its summary
+            load.wait(30)  # it got the same Ctrl-C (or our SIGTERM) and is saving its summary
         if collector is not None:
             collector.stop()
         if dashboard is not None and dashboard.poll() is None:

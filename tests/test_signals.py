@@ -83,3 +83,34 @@ def test_engine_serve_confines_vllm_and_sigterm_stops_it(tmp_path):
             proc.kill()
     _, alive = psutil.wait_procs(tree, timeout=30)
     assert not alive, [p.cmdline() for p in alive]
+
+
+def test_demo_on_sigterm_stops_its_load_run_and_its_vllm(tmp_path):
+    """`demo` is one process with children: a SIGTERM to it alone (unlike a Ctrl-C at a
+    terminal, which reaches them all) is passed to its load run, which keeps what it
+    measured; its vLLM is stopped."""
+    db, log = tmp_path / "demo.db", tmp_path / "demo.log"
+    with open(log, "w") as out:  # a file, not a pipe nobody reads while the demo runs
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "servescope.cli", "--db", str(db), "demo", "--no-dashboard",
+             "--vllm-port", "0"], cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
+    tree: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 600
+        while _requests_stored(db) < 10:
+            assert proc.poll() is None, log.read_text()[-2000:]
+            assert time.monotonic() < deadline, "the demo stored no requests within 600 s"
+            time.sleep(0.5)
+        tree = psutil.Process(proc.pid).children(recursive=True)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, log.read_text()[-3000:]
+    _, alive = psutil.wait_procs(tree, timeout=30)
+    assert not alive, [p.cmdline() for p in alive]
+    with Store(db) as store:
+        (run,) = store.runs()
+        assert run["status"] == "interrupted"
+        assert run["summary"]["requests_ok"] == len(store.requests(run["id"])) >= 10

@@ -141,9 +141,10 @@ def split_cpus(allowed: set[int] | None = None) -> tuple[list[int] | None, list[
     """(vLLM's CPUs, the CPUs left to the rest) on this host: every CPU but the last goes to
     the server, when there are two or more, so that the load generator, the collector and
     the dashboard are never queued behind the engine they measure. On 2 CPUs, sharing them
-    kept every other process off the CPU for 0.2 to 4 s at a time under load (vLLM's engine
-    core and worker spin on sched_yield while they wait for each other); with vLLM on one
-    CPU the longest wait a 5 ms sleeper saw was 4 ms. With one CPU: no split (None, [it])."""
+    kept every other process off the CPU for 0.2 to 4 s at a time under load (a 5 ms sleeper
+    pinned to either CPU; vLLM's engine core and worker busy-wait on each other, which is
+    the likely cause); with vLLM on one CPU the longest wait it saw was 4 ms. With one
+    CPU: no split (None, [it])."""
     cpus = sorted(allowed if allowed is not None else os.sched_getaffinity(0))
     if len(cpus) < 2:
         return None, cpus
