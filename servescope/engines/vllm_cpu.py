@@ -92,8 +92,8 @@ class VLLMServer(LocalServer):
     kv_cache_gib: int = 1
     served_model_name: str = MODEL_NAME
     extra_args: list[str] = field(default_factory=list)
-    # The CPUs vLLM may use; None: all this process may use but the last (see split_cpus).
-    cpus: list[int] | None = None
+    # The CPUs vLLM may use (None: any); by default all this process may use but the last.
+    cpus: list[int] | None = field(default_factory=lambda: split_cpus()[0])
 
     name = "vLLM"
     log_prefix = "vllm"
@@ -112,14 +112,13 @@ class VLLMServer(LocalServer):
             VLLM_NO_USAGE_STATS="1",
             DO_NOT_TRACK="1",
         )
-        cpus = self.server_cpus()
-        if cpus:
+        if self.cpus:
             # vLLM's own binding would spread over every CPU of the host: its compute
             # threads go on the server's CPUs, the last of them kept for its API server
             # when there are two or more.
-            compute = cpus[:-1] if len(cpus) > 1 else cpus
-            env.update(VLLM_CPU_OMP_THREADS_BIND=",".join(map(str, compute)),
-                       VLLM_CPU_NUM_OF_RESERVED_CPU=str(len(cpus) - len(compute)))
+            compute = self.cpus[:-1] or self.cpus
+            env.update(VLLM_CPU_OMP_THREADS_BIND=_cpu_list(compute),
+                       VLLM_CPU_NUM_OF_RESERVED_CPU=str(len(self.cpus) - len(compute)))
         cmd = [
             str(self.python), "-m", "vllm.entrypoints.openai.api_server",
             "--model", str(self.model_dir),
@@ -134,7 +133,7 @@ class VLLMServer(LocalServer):
         return cmd, env
 
     def server_cpus(self) -> list[int] | None:
-        return self.cpus if self.cpus is not None else split_cpus()[0]
+        return self.cpus
 
 
 def split_cpus(allowed: set[int] | None = None) -> tuple[list[int] | None, list[int]]:
@@ -158,9 +157,9 @@ def start_local_vllm(
     python = ensure_env(progress)
     model = ensure_model(python, progress)
     server = VLLMServer(model_dir=model, python=python, port=port, max_num_seqs=max_num_seqs)
-    cpus, rest = split_cpus()
-    if cpus:
-        progress(f"vLLM runs on CPU {_cpu_list(cpus)}; CPU {_cpu_list(rest)} is left to the "
+    if server.cpus:
+        rest = sorted(os.sched_getaffinity(0) - set(server.cpus))
+        progress(f"vLLM runs on CPU {_cpu_list(server.cpus)}; CPU {_cpu_list(rest)} is left to the "
                  "load generator, the collector and the dashboard")
     server.start_and_wait(progress)
     return server
