@@ -1,6 +1,6 @@
 """Load-generator capacity on one core: concurrent streams, SSE events/s, added TTFT.
 
-The server is tests/streaming_server.py (its own process, pinned to CPU 1) with no delays:
+The server is testsupport/streaming_server.py (its own process, pinned to CPU 1) with no delays:
 every event goes out as soon as the loop gets to it, so the client on CPU 0 is the
 bottleneck. It stamps events after their write returns here (--no-tx-stamps): the kernel's
 transmit stamps about double its cost per event and would make it the bottleneck instead.
@@ -41,11 +41,10 @@ from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "tests"))
-from streaming_server import StreamingServer  # noqa: E402
+from servescope.engines.vllm_cpu import MODEL_NAME, env_dir, servescope_home
+from testsupport.streaming_server import StreamingServer
 
-from servescope.engines.vllm_cpu import MODEL_NAME, env_dir, servescope_home  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 TOKENS = 16
 EVENTS = TOKENS + 2
@@ -102,7 +101,7 @@ def _pin(cpu: int) -> Callable[[], None]:
 
 
 def run_ours(url: str, concurrency: int, tmp: Path) -> Result:
-    from servescope.store import Store
+    from servescope.core.store import Store
 
     scenario = tmp / f"ours-{concurrency}.yaml"
     scenario.write_text(

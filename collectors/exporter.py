@@ -20,7 +20,7 @@ from prometheus_client.core import (
     Metric,
 )
 
-from servescope.records import Sample
+from servescope.core.records import Sample
 
 # concept -> (exported name, kind, help). Counters are named without _total here;
 # prometheus-client appends it.

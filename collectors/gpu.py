@@ -19,7 +19,7 @@ from typing import Any
 
 import pynvml
 
-from servescope.records import Sample
+from servescope.core.records import Sample
 
 log = logging.getLogger("servescope.collect")
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import psutil
 
-from servescope.records import Sample
+from servescope.core.records import Sample
 
 # Below this many seconds since the previous reading, per-core CPU deltas are a handful of
 # scheduler ticks: noise rather than utilization, so no CPU sample is reported.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from servescope.records import Sample
+from servescope.core.records import Sample
 
 
 def slots_samples(slots: list[dict[str, Any]]) -> list[Sample]:

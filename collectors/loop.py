@@ -12,15 +12,15 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import httpx
+from servescope.collectors.exporter import SnapshotExporter
+from servescope.collectors.gpu import GpuCollector
+from servescope.collectors.host import HostCollector, find_serving_pids
+from servescope.collectors.normalize import Snapshot
+from servescope.collectors.ollama import OllamaSnapshot, model_events
+from servescope.collectors.scrape import ScrapeError, server_info
+from servescope.collectors.sources import snapshot
 
-from collectors.exporter import SnapshotExporter
-from collectors.gpu import GpuCollector
-from collectors.host import HostCollector, find_serving_pids
-from collectors.normalize import Snapshot
-from collectors.ollama import OllamaSnapshot, model_events
-from collectors.scrape import ScrapeError, server_info
-from collectors.sources import snapshot
-from servescope.store import Store
+from servescope.core.store import Store
 
 log = logging.getLogger("servescope.collect")
 HOST_TARGET = "host"

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
+from servescope.analysis.promql import merge_buckets
+from servescope.collectors.mappings import SCALAR_CONCEPTS, RuntimeMapping
 
-from capacity.promql import merge_buckets
-from collectors.mappings import SCALAR_CONCEPTS, RuntimeMapping
-from servescope.records import Sample
+from servescope.core.records import Sample
 
 
 class ParseError(ValueError):

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from servescope.collectors.scrape import ScrapeError, describe_http_error
 
-from collectors.scrape import ScrapeError, describe_http_error
-from servescope.records import Sample
+from servescope.core.records import Sample
 
 NS_PER_S = 1e9
 

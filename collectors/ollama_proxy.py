@@ -19,10 +19,10 @@ from typing import Any
 import httpx
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from servescope.collectors.ollama import phases_from_response
 
-from collectors.ollama import phases_from_response
-from servescope.records import Sample
-from servescope.store import Store
+from servescope.core.records import Sample
+from servescope.core.store import Store
 
 log = logging.getLogger("servescope.proxy")
 

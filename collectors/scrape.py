@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-
-from collectors.llamacpp import props_info, slots_samples
-from collectors.mappings import MAPPINGS, PREFIXES
-from collectors.normalize import ParseError, Snapshot, normalize, parse_families
+from servescope.collectors.llamacpp import props_info, slots_samples
+from servescope.collectors.mappings import MAPPINGS, PREFIXES
+from servescope.collectors.normalize import ParseError, Snapshot, normalize, parse_families
 
 
 class ScrapeError(RuntimeError):

@@ -5,10 +5,9 @@ from __future__ import annotations
 import contextlib
 
 import httpx
-
-from collectors.normalize import Snapshot
-from collectors.ollama import OllamaSnapshot, poll_ollama
-from collectors.scrape import ScrapeError, scrape
+from servescope.collectors.normalize import Snapshot
+from servescope.collectors.ollama import OllamaSnapshot, poll_ollama
+from servescope.collectors.scrape import ScrapeError, scrape
 
 RUNTIMES = ("auto", "vllm", "llamacpp", "sglang", "tgi", "ollama")
 

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import streamlit as st
+from servescope.dashboard import live, run, sweep
 
-from dashboard import live, run, sweep
-from servescope.store import Store, default_db_path
+from servescope.core.store import Store, default_db_path
 
 
 def db_path(argv: Sequence[str]) -> Path:

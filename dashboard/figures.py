@@ -381,7 +381,7 @@ def ecdf_figure(values_ms: Mapping[str, Sequence[float]], title: str) -> go.Figu
 def latency_scatter(requests: pd.DataFrame, start_s: float) -> go.Figure:
     """E2E per request against when it was sent, ok and failed apart.
 
-    `requests` has columns send_s, e2e_ms, ok (as from capacity.latency.request_table).
+    `requests` has columns send_s, e2e_ms, ok (as from servescope.analysis.latency.request_table).
     """
     fig = go.Figure()
     if not requests.empty:

@@ -1,7 +1,7 @@
 """Sweep figures: throughput and p95 latency against the load level, with the saturation
 level and the highest level meeting the SLOs marked.
 
-Pure like dashboard.figures. `curve` is capacity.sweep's curve as a DataFrame (level,
+Pure like dashboard.figures. `curve` is analysis.sweep's curve as a DataFrame (level,
 output_tokens_per_s, requests_per_s, goodput_per_s, ttft_p95_ms, itl_p95_ms, e2e_p95_ms,
 client_limited).
 """
@@ -13,8 +13,7 @@ from collections.abc import Mapping
 
 import pandas as pd
 import plotly.graph_objects as go
-
-from dashboard.figures import COLORS, layout, note_if_empty
+from servescope.dashboard.figures import COLORS, layout, note_if_empty
 
 LATENCIES = {"ttft_p95_ms": "TTFT p95", "itl_p95_ms": "ITL p95", "e2e_p95_ms": "E2E p95"}
 LATENCY_COLORS = {"TTFT p95": COLORS["TTFT"], "ITL p95": "#76b7b2", "E2E p95": COLORS["E2E"]}

@@ -12,17 +12,17 @@ from typing import Any
 
 import pandas as pd
 import streamlit as st
-
-from capacity.series import (
+from servescope.analysis.series import (
     counter_rate_series,
     gauge_series,
     histogram_quantile_series,
     kv_usage_series,
 )
-from dashboard import figures, live_host, live_ollama
-from dashboard.figures import ago, local_clock, redact_urls
-from dashboard.widgets import Chart, chart_grid, last_sample_caption
-from servescope.store import Store
+from servescope.dashboard import figures, live_host, live_ollama
+from servescope.dashboard.figures import ago, local_clock, redact_urls
+from servescope.dashboard.widgets import Chart, chart_grid, last_sample_caption
+
+from servescope.core.store import Store
 
 REFRESH_S = 5
 TIME_RANGES: dict[str, float | None] = {

@@ -7,8 +7,7 @@ from typing import Any
 
 import pandas as pd
 import streamlit as st
-
-from capacity.series import (
+from servescope.analysis.series import (
     counter_rate_series,
     gauge_series,
     label_is,
@@ -16,9 +15,9 @@ from capacity.series import (
     latest_value,
     split_by_label,
 )
-from dashboard import figures, figures_host
-from dashboard.figures import GIB
-from dashboard.widgets import Chart
+from servescope.dashboard import figures, figures_host
+from servescope.dashboard.figures import GIB
+from servescope.dashboard.widgets import Chart
 
 # `servescope collect` stores its own machine as a target of this runtime (off: --no-host).
 HOST_RUNTIME = "host"

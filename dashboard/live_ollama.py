@@ -13,12 +13,12 @@ from typing import Any
 
 import pandas as pd
 import streamlit as st
+from servescope.analysis.series import gauge_series, latest_value, samples_table, split_by_label
+from servescope.dashboard import figures, figures_ollama
+from servescope.dashboard.figures import GIB, local_clock
+from servescope.dashboard.widgets import chart_grid, last_sample_caption
 
-from capacity.series import gauge_series, latest_value, samples_table, split_by_label
-from dashboard import figures, figures_ollama
-from dashboard.figures import GIB, local_clock
-from dashboard.widgets import chart_grid, last_sample_caption
-from servescope.store import Store
+from servescope.core.store import Store
 
 OLLAMA_RUNTIME = "ollama"
 PROXY_RUNTIME = "ollama-proxy"

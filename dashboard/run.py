@@ -9,15 +9,15 @@ from typing import Any
 
 import pandas as pd
 import streamlit as st
+from servescope.analysis.join import WINDOW_PAD_S, server_split
+from servescope.analysis.latency import metric_values, request_table, summarize, trim_warmup
+from servescope.analysis.slo import evaluate_slos
+from servescope.dashboard import figures, run_checks
+from servescope.dashboard.figures import local_clock, redact_urls
+from servescope.dashboard.widgets import header_caption
 
-from capacity.latency import metric_values, request_table, summarize, trim_warmup
-from capacity.slo import evaluate_slos
-from dashboard import figures, run_checks
-from dashboard.figures import local_clock, redact_urls
-from dashboard.widgets import header_caption
-from servescope.join import WINDOW_PAD_S, server_split
-from servescope.records import RequestRecord
-from servescope.store import Store
+from servescope.core.records import RequestRecord
+from servescope.core.store import Store
 
 EMPTY_STATE = (
     "No load runs in the store yet. Run one with "
@@ -155,7 +155,7 @@ def _summary_metrics(summary: Mapping[str, Any]) -> None:
 
 
 def slo_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """capacity.slo.evaluate_slos rows as displayed: readable metric names, ms columns and
+    """analysis.slo.evaluate_slos rows as displayed: readable metric names, ms columns and
     a verdict that tells "no data" (nothing measured) apart from a miss."""
     return pd.DataFrame(
         [

@@ -8,12 +8,12 @@ from typing import Any
 
 import pandas as pd
 import streamlit as st
+from servescope.analysis.sweep import MIN_LATENCY_GROWTH, MIN_THROUGHPUT_GAIN
+from servescope.dashboard import figures, figures_sweep
+from servescope.dashboard.figures import local_clock, redact_urls
+from servescope.dashboard.widgets import header_caption
 
-from capacity.sweep import MIN_LATENCY_GROWTH, MIN_THROUGHPUT_GAIN
-from dashboard import figures, figures_sweep
-from dashboard.figures import local_clock, redact_urls
-from dashboard.widgets import header_caption
-from servescope.store import Store
+from servescope.core.store import Store
 
 EMPTY_STATE = (
     "No sweeps in the store yet. Run one with "
@@ -74,7 +74,7 @@ def render(store: Store, run_page: Any = None) -> None:
         )
         _run_links(runs, run_page, sweep.get("levels") or [])
         return
-    # Every column capacity.sweep writes, also for a curve stored by an older version.
+    # Every column analysis.sweep writes, also for a curve stored by an older version.
     curve = pd.DataFrame(rows).reindex(columns=CURVE_KEYS)
     saturation, meets = result.get("saturation_level"), result.get("max_level_meeting_slos")
     _verdicts(sweep, curve, saturation, meets)

@@ -9,9 +9,8 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
-
-from dashboard import figures
-from dashboard.figures import ago, local_clock
+from servescope.dashboard import figures
+from servescope.dashboard.figures import ago, local_clock
 
 Chart = tuple[go.Figure, str | None]  # a figure and an optional caption under it
 

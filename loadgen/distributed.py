@@ -50,11 +50,10 @@ from locust.env import Environment
 from locust.exception import RPCError, StopUser
 from locust.rpc import Message
 from locust.runners import STATE_MISSING, MasterRunner, WorkerRunner
-
-from capacity.latency import send_lag_ms
-from loadgen import health as client_health
-from loadgen.health import ClientHealth
-from loadgen.run import (
+from servescope.analysis.latency import send_lag_ms
+from servescope.loadgen import health as client_health
+from servescope.loadgen.health import ClientHealth
+from servescope.loadgen.run import (
     LoadError,
     Progress,
     StopOnInterrupt,
@@ -71,10 +70,11 @@ from loadgen.run import (
     target_config,
     user_class,
 )
-from loadgen.scenario import Scenario
-from loadgen.users import ChatUser, LoadContext, ScheduleShape, ScheduleUser, StagesShape
-from servescope.records import RequestRecord
-from servescope.store import Store
+from servescope.loadgen.scenario import Scenario
+from servescope.loadgen.users import ChatUser, LoadContext, ScheduleShape, ScheduleUser, StagesShape
+
+from servescope.core.records import RequestRecord
+from servescope.core.store import Store
 
 SETUP, READY, ERROR = "servescope_setup", "servescope_ready", "servescope_error"
 RECORDS, ACK, STAGE = "servescope_records", "servescope_ack", "servescope_stage"

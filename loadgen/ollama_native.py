@@ -16,10 +16,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from collectors.ollama import phases_from_response
-from loadgen.openai_chat import flatten_messages, new_record, note_event
-from loadgen.wire import Wire
-from servescope.records import RequestRecord
+from servescope.collectors.ollama import phases_from_response
+from servescope.loadgen.openai_chat import flatten_messages, new_record, note_event
+from servescope.loadgen.wire import Wire
+
+from servescope.core.records import RequestRecord
 
 OllamaApi = Literal["generate", "chat"]
 

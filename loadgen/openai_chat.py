@@ -14,9 +14,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from loadgen.sse import SSEParser, parse_openai_chunk
-from loadgen.wire import Wire
-from servescope.records import RequestRecord
+from servescope.loadgen.sse import SSEParser, parse_openai_chunk
+from servescope.loadgen.wire import Wire
+
+from servescope.core.records import RequestRecord
 
 
 @dataclass

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from servescope.loadgen.scenario import Scenario, Workload
 
-from loadgen.scenario import Scenario, Workload
-from servescope.records import RequestRecord
+from servescope.core.records import RequestRecord
 
 _WORDS = (
     "the contract shall remain in force until either party gives written notice of "

@@ -21,14 +21,14 @@ import gevent
 import httpx
 from locust.env import Environment
 from locust.runners import STATE_STOPPED
-
-from capacity.latency import send_lag_ms, summarize
-from capacity.slo import evaluate_slos
-from collectors.scrape import ScrapeError, scrape, server_info
-from loadgen.health import ClientHealth
-from loadgen.prompts import PromptBuilder
-from loadgen.scenario import Scenario, ScenarioError, load_scenario
-from loadgen.users import (
+from servescope.analysis.join import server_side, wait_for_scrape_after
+from servescope.analysis.latency import send_lag_ms, summarize
+from servescope.analysis.slo import evaluate_slos
+from servescope.collectors.scrape import ScrapeError, scrape, server_info
+from servescope.loadgen.health import ClientHealth
+from servescope.loadgen.prompts import PromptBuilder
+from servescope.loadgen.scenario import Scenario, ScenarioError, load_scenario
+from servescope.loadgen.users import (
     PREPARE_LEAD_S,
     ChatUser,
     LoadContext,
@@ -36,12 +36,12 @@ from loadgen.users import (
     ScheduleUser,
     StagesShape,
 )
-from loadgen.wire import Wire
-from loadgen.writer import RecordWriter
-from servescope.durations import parse_duration
-from servescope.join import server_side, wait_for_scrape_after
-from servescope.records import RequestRecord
-from servescope.store import Store
+from servescope.loadgen.wire import Wire
+from servescope.loadgen.writer import RecordWriter
+
+from servescope.core.durations import parse_duration
+from servescope.core.records import RequestRecord
+from servescope.core.store import Store
 
 # Shared prefixes built before the run starts; further groups are built on first use.
 PREBUILT_PREFIX_GROUPS = 32
@@ -352,9 +352,10 @@ def build_summary(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m loadgen.run SCENARIO --target URL --db FILE [--out FILE] [overrides]``:
+    """``python -m servescope.loadgen.run SCENARIO --target URL --db FILE [--out FILE] ...``:
     run_load without the servescope CLI, with the same overrides as `servescope load`."""
-    p = argparse.ArgumentParser(prog="python -m loadgen.run", description=main.__doc__)
+    p = argparse.ArgumentParser(prog="python -m servescope.loadgen.run",
+                                description=main.__doc__)
     p.add_argument("scenario", type=Path)
     p.add_argument("--target", required=True, help="server base URL")
     p.add_argument("--db", type=Path, required=True, help="store file")

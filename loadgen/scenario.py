@@ -14,6 +14,7 @@ import json
 import math
 import random
 import re
+from importlib.resources import files
 from pathlib import Path
 from statistics import NormalDist
 from typing import Annotated, Any, Literal
@@ -29,9 +30,9 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from servescope.loadgen.arrivals import RateStage, TraceEntry, UserStage, parse_trace, replay_times
 
-from loadgen.arrivals import RateStage, TraceEntry, UserStage, parse_trace, replay_times
-from servescope.durations import parse_duration
+from servescope.core.durations import parse_duration
 
 # A run bounded by request count alone still stops after this long.
 REQUESTS_ONLY_TIME_CAP = 3600.0
@@ -413,6 +414,23 @@ class Trace(_Strict):
 
     def schedule(self, limit: int | None = None) -> list[tuple[float, TraceEntry]]:
         return replay_times(self._entries, self.time_scale, self.duration, limit)
+
+
+def bundled_scenarios() -> list[str]:
+    """Names of the scenarios shipped with servescope (``servescope load chat``)."""
+    return sorted(p.name[:-5] for p in files("servescope.scenarios").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def scenario_path(text: str) -> Path:
+    """A scenario file by path, or by the name of a bundled one (``chat``, ``chat.yaml``).
+    Bundled files are package data, so this works from a wheel in any directory."""
+    path = Path(text)
+    if path.exists() or path.parent != Path("."):
+        return path
+    name = text if text.endswith(".yaml") else f"{text}.yaml"
+    bundled = files("servescope.scenarios") / name
+    return Path(str(bundled)) if bundled.is_file() else path
 
 
 @functools.lru_cache(maxsize=16)

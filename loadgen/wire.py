@@ -36,8 +36,8 @@ from gevent import socket as gsocket
 from gevent import ssl as gssl
 from geventhttpclient.response import HTTPParseError, HTTPResponse
 
-from loadgen.clock import from_wall_ns, now_ns
-from servescope.records import RequestRecord
+from servescope.core.clock import from_wall_ns, now_ns
+from servescope.core.records import RequestRecord
 
 READ_SIZE = 1 << 16
 # Linux's SO_TIMESTAMPNS (asm-generic value, as on x86-64 and arm64; the socket module does

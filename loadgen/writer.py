@@ -16,8 +16,8 @@ from typing import Any
 import gevent
 from gevent.threadpool import ThreadPool
 
-from servescope.records import RequestRecord
-from servescope.store import Store, request_row
+from servescope.core.records import RequestRecord
+from servescope.core.store import Store, request_row
 
 FLUSH_INTERVAL_S = 0.1
 log = logging.getLogger(__name__)

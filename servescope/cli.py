@@ -14,19 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from servescope.durations import parse_duration
-from servescope.terminate import sigterm_as_interrupt
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-EXIT_BAD_INPUT = 2
-
-
-class CliError(Exception):
-    """A user-facing error: printed as one line, exit status `code`."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
+from servescope.core.durations import parse_duration
+from servescope.core.errors import EXIT_BAD_INPUT, CliError
+from servescope.core.terminate import sigterm_as_interrupt
 
 
 def _duration(text: str) -> float:
@@ -37,18 +27,9 @@ def _duration(text: str) -> float:
 
 
 def _store(args: argparse.Namespace):
-    from servescope.store import Store
+    from servescope.core.store import Store
 
     return Store(args.db)
-
-
-def _scenario_path(text: str) -> Path:
-    path = Path(text)
-    if not path.exists() and not path.suffix:
-        candidate = REPO_ROOT / "scenarios" / f"{text}.yaml"
-        if candidate.exists():
-            return candidate
-    return path
 
 
 def _auth_headers(env_name: str | None) -> dict[str, str]:
@@ -66,8 +47,8 @@ def _auth_headers(env_name: str | None) -> dict[str, str]:
 
 # -- commands ---------------------------------------------------------------------------
 def cmd_scrape(args: argparse.Namespace) -> int:
-    from collectors.scrape import ScrapeError
-    from collectors.sources import snapshot
+    from servescope.collectors.scrape import ScrapeError
+    from servescope.collectors.sources import snapshot
 
     try:
         snap, _ = snapshot(args.source, args.runtime, timeout=args.timeout)
@@ -87,8 +68,8 @@ def cmd_scrape(args: argparse.Namespace) -> int:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    from collectors.exporter import SnapshotExporter, serve
-    from collectors.loop import Collector, TargetSpec
+    from servescope.collectors.exporter import SnapshotExporter, serve
+    from servescope.collectors.loop import Collector, TargetSpec
 
     try:
         specs = [TargetSpec.parse(t) for t in args.target]
@@ -133,9 +114,9 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 def cmd_load(args: argparse.Namespace) -> int:
     # Locust first: it monkey-patches sockets and ssl for gevent.
-    from loadgen.distributed import DEFAULT_MASTER_PORT, run_master, run_worker
-    from loadgen.run import LoadError, run_load
-    from loadgen.scenario import ScenarioError, load_scenario
+    from servescope.loadgen.distributed import DEFAULT_MASTER_PORT, run_master, run_worker
+    from servescope.loadgen.run import LoadError, run_load
+    from servescope.loadgen.scenario import ScenarioError, load_scenario, scenario_path
 
     def flag(dest: str) -> str:
         return "--" + dest.replace("_", "-")
@@ -193,7 +174,7 @@ def cmd_load(args: argparse.Namespace) -> int:
         raise refuse(f"--expect-workers must be at least 1, got {expect}")
     bind_host = args.master_bind_host or "127.0.0.1"
     try:
-        scenario = load_scenario(_scenario_path(args.scenario))
+        scenario = load_scenario(scenario_path(args.scenario))
         scenario = scenario.with_overrides(
             args.concurrency, args.duration, args.requests, rate=args.rate,
             process=args.arrival_process, cv=args.cv, max_in_flight=args.max_in_flight,
@@ -266,17 +247,11 @@ def _print_summary(run_id: int, s: dict, out: Path | None) -> None:
         print(f"summary written to {out}")
 
 
-def dashboard_command(db: Path, host: str, port: int) -> list[str]:
-    return [
-        sys.executable, "-m", "streamlit", "run", str(REPO_ROOT / "dashboard" / "app.py"),
-        "--server.address", host, "--server.port", str(port), "--server.headless", "true",
-        "--browser.gatherUsageStats", "false", "--", "--db", str(db),
-    ]
-
-
 def cmd_dashboard(args: argparse.Namespace) -> int:
     store = _store(args)
     print(f"dashboard on http://{args.host}:{args.port} (store {store.path})", file=sys.stderr)
+    from servescope.dashboard.launch import dashboard_command
+
     os.execv(sys.executable, dashboard_command(store.path, args.host, args.port))
     return 0  # not reached
 
@@ -303,7 +278,7 @@ def cmd_engine(args: argparse.Namespace) -> int:
 
 
 def cmd_proxy(args: argparse.Namespace) -> int:
-    from collectors.ollama_proxy import OllamaProxy
+    from servescope.collectors.ollama_proxy import OllamaProxy
 
     host, _, port = args.listen.rpartition(":")
     if not host or not port.isdigit():
@@ -348,12 +323,12 @@ def _rates(text: str) -> list[float]:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from loadgen.run import LoadError, run_load  # noqa: I001 - Locust first (module docstring)
-    from loadgen.scenario import ScenarioError, load_scenario
-    from capacity.sweep import analyze
+    from servescope.loadgen.run import LoadError, run_load  # noqa: I001 - Locust first (module docstring)
+    from servescope.loadgen.scenario import ScenarioError, load_scenario, scenario_path
+    from servescope.analysis.sweep import analyze
 
     try:
-        base = load_scenario(_scenario_path(args.scenario))
+        base = load_scenario(scenario_path(args.scenario))
     except ScenarioError as exc:
         raise CliError(str(exc), EXIT_BAD_INPUT) from None
     store = _store(args)
@@ -419,8 +394,8 @@ def _f(v: float | None) -> str:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from servescope.core.store import StoreError
     from servescope.export import export_run
-    from servescope.store import StoreError
 
     store = _store(args)
     run_id = args.run if args.run is not None else (store.runs() or [{"id": None}])[0]["id"]
@@ -443,11 +418,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # -- parser -----------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="servescope", description=__doc__.splitlines()[0])
-    p.add_argument("--db", type=Path, default=None,
-                   help="store file (default: $SERVESCOPE_DB or ~/.local/share/servescope/)")
-    p.add_argument("-v", "--verbose", action="store_true")
+    # Global options are accepted before or after the subcommand (`servescope --db X load`
+    # and `servescope load ... --db X`): one parent parser, SUPPRESS so that a subcommand's
+    # copy never overwrites a value given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--db", type=Path, default=argparse.SUPPRESS,
+                        help="store file (default: $SERVESCOPE_DB or "
+                        "~/.local/share/servescope/servescope.db)")
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
+    p = argparse.ArgumentParser(prog="servescope", description=__doc__.splitlines()[0],
+                                parents=[common])
     sub = p.add_subparsers(dest="command", required=True)
+    add_parser = sub.add_parser
+    sub.add_parser = lambda *a, **kw: add_parser(*a, parents=[common], **kw)  # type: ignore[method-assign]
 
     s = sub.add_parser("scrape", help="print one normalized snapshot of a server's metrics")
     s.add_argument("source", help="server URL (its /metrics) or a saved /metrics file")
@@ -578,6 +561,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.db = getattr(args, "db", None)
+    args.verbose = getattr(args, "verbose", False)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s",

@@ -11,10 +11,12 @@ import sys
 import time
 from pathlib import Path
 
-from collectors.loop import Collector, TargetSpec
-from servescope.cli import REPO_ROOT, CliError, _scenario_path, dashboard_command
-from servescope.store import Store
-from servescope.terminate import Terminated
+from servescope.collectors.loop import Collector, TargetSpec
+from servescope.core.errors import CliError
+from servescope.core.store import Store
+from servescope.core.terminate import Terminated
+from servescope.dashboard.launch import dashboard_command
+from servescope.loadgen.scenario import scenario_path
 
 
 def _say(msg: str) -> None:
@@ -35,7 +37,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from servescope.engines.vllm_cpu import start_local_vllm
 
     store = Store(args.db)
-    scenario = _scenario_path(args.scenario)
+    scenario = scenario_path(args.scenario)
     if not scenario.exists():
         raise CliError(f"--scenario {args.scenario}: no such file", 2)
     server = None
@@ -64,7 +66,7 @@ def run_demo(args: argparse.Namespace) -> int:
             if not _port_free(args.host, args.port):
                 raise CliError(f"dashboard port {args.host}:{args.port} is busy; use --port")
             dashboard = subprocess.Popen(dashboard_command(store.path, args.host, args.port),
-                                         stdout=subprocess.DEVNULL, cwd=REPO_ROOT)
+                                         stdout=subprocess.DEVNULL)
             _say(f"dashboard: http://{args.host}:{args.port}")
         out = Path(store.path).with_name("demo-summary.json")
         _say(f"running scenario {scenario} against {url}")

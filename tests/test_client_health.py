@@ -3,8 +3,7 @@
 import time
 
 import gevent
-
-from loadgen.health import ClientHealth
+from servescope.loadgen.health import ClientHealth
 
 
 def test_a_blocked_event_loop_is_flagged():

@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 
 import pytest
+from servescope.core import clock
 
-from loadgen import clock
-from loadgen.clock import from_wall_ns, now_ns
+from servescope.core.clock import from_wall_ns, now_ns
 
 MS = 1_000_000
 

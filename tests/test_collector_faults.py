@@ -9,9 +9,8 @@ import time
 import numpy as np
 import pytest
 from helpers import PageServer
-
-from capacity.promql import increase, rates
-from collectors.loop import Collector, TargetSpec
+from servescope.analysis.promql import increase, rates
+from servescope.collectors.loop import Collector, TargetSpec
 
 INTERVAL = 0.5
 

@@ -13,37 +13,39 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+from servescope.analysis.join import same_server
+from servescope.analysis.slo import evaluate_slos
+from servescope.collectors.gpu import GpuCollector
+from servescope.collectors.host import MIN_CPU_WINDOW_S, HostCollector
+from servescope.collectors.mappings import VLLM
+from servescope.collectors.normalize import normalize
+from servescope.dashboard.app import db_path
+from servescope.dashboard.figures import GIB, redact_urls
+from servescope.dashboard.run import latency_table, slo_table
 from streamlit.testing.v1 import AppTest
 from test_gpu import FakeNvml
 
-from capacity.slo import evaluate_slos
-from collectors.gpu import GpuCollector
-from collectors.host import MIN_CPU_WINDOW_S, HostCollector
-from collectors.mappings import VLLM
-from collectors.normalize import normalize
-from dashboard.app import db_path
-from dashboard.figures import GIB, redact_urls
-from dashboard.run import latency_table, slo_table
-from servescope.join import same_server
-from servescope.records import RequestRecord, Sample
-from servescope.store import Store
+from servescope.core.records import RequestRecord, Sample
+from servescope.core.store import Store
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 APP = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
 TIMEOUT_S = 30
 MS = 1_000_000
 
 
 def live_page() -> None:
-    from dashboard import live
-    from servescope.store import Store
+    from servescope.dashboard import live
+
+    from servescope.core.store import Store
 
     live.render(Store())  # SERVESCOPE_DB names the store
 
 
 def run_page() -> None:
-    from dashboard import run
-    from servescope.store import Store
+    from servescope.dashboard import run
+
+    from servescope.core.store import Store
 
     run.render(Store())
 

@@ -15,7 +15,8 @@ import urllib.request
 import pytest
 from browser import Browser
 from helpers import REPO_ROOT, servescope
-from streaming_server import StreamingServer
+
+from testsupport.streaming_server import StreamingServer
 
 REQUESTS = 24
 NO_EXCEPTION = "document.querySelectorAll('[data-testid=\"stException\"]').length === 0"

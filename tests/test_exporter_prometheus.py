@@ -11,11 +11,11 @@ import time
 import httpx
 import pytest
 from helpers import PageServer
+from servescope.collectors.exporter import SnapshotExporter, serve
+from servescope.collectors.loop import Collector, TargetSpec
+from servescope.collectors.mappings import VLLM
+from servescope.collectors.normalize import normalize
 
-from collectors.exporter import SnapshotExporter, serve
-from collectors.loop import Collector, TargetSpec
-from collectors.mappings import VLLM
-from collectors.normalize import normalize
 from servescope.engines.process import free_port
 
 

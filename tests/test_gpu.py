@@ -8,9 +8,9 @@ from typing import Any
 
 import pynvml
 import pytest
+from servescope.collectors.gpu import GpuCollector
 
-from collectors.gpu import GpuCollector
-from servescope.records import Sample
+from servescope.core.records import Sample
 
 GIB = 1024**3
 UUID = "GPU-8f6f1c2e-0000-4a5b-9c3d-1234567890ab"

@@ -10,9 +10,14 @@ import sys
 import time
 
 import psutil
+from servescope.collectors.host import (
+    MIN_CPU_WINDOW_S,
+    HostCollector,
+    collect_host,
+    find_serving_pids,
+)
 
-from collectors.host import MIN_CPU_WINDOW_S, HostCollector, collect_host, find_serving_pids
-from servescope.records import Sample
+from servescope.core.records import Sample
 
 
 def values(samples: list[Sample], concept: str) -> list[float]:

@@ -1,11 +1,11 @@
 """The server's account of a run window, joined to the run by host:port."""
 
 import pytest
+from servescope.analysis.join import server_side
+from servescope.collectors.mappings import VLLM
+from servescope.collectors.normalize import normalize
 
-from collectors.mappings import VLLM
-from collectors.normalize import normalize
-from servescope.join import server_side
-from servescope.records import Sample
+from servescope.core.records import Sample
 
 
 def _halved(samples):

@@ -9,8 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from helpers import servescope
-
-from capacity.latency import (
+from servescope.analysis.latency import (
     distribution,
     e2e_ms,
     goodput,
@@ -19,8 +18,9 @@ from capacity.latency import (
     tpot_ms,
     ttft_ms,
 )
-from servescope.records import RequestRecord
-from servescope.store import Store
+
+from servescope.core.records import RequestRecord
+from servescope.core.store import Store
 
 MS = 1_000_000
 

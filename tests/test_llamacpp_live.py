@@ -12,10 +12,10 @@ from pathlib import Path
 
 import httpx
 from helpers import servescope
+from servescope.collectors.llamacpp import props_info
+from servescope.collectors.scrape import scrape
 
-from collectors.llamacpp import props_info
-from collectors.scrape import scrape
-from servescope.store import Store
+from servescope.core.store import Store
 
 # Long enough that the watcher sees the run (the tiny model decodes thousands of tokens/s),
 # within a slot's 512 tokens of context (96 + 384).

@@ -1,5 +1,5 @@
 """The scenario's `api`: OpenAI completions and Ollama's native /api/generate and /api/chat,
-run through `python -m loadgen.run` against the REAL Ollama (session fixture, CPU, model
+run through `python -m servescope.loadgen.run` against the REAL Ollama (session fixture, CPU, model
 "tiny", OLLAMA_NUM_PARALLEL=1), plus the NDJSON line parser on a captured stream."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from servescope.loadgen.ollama_native import NDJSONParser, OllamaRequest, parse_ollama_line
+from servescope.loadgen.openai_chat import CompletionRequest
 
-from loadgen.ollama_native import NDJSONParser, OllamaRequest, parse_ollama_line
-from loadgen.openai_chat import CompletionRequest
-from servescope.records import RequestRecord
-from servescope.store import Store
+from servescope.core.records import RequestRecord
+from servescope.core.store import Store
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL = "tiny"
@@ -40,7 +40,8 @@ def run_api(url: str, tmp_path: Path, api: str) -> tuple[list[RequestRecord], di
     path, db, out = tmp_path / f"{api}.yaml", tmp_path / f"{api}.db", tmp_path / f"{api}.json"
     path.write_text(SCENARIO.format(api=api, out=OUTPUT_TOKENS))
     res = subprocess.run(
-        [sys.executable, "-m", "loadgen.run", str(path), "--target", url, "--db", str(db),
+        [sys.executable, "-m", "servescope.loadgen.run", str(path), "--target", url,
+         "--db", str(db),
          "--out", str(out), "--quiet", "--model", MODEL, "--requests", str(REQUESTS)],
         capture_output=True, text=True, timeout=300, cwd=REPO_ROOT, env=dict(os.environ),
     )
@@ -87,9 +88,10 @@ def test_openai_completions_api(ollama_server, tmp_path):
 
 
 def test_ollama_http_error_becomes_an_error_class(ollama_server):
-    from loadgen.clock import now_ns
-    from loadgen.ollama_native import stream_ollama
-    from loadgen.wire import Wire
+    from servescope.loadgen.ollama_native import stream_ollama
+    from servescope.loadgen.wire import Wire
+
+    from servescope.core.clock import now_ns
 
     req = OllamaRequest("no-such-model", [{"role": "user", "content": "hi"}], 4)
     wire = Wire(ollama_server.url)

@@ -1,5 +1,5 @@
 """Open-loop arrivals, trace replay and multi-turn conversations, run for real: the load
-generator runs in its own process (`python -m loadgen.run`; Locust monkey-patches the
+generator runs in its own process (`python -m servescope.loadgen.run`; Locust monkey-patches the
 process it runs in) against a small streaming chat server on 127.0.0.1 written here."""
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from servescope.analysis.latency import e2e_from_intended_ms, e2e_ms, send_lag_ms
+from servescope.loadgen.arrivals import RateStage, schedule
 
-from capacity.latency import e2e_from_intended_ms, e2e_ms, send_lag_ms
-from loadgen.arrivals import RateStage, schedule
-from servescope.records import RequestRecord
-from servescope.store import Store
+from servescope.core.records import RequestRecord
+from servescope.core.store import Store
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FIRST_TOKEN_S = 0.02
@@ -107,14 +107,15 @@ def server():
 
 
 def run(server: ChatServer, tmp_path: Path, scenario: str, *flags: str):
-    """Run a scenario through `python -m loadgen.run`; returns (records by intended send
+    """Run a scenario through `python -m servescope.loadgen.run`; returns (records by intended send
     time, summary, chat bodies the server received)."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     path, db, out = tmp_path / "scenario.yaml", tmp_path / "runs.db", tmp_path / "summary.json"
     path.write_text(scenario)
     server.bodies.clear()
     res = subprocess.run(
-        [sys.executable, "-m", "loadgen.run", str(path), "--target", server.url, "--db", str(db),
+        [sys.executable, "-m", "servescope.loadgen.run", str(path), "--target", server.url,
+         "--db", str(db),
          "--out", str(out), "--quiet", *flags],
         capture_output=True, text=True, timeout=120, cwd=REPO_ROOT, env=dict(os.environ),
     )

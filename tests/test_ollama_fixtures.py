@@ -9,15 +9,14 @@ import threading
 
 import httpx
 import pytest
-
-from collectors.ollama import (
+from servescope.collectors.ollama import (
     model_events,
     parse_parameters,
     phases_from_response,
     poll_ollama,
     snapshot_from_payloads,
 )
-from collectors.scrape import ScrapeError
+from servescope.collectors.scrape import ScrapeError
 
 PREFIX = "ollama-0.5.4-ipexllm-"
 

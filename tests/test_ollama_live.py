@@ -14,8 +14,7 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
-
-from collectors.ollama import model_events, phases_from_response, poll_ollama
+from servescope.collectors.ollama import model_events, phases_from_response, poll_ollama
 
 MODEL = "tiny"
 LOADED = "tiny:latest"  # the name /api/ps reports

@@ -3,8 +3,7 @@
 import math
 
 import pytest
-
-from capacity.promql import (
+from servescope.analysis.promql import (
     histogram_delta,
     histogram_quantile,
     increase,

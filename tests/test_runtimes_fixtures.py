@@ -9,11 +9,10 @@ import json
 
 import pytest
 from helpers import PageServer, servescope
-
-from collectors.llamacpp import props_info, slots_samples
-from collectors.mappings import LLAMACPP, SGLANG, TGI
-from collectors.normalize import normalize
-from collectors.scrape import detect_runtime
+from servescope.collectors.llamacpp import props_info, slots_samples
+from servescope.collectors.mappings import LLAMACPP, SGLANG, TGI
+from servescope.collectors.normalize import normalize
+from servescope.collectors.scrape import detect_runtime
 
 
 def _values(samples):
@@ -54,7 +53,7 @@ def test_llamacpp_props(fixtures_dir):
 
 def test_llamacpp_live_scrape_joins_metrics_and_slots(fixtures_dir, tmp_path):
     """A server answering with the captured pages: scrape --runtime auto reads both."""
-    from collectors.scrape import scrape
+    from servescope.collectors.scrape import scrape
 
     server = PageServer({
         "/metrics": (fixtures_dir / "llamacpp-b11434-metrics-busy.txt").read_bytes(),

@@ -11,10 +11,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-
-from loadgen.arrivals import schedule
-from loadgen.prompts import Conversation, PromptBuilder
-from loadgen.scenario import (
+from servescope.loadgen.arrivals import schedule
+from servescope.loadgen.prompts import Conversation, PromptBuilder
+from servescope.loadgen.scenario import (
     Empirical,
     LogNormal,
     Scenario,

@@ -1,4 +1,4 @@
-"""capacity.series: stored samples -> time series, checked against hand-computed values."""
+"""servescope.analysis.series: stored samples -> time series, checked against hand-computed values."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
-from capacity.series import (
+from servescope.analysis.series import (
     counter_rate_series,
     gauge_series,
     histogram_quantile_series,
@@ -20,10 +19,10 @@ from capacity.series import (
     samples_table,
     split_by_label,
 )
-from collectors.mappings import VLLM
-from collectors.normalize import normalize
+from servescope.collectors.mappings import VLLM
+from servescope.collectors.normalize import normalize
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 INF = math.inf
 BOUNDS = (0.1, 0.5, 1.0, INF)
 

@@ -12,10 +12,10 @@ import time
 
 import psutil
 from helpers import REPO_ROOT
-from streaming_server import StreamingServer
 
+from servescope.core.store import Store
 from servescope.engines.vllm_cpu import split_cpus
-from servescope.store import Store
+from testsupport.streaming_server import StreamingServer
 
 
 def _cli(*args: str, db=None) -> subprocess.Popen:

@@ -3,8 +3,7 @@
 import random
 
 import pytest
-
-from loadgen.sse import SSEParser, parse_openai_chunk
+from servescope.loadgen.sse import SSEParser, parse_openai_chunk
 
 
 @pytest.fixture(scope="module")

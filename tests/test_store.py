@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from servescope.records import RequestRecord, Sample
-from servescope.store import SCHEMA_VERSION, Store, StoreError
+from servescope.core.records import RequestRecord, Sample
+from servescope.core.store import SCHEMA_VERSION, Store, StoreError
 
 
 def _record(i: int) -> RequestRecord:
@@ -55,8 +55,8 @@ def test_samples_round_trip_with_raw_name_labels_and_histogram(store):
 
 WRITER = """
 import sys
-from servescope.records import RequestRecord, Sample
-from servescope.store import Store
+from servescope.core.records import RequestRecord, Sample
+from servescope.core.store import Store
 path, worker, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 store = Store(path)
 run, tid = store.runs()[0]["id"], store.targets()[0]["id"]
@@ -90,7 +90,7 @@ def test_several_processes_write_at_once_without_losing_rows(tmp_path):
 def test_a_v1_store_is_migrated_in_place_and_keeps_its_runs(tmp_path):
     import sqlite3 as sq
 
-    from servescope.store import MIGRATIONS, _statements
+    from servescope.core.store import MIGRATIONS, _statements
 
     path = tmp_path / "old.db"
     conn = sq.connect(path)

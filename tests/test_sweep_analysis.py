@@ -1,7 +1,7 @@
 """Sweep reading: saturation where throughput flattens while latency climbs; the highest
 level that met the SLOs."""
 
-from capacity.sweep import analyze
+from servescope.analysis.sweep import analyze
 
 
 def level(tps: float, p95: float, met: bool, failed: int = 0) -> dict:

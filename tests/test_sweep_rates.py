@@ -8,7 +8,7 @@ import pytest
 from helpers import servescope
 from test_loadgen_modes import ChatServer
 
-from servescope.store import Store
+from servescope.core.store import Store
 
 SCENARIO = """\
 name: rates

@@ -5,9 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
-
-from collectors.mappings import VLLM
-from collectors.normalize import normalize
+from servescope.collectors.mappings import VLLM
+from servescope.collectors.normalize import normalize
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,13 @@ import math
 
 import pytest
 from helpers import servescope
+from servescope.analysis.latency import ttft_ms
+from servescope.analysis.promql import histogram_delta
+from servescope.collectors.loop import Collector, TargetSpec
+from servescope.collectors.scrape import scrape
 
-from capacity.latency import ttft_ms
-from capacity.promql import histogram_delta
-from collectors.loop import Collector, TargetSpec
-from collectors.scrape import scrape
+from servescope.core.store import Store
 from servescope.engines.vllm_cpu import split_cpus
-from servescope.store import Store
 
 MAX_NUM_SEQS = 8  # the fixture's server
 USERS = 16  # more than max-num-seqs: the server must queue

@@ -14,12 +14,12 @@ from pathlib import Path
 import gevent
 import pytest
 from helpers import servescope
-from streaming_server import StreamingServer
+from servescope.loadgen.openai_chat import ChatRequest, stream_chat
+from servescope.loadgen.wire import KERNEL_STAMPS, HeaderError, Wire
 
-from loadgen.clock import now_ns
-from loadgen.openai_chat import ChatRequest, stream_chat
-from loadgen.wire import KERNEL_STAMPS, HeaderError, Wire
-from servescope.records import RequestRecord
+from servescope.core.clock import now_ns
+from servescope.core.records import RequestRecord
+from testsupport.streaming_server import StreamingServer
 
 TOKENS = 8
 PATH = "/v1/chat/completions"
@@ -176,7 +176,7 @@ def test_a_header_value_with_a_line_break_is_refused_without_showing_it(server):
 
 
 # -- HTTPS -----------------------------------------------------------------------------------
-TLS_CERT = Path(__file__).parent / "tls" / "cert.pem"
+TLS_CERT = Path(__file__).resolve().parents[1] / "testsupport" / "tls" / "cert.pem"
 
 
 def test_https_with_a_certificate_trusted_through_ssl_cert_file(monkeypatch):

@@ -17,8 +17,13 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-
-from capacity.promql import Buckets, histogram_delta, histogram_quantile, merge_buckets, rates
+from servescope.analysis.promql import (
+    Buckets,
+    histogram_delta,
+    histogram_quantile,
+    merge_buckets,
+    rates,
+)
 
 DEFAULT_QUANTILES = (0.5, 0.95, 0.99)
 

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from servescope.records import RequestRecord, Sample
+from servescope.core.records import RequestRecord, Sample
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from servescope.records import RequestRecord
+from servescope.core.records import RequestRecord
 
 PERCENTILES = (50, 90, 95, 99, 99.9)
 METRICS = (

@@ -11,9 +11,10 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from capacity.promql import increase
-from capacity.series import HistogramWindow, gauge_series, histogram_window
-from servescope.store import Store
+from servescope.analysis.promql import increase
+from servescope.analysis.series import HistogramWindow, gauge_series, histogram_window
+
+from servescope.core.store import Store
 
 PHASES = {"queue": "queue_seconds", "prefill": "prefill_seconds", "decode": "decode_seconds"}
 # Scrapes just before and after a run bracket it (the collector scrapes every few seconds).

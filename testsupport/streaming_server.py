@@ -1,6 +1,6 @@
 """An OpenAI-compatible streaming chat server that sends its events at known times.
 
-It runs as its own process (``python tests/streaming_server.py``), so the client under
+It runs as its own process (``python testsupport/streaming_server.py``), so the client under
 test never shares a GIL or an event loop with it. HTTP/1.1 is written by hand on asyncio
 (keep-alive, chunked responses, TCP_NODELAY), and every event's send time is recorded:
 ``time.time_ns()`` just after the socket write, per ``x-request-id``.
