@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.installed
 APT_PACKAGES := prometheus chromium gcc g++
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint bench clean apt-deps
+.PHONY: run test test-fast lint bench clean apt-deps
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ test: $(STAMP) apt-deps
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
+# The quick loop while editing: no engines, no browser, no timing runs (the markers are in
+# pyproject.toml), so nothing to install with apt. `make test` and CI still run everything.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not engine and not browser and not timing"
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
@@ -42,4 +47,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

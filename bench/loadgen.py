@@ -41,7 +41,15 @@ from pathlib import Path
 
 import numpy as np
 
-from servescope.engines.vllm_cpu import MODEL_NAME, env_dir, servescope_home
+from bench.peers import (
+    TINY_MODEL,
+    ensure_guidellm,
+    failure,
+    guidellm,
+    pin,
+    vllm_bench,
+    vllm_missing,
+)
 from testsupport.streaming_server import StreamingServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -53,10 +61,6 @@ STEPS = (32, 64, 128, 256, 512)
 STEP_S = 8.0
 PACED_GAP_MS = 50.0  # 256 streams x (18 events / 17 gaps of 50 ms) ~ 5,400 events/s
 CLIENT_CPU, SERVER_CPU = 0, 1
-TINY_MODEL = servescope_home() / "models" / MODEL_NAME  # its tokenizer, for the peers' prompts
-VLLM_PY = env_dir() / "bin" / "python"
-GUIDELLM_ENV = servescope_home() / "bench-envs" / "guidellm"
-GUIDELLM_VERSION = "0.8.1"
 
 
 @dataclass
@@ -96,10 +100,6 @@ class Result:
         return np.asarray(out)
 
 
-def _pin(cpu: int) -> Callable[[], None]:
-    return lambda: os.sched_setaffinity(0, {cpu})
-
-
 def run_ours(url: str, concurrency: int, tmp: Path) -> Result:
     from servescope.core.store import Store
 
@@ -114,7 +114,7 @@ def run_ours(url: str, concurrency: int, tmp: Path) -> Result:
         [sys.executable, "-m", "servescope.cli", "load", str(scenario), "--target", url,
          "--out", str(out), "--quiet"],
         env={**os.environ, "SERVESCOPE_DB": str(db)}, cwd=REPO_ROOT, capture_output=True,
-        text=True, timeout=STEP_S + 120, preexec_fn=_pin(CLIENT_CPU),
+        text=True, timeout=STEP_S + 120, preexec_fn=pin(CLIENT_CPU),
     )
     res = Result("servescope (Locust)", concurrency)
     if proc.returncode != 0:
@@ -186,7 +186,7 @@ def run_raw(url: str, concurrency: int, tmp: Path) -> Result:
     proc = subprocess.run(
         [sys.executable, "-c", code, url, str(concurrency), str(STEP_S), str(out)],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=STEP_S + 60,
-        preexec_fn=_pin(CLIENT_CPU),
+        preexec_fn=pin(CLIENT_CPU),
     )
     res = Result("raw asyncio socket (floor)", concurrency)
     if proc.returncode != 0:
@@ -197,40 +197,26 @@ def run_raw(url: str, concurrency: int, tmp: Path) -> Result:
 
 
 # -- peers -------------------------------------------------------------------------------
-VLLM_WRAPPER = """\
-import sys
-from vllm.utils.argparse_utils import FlexibleArgumentParser
-from vllm.benchmarks.serve import add_cli_args, main
-parser = FlexibleArgumentParser()
-add_cli_args(parser)
-main(parser.parse_args(sys.argv[1:]))
-"""
-
-
 def run_vllm(url: str, concurrency: int, tmp: Path, prompts: int) -> Result:
-    """`vllm bench serve`. Called through its module: the CPU build's package metadata
-    is named vllm-cpu, so the `vllm` CLI itself stops at its version lookup."""
+    """`vllm bench serve` (bench/peers.py), openai-chat backend, random dataset."""
     res = Result("vllm bench serve", concurrency)
-    if not VLLM_PY.exists() or not TINY_MODEL.exists():
-        res.note = (f"not run: no vLLM CPU env at {VLLM_PY.parent.parent} or no {TINY_MODEL}"
-                    " (servescope engine install)")
+    if why := vllm_missing():
+        res.note = f"not run: {why}"
         return res
-    wrapper = tmp / "vllm_bench.py"
-    wrapper.write_text(VLLM_WRAPPER)
     name = f"vllm-{concurrency}.json"
     prefix = f"vb{concurrency}-"
-    proc = subprocess.run(
-        [str(VLLM_PY), str(wrapper), "--backend", "openai-chat", "--base-url", url,
+    proc = vllm_bench(
+        ["--backend", "openai-chat", "--base-url", url,
          "--endpoint", "/v1/chat/completions", "--model", "stream-test", "--tokenizer",
          str(TINY_MODEL), "--dataset-name", "random", "--random-input-len",
          str(PROMPT_TOKENS), "--random-output-len", str(TOKENS), "--num-prompts",
          str(prompts), "--max-concurrency", str(concurrency), "--request-rate", "inf",
          "--ignore-eos", "--save-result", "--save-detailed", "--result-dir", str(tmp),
          "--result-filename", name, "--request-id-prefix", prefix, "--disable-tqdm"],
-        capture_output=True, text=True, timeout=600, preexec_fn=_pin(CLIENT_CPU),
+        tmp, CLIENT_CPU,
     )
     if proc.returncode != 0 or not (tmp / name).exists():
-        res.note = f"failed: {(proc.stderr or proc.stdout).strip()[-200:]}"
+        res.note = failure(proc)
         return res
     d = json.loads((tmp / name).read_text())
     for i, (start, lat, ttft, err) in enumerate(
@@ -243,23 +229,6 @@ def run_vllm(url: str, concurrency: int, tmp: Path, prompts: int) -> Result:
     return res
 
 
-def ensure_guidellm() -> str | None:
-    """GuideLLM's own venv (never servescope's): None when ready, else why not."""
-    exe = GUIDELLM_ENV / "bin" / "guidellm"
-    if exe.exists():
-        return None
-    print(f"installing guidellm=={GUIDELLM_VERSION} into {GUIDELLM_ENV} (first use) ...",
-          flush=True)
-    try:
-        subprocess.run([sys.executable, "-m", "venv", str(GUIDELLM_ENV)], check=True)
-        subprocess.run([str(GUIDELLM_ENV / "bin" / "pip"), "install", "--quiet",
-                        "--disable-pip-version-check", f"guidellm=={GUIDELLM_VERSION}"],
-                       check=True, timeout=1200)
-    except (subprocess.SubprocessError, OSError) as exc:
-        return f"could not install guidellm: {exc}"
-    return None if exe.exists() else "guidellm installed no executable"
-
-
 def run_guidellm(url: str, concurrency: int, tmp: Path) -> Result:
     res = Result("GuideLLM", concurrency)
     if not TINY_MODEL.exists():
@@ -269,20 +238,18 @@ def run_guidellm(url: str, concurrency: int, tmp: Path) -> Result:
         res.note = f"not run: {why}"
         return res
     out = tmp / f"guidellm-{concurrency}.json"
-    proc = subprocess.run(
-        [str(GUIDELLM_ENV / "bin" / "guidellm"), "run",
-         "--backend", f"kind=openai_http,target={url},model=stream-test,"
+    proc = guidellm(
+        ["--backend", f"kind=openai_http,target={url},model=stream-test,"
                       "request_format=/v1/chat/completions",
          "--profile", f"kind=concurrent,streams={concurrency}",
          "--data", f"kind=synthetic_text,prompt_tokens={PROMPT_TOKENS},output_tokens={TOKENS}",
          "--tokenizer", f"kind=hf_auto,model={TINY_MODEL}",
          "--constraint", f"kind=max_duration,seconds={STEP_S:g}",
          "--output", f"kind=json,path={out}", "--disable-console"],
-        capture_output=True, text=True, timeout=600, preexec_fn=_pin(CLIENT_CPU),
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        CLIENT_CPU,
     )
     if proc.returncode != 0 or not out.exists():
-        res.note = f"failed: {(proc.stderr or proc.stdout).strip()[-200:]}"
+        res.note = failure(proc)
         return res
     bench = json.loads(out.read_text())["benchmarks"][0]["requests"]
     res.failed = len(bench.get("errored") or [])

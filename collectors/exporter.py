@@ -20,43 +20,13 @@ from prometheus_client.core import (
     Metric,
 )
 
+from servescope.core.concepts import CONCEPTS
 from servescope.core.records import Sample
 
-# concept -> (exported name, kind, help). Counters are named without _total here;
-# prometheus-client appends it.
+# concept -> (exported name, kind, help), from the concept table. Counters are named
+# without _total here; prometheus-client appends it.
 EXPORTED: dict[str, tuple[str, str, str]] = {
-    "running": ("servescope_requests_running", "gauge", "Requests being processed."),
-    "waiting": ("servescope_requests_waiting", "gauge", "Requests queued, not yet scheduled."),
-    "waiting_by_reason": ("servescope_requests_waiting_by_reason", "gauge",
-                          "Requests waiting, by why they wait (vLLM)."),
-    "kv_usage": ("servescope_kv_cache_usage_ratio", "gauge", "KV cache used, 0-1."),
-    "prefix_cache_queries_total": ("servescope_prefix_cache_queried_tokens", "counter",
-                                   "Prompt tokens looked up in the prefix cache."),
-    "prefix_cache_hits_total": ("servescope_prefix_cache_hit_tokens", "counter",
-                                "Prompt tokens found in the prefix cache."),
-    "kv_capacity_tokens": ("servescope_kv_cache_capacity_tokens", "gauge",
-                           "KV cache capacity in tokens."),
-    "kv_free_tokens": ("servescope_kv_cache_free_tokens", "gauge", "KV cache headroom in tokens."),
-    "prompt_tokens_total": ("servescope_prompt_tokens", "counter", "Prompt tokens processed."),
-    "generation_tokens_total": ("servescope_generation_tokens", "counter",
-                                "Output tokens generated."),
-    "preemptions_total": ("servescope_preemptions", "counter", "Requests preempted."),
-    "requests_finished_total": ("servescope_requests_finished", "counter", "Requests finished."),
-    "prompt_tokens_cached_total": ("servescope_prompt_tokens_cached", "counter",
-                                   "Prompt tokens served from a prefix cache."),
-    "prefill_seconds_total": ("servescope_prefill_seconds", "counter", "Time spent in prefill."),
-    "decode_seconds_total": ("servescope_decode_seconds", "counter", "Time spent in decode."),
-    "ttft_seconds": ("servescope_time_to_first_token_seconds", "histogram",
-                     "Server-side time to first token."),
-    "itl_seconds": ("servescope_inter_token_latency_seconds", "histogram",
-                    "Server-side inter-token latency."),
-    "tpot_seconds": ("servescope_time_per_output_token_seconds", "histogram",
-                     "Server-side mean time per output token, per request."),
-    "e2e_seconds": ("servescope_request_duration_seconds", "histogram",
-                    "Server-side end-to-end request latency."),
-    "queue_seconds": ("servescope_request_queue_seconds", "histogram", "Time waiting in queue."),
-    "prefill_seconds": ("servescope_request_prefill_seconds", "histogram", "Prefill time."),
-    "decode_seconds": ("servescope_request_decode_seconds", "histogram", "Decode time."),
+    c.name: (c.exported, c.kind, c.help) for c in CONCEPTS if c.exported is not None
 }
 
 
@@ -73,6 +43,7 @@ class SnapshotExporter:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._targets: dict[str, _TargetState] = {}
+        self._errors: dict[tuple[str, str], int] = {}  # (target, kind) -> collector errors
 
     def update(self, target: str, runtime: str, samples: Iterable[Sample] | None) -> None:
         """Record a scrape: `samples` None means the target is down (its last values are
@@ -80,12 +51,27 @@ class SnapshotExporter:
         with self._lock:
             self._targets[target] = _TargetState(runtime, samples is not None, list(samples or []))
 
+    def count_error(self, target: str, kind: str) -> None:
+        """One more error of the collector itself (e.g. the store stayed locked) for a
+        target, by kind (the exception type)."""
+        with self._lock:
+            self._errors[target, kind] = self._errors.get((target, kind), 0) + 1
+
     def describe(self) -> list[Metric]:
         return []  # families vary with what targets expose; render on collect only
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
             targets = dict(self._targets)
+            errors = dict(self._errors)
+        if errors:
+            family = CounterMetricFamily(
+                "servescope_collector_errors", "Errors of the collector itself (not the "
+                "target's), e.g. the store locked past its busy timeout.",
+                labels=["target", "kind"])
+            for (target, kind), n in sorted(errors.items()):
+                family.add_metric([target, kind], n)
+            yield family
         up = GaugeMetricFamily("servescope_target_up", "1 if the last scrape of the target "
                                "succeeded.", labels=["target", "runtime"])
         for name, state in sorted(targets.items()):
@@ -94,14 +80,14 @@ class SnapshotExporter:
         by_concept: dict[str, list[tuple[str, str, Sample]]] = {}
         for name, state in targets.items():
             for s in state.samples:
-                if s.concept in EXPORTED or state.runtime == "host":
+                if s.concept in EXPORTED:
                     by_concept.setdefault(s.concept, []).append((name, state.runtime, s))
         for concept, rows in sorted(by_concept.items()):
             yield _family(concept, rows)
 
 
 def _family(concept: str, rows: list[tuple[str, str, Sample]]) -> Metric:
-    name, kind, doc = EXPORTED.get(concept) or _host_metric(concept)
+    name, kind, doc = EXPORTED[concept]
     extra_keys = sorted({k for _, _, s in rows for k in s.labels if k != "le"})
     label_names = ["target", "runtime", *extra_keys]
     cls = {"gauge": GaugeMetricFamily, "counter": CounterMetricFamily,
@@ -115,14 +101,6 @@ def _family(concept: str, rows: list[tuple[str, str, Sample]]) -> Metric:
         else:
             family.add_metric(values, s.value)
     return family
-
-
-def _host_metric(concept: str) -> tuple[str, str, str]:
-    """Host and GPU concepts already carry their base unit in the name (e.g.
-    memory_used_bytes, gpu_power_draw_watts); counters end in _total."""
-    if concept.endswith("_total"):
-        return f"servescope_host_{concept.removesuffix('_total')}", "counter", f"Host {concept}."
-    return f"servescope_host_{concept}", "gauge", f"Host {concept}."
 
 
 def _le(le: float) -> str:

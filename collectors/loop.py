@@ -1,14 +1,19 @@
 """The collect loop: one thread per target, each on its own schedule, so a slow or dead
 target never delays the others. State changes (up/down) are logged once, not per scrape,
-and recorded in the store."""
+and recorded in the store. A collector's own failure (the store locked past its busy
+timeout, a bug) never ends its thread: it is logged once per kind, counted, exported as
+``servescope_collector_errors_total``, and the recovery is logged too."""
 
 from __future__ import annotations
 
 import logging
+import re
 import socket
+import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 import httpx
@@ -18,37 +23,60 @@ from servescope.collectors.host import HostCollector, find_serving_pids
 from servescope.collectors.normalize import Snapshot
 from servescope.collectors.ollama import OllamaSnapshot, model_events
 from servescope.collectors.scrape import ScrapeError, server_info
-from servescope.collectors.sources import snapshot
+from servescope.collectors.sources import (
+    RUNTIMES,
+    is_http_url,
+    redact_credentials,
+    snapshot,
+    split_credentials,
+)
 
-from servescope.core.store import Store
+from servescope.core.concepts import is_counter
+from servescope.core.store import Store, StoreError
 
 log = logging.getLogger("servescope.collect")
 HOST_TARGET = "host"
 
+# NAME=RUNTIME:URL, NAME=URL, RUNTIME:URL or URL. A name holds no ":" or "/", so the "=" of
+# a URL's query or password is never read as the name's.
+_TARGET = re.compile(r"(?:(?P<name>[^=:/]+)=)?(?:(?P<runtime>[\w.-]+):(?!//))?(?P<url>.*)",
+                     re.DOTALL)
+
 
 @dataclass(frozen=True)
 class TargetSpec:
+    """One target. Credentials in `url` (``user:password@``) move to `auth` (HTTP basic
+    auth): the name, the URL, logs, the store and the exporter never carry them."""
+
     name: str
     runtime: str
     url: str
+    auth: tuple[str, str] | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        url, auth = split_credentials(self.url)
+        object.__setattr__(self, "url", url)
+        object.__setattr__(self, "name", redact_credentials(self.name))
+        if self.auth is None:
+            object.__setattr__(self, "auth", auth)
 
     @classmethod
     def parse(cls, text: str, default_runtime: str = "auto") -> TargetSpec:
-        """``NAME=RUNTIME:URL``, ``NAME=URL`` or ``URL``."""
-        name, sep, rest = text.partition("=")
-        if not sep:
-            name, rest = "", text
-        runtime = default_runtime
-        head, colon, tail = rest.partition(":")
-        if colon and not tail.startswith("//"):
-            runtime, rest = head, tail
-        if not rest.startswith(("http://", "https://")):
-            raise ValueError(
-                f"--target {text!r}: expected NAME=RUNTIME:URL, e.g. local=vllm:http://127.0.0.1:8000"
-            )
-        if not name:
-            name = rest.split("://", 1)[1].rstrip("/")
-        return cls(name=name, runtime=runtime, url=rest.rstrip("/"))
+        """``NAME=RUNTIME:URL``, ``NAME=URL``, ``RUNTIME:URL`` or ``URL``; ValueError names
+        the bad part (credentials never shown)."""
+        shown = redact_credentials(text)
+        m = _TARGET.fullmatch(text.strip())
+        assert m is not None  # every part is optional but the URL, which takes anything
+        url, runtime = m["url"], m["runtime"] or default_runtime
+        if not is_http_url(url):
+            raise ValueError(f"--target {shown!r}: expected NAME=RUNTIME:URL with an http:// or "
+                             "https:// URL, e.g. local=vllm:http://127.0.0.1:8000")
+        if runtime not in RUNTIMES:
+            raise ValueError(f"--target {shown!r}: unknown runtime {runtime!r}; known: "
+                             f"{', '.join(RUNTIMES)}")
+        url, auth = split_credentials(url.rstrip("/"))
+        name = m["name"] or url.split("://", 1)[1]
+        return cls(name=name, runtime=runtime, url=url, auth=auth)
 
 
 class TargetCollector(threading.Thread):
@@ -73,14 +101,23 @@ class TargetCollector(threading.Thread):
         self.last_ok_ts: float | None = None
         self._last_counters: dict[tuple, float] = {}
         self._last_ps: OllamaSnapshot | None = None
+        # The collector's own errors (not the target's): count by kind, and those failing now.
+        self.errors: Counter[str] = Counter()
+        self._failing: Counter[str] = Counter()
         # A timeout shorter than the interval keeps this target on its own schedule.
         self.timeout = max(0.5, min(10.0, interval * 0.8))
 
     def run(self) -> None:
-        with httpx.Client(timeout=self.timeout, follow_redirects=False) as client:
+        with httpx.Client(timeout=self.timeout, follow_redirects=False,
+                          auth=self.spec.auth) as client:
             next_at = time.monotonic()
             while not self.stop_event.is_set():
-                self.scrape_once(client)
+                try:
+                    self.scrape_once(client)
+                except Exception as exc:  # the thread must outlive any fault
+                    self._failed(exc)
+                else:
+                    self._recovered()
                 next_at += self.interval
                 now = time.monotonic()
                 if next_at < now:  # fell behind (a slow scrape): skip, don't burst
@@ -110,22 +147,22 @@ class TargetCollector(threading.Thread):
             snap = self._snapshot(client)
         except ScrapeError as exc:
             self.scrapes_failed += 1
-            self._set_state(False, str(exc))
             if self.exporter is not None:
                 self.exporter.update(self.spec.name, self.spec.runtime, None)
+            self._set_state(False, str(exc))
             return
+        if self.exporter is not None:  # live even while the store refuses writes
+            self.exporter.update(self.spec.name, snap.runtime, snap.samples)
         if self.up is not True:
             if self.spec.runtime == "auto":  # detected: keep it for the store and later scrapes
-                self.spec = TargetSpec(self.spec.name, snap.runtime, self.spec.url)
                 self.store.upsert_target(self.spec.name, snap.runtime, self.spec.url)
+                self.spec = replace(self.spec, runtime=snap.runtime)
             info = server_info(self.spec.url, snap.runtime, client, self.timeout)
             info.update(snap.info)
             self.store.set_target_info(self.target_id, info)
         self.store.add_samples(self.target_id, snap.ts, snap.samples)
-        if self.exporter is not None:
-            self.exporter.update(self.spec.name, snap.runtime, snap.samples)
         self.scrapes_ok += 1
-        if self.up is False and self.last_ok_ts is not None:
+        if (self.up is False or self._failing) and self.last_ok_ts is not None:
             self.store.add_target_event(
                 self.target_id, "gap", f"no samples from {self.last_ok_ts:.3f} to {snap.ts:.3f}",
                 snap.ts,
@@ -140,7 +177,7 @@ class TargetCollector(threading.Thread):
         counters = {
             (s.concept, s.raw_name, tuple(sorted(s.labels.items()))): s.value
             for s in snap.samples
-            if s.concept.endswith("_total")
+            if is_counter(s.concept)
         }
         dropped = [k[1] for k, v in counters.items() if v < self._last_counters.get(k, v)]
         if dropped:
@@ -154,12 +191,31 @@ class TargetCollector(threading.Thread):
     def _set_state(self, up: bool, error: str | None) -> None:
         if self.up == up:
             return
+        self.store.set_target_status(self.target_id, up, error)  # first: retried if it fails
         self.up = up
-        self.store.set_target_status(self.target_id, up, error)
         if up:
             log.info("target %s is up (%s)", self.spec.name, self.spec.url)
         else:
             log.warning("target %s is down: %s", self.spec.name, error)
+
+    def _failed(self, exc: Exception) -> None:
+        """Count the error; log its kind the first time it occurs in a row of failures."""
+        kind = type(exc).__name__
+        self.errors[kind] += 1
+        if self.exporter is not None:
+            self.exporter.count_error(self.spec.name, kind)
+        self._failing[kind] += 1
+        if self._failing[kind] == 1:
+            known = isinstance(exc, sqlite3.Error | StoreError)  # anything else is a bug
+            log.error("target %s: collecting failed (%s: %s); still collecting, counting "
+                      "errors of this kind until it recovers", self.spec.name, kind,
+                      redact_credentials(str(exc)), exc_info=None if known else exc)
+
+    def _recovered(self) -> None:
+        if self._failing:
+            log.info("target %s: collecting and storing again, after %s", self.spec.name,
+                     ", ".join(f"{n} {kind}" for kind, n in self._failing.items()))
+            self._failing.clear()
 
 
 class HostTargetCollector(TargetCollector):
@@ -195,8 +251,46 @@ def _local_pids(url: str) -> list[int]:
     return find_serving_pids(parsed.port)
 
 
+class Retention(threading.Thread):
+    """Deletes samples older than `keep` seconds: at start, then every tenth of `keep`
+    (at least every second, at most every hour). Store errors are logged and retried."""
+
+    def __init__(self, store: Store, keep: float, stop: threading.Event) -> None:
+        super().__init__(name="retention", daemon=True)
+        self.store, self.keep, self.stop_event = store, keep, stop
+        self.period = min(3600.0, max(1.0, keep / 10))
+        self.deleted = 0
+        self.passes = 0
+        self.error: str | None = None
+
+    def run(self) -> None:
+        while True:
+            self.run_once()
+            if self.stop_event.wait(self.period):
+                return
+
+    def run_once(self) -> None:
+        cutoff = time.time() - self.keep
+        try:
+            n = self.store.delete_samples_before(cutoff)
+        except Exception as exc:  # retried next period; logged once until it recovers
+            if self.error is None:
+                log.error("retention: deleting old samples failed (%s: %s); trying again "
+                          "every %.0fs", type(exc).__name__, exc, self.period)
+            self.error = str(exc)
+            return
+        if self.error is not None:
+            log.info("retention: deleting old samples again")
+            self.error = None
+        self.deleted += n
+        self.passes += 1
+        if n or self.passes == 1:
+            log.info("retention: deleted %d samples older than %s", n,
+                     time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(cutoff)))
+
+
 class Collector:
-    """Runs one TargetCollector per target until stopped."""
+    """Runs one TargetCollector per target until stopped (and the retention, if asked)."""
 
     def __init__(
         self,
@@ -205,6 +299,7 @@ class Collector:
         interval: float = 2.0,
         exporter: SnapshotExporter | None = None,
         host: bool = False,
+        retain: float | None = None,
     ) -> None:
         self.stop_event = threading.Event()
         self.workers = [
@@ -215,15 +310,20 @@ class Collector:
             self.workers.append(
                 HostTargetCollector(store, interval, self.stop_event, exporter, urls)
             )
+        self.retention = Retention(store, retain, self.stop_event) if retain else None
 
     def start(self) -> None:
         for w in self.workers:
             w.start()
+        if self.retention is not None:
+            self.retention.start()
 
     def stop(self, timeout: float = 15.0) -> None:
         self.stop_event.set()
         for w in self.workers:
             w.join(timeout)
+        if self.retention is not None:
+            self.retention.join(timeout)
 
     def __enter__(self) -> Collector:
         self.start()

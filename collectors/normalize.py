@@ -1,7 +1,8 @@
 """Prometheus exposition text -> normalized samples and a snapshot.
 
 Parsing is prometheus-client's own parser; this module only maps families onto concepts
-(see mappings.py) and aggregates series (engines, models) into one snapshot per target.
+(the concept table, servescope/core/concepts.py, through collectors/mappings.py) and
+aggregates series (engines, models) into one snapshot per target.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 from servescope.analysis.promql import merge_buckets
-from servescope.collectors.mappings import SCALAR_CONCEPTS, RuntimeMapping
+from servescope.collectors.mappings import RuntimeMapping
 
+from servescope.core.concepts import BY_NAME, SCALAR_CONCEPTS, capacity_tokens
 from servescope.core.records import Sample
 
 
@@ -42,10 +44,9 @@ class Snapshot:
         out["kv_usage"] = self.kv_usage()
         hits, queries = out["prefix_cache_hits_total"], out["prefix_cache_queries_total"]
         out["prefix_cache_hit_ratio"] = hits / queries if hits is not None and queries else None
+        by = BY_NAME["waiting_by_reason"].by_label or ""
         out["waiting_by_reason"] = {
-            s.labels.get("reason", ""): s.value
-            for s in self.samples
-            if s.concept == "waiting_by_reason"
+            s.labels.get(by, ""): s.value for s in self.samples if s.concept == "waiting_by_reason"
         } or None
         histograms: dict[str, Any] = {}
         for s in self.samples:
@@ -177,13 +178,9 @@ def _kv_capacity(fam: Any, snap: Snapshot) -> dict[str, float]:
         labels = dict(s.labels)
         engine = labels.get("engine", "")
         snap.info.setdefault("cache_config", {})[engine or "0"] = labels
-        try:
-            tokens = float(labels["num_gpu_blocks"]) * float(labels["block_size"])
-        except (KeyError, ValueError):
-            try:
-                tokens = float(labels["kv_cache_size_tokens"])
-            except (KeyError, ValueError):
-                continue
+        tokens = capacity_tokens(labels)
+        if tokens is None:
+            continue
         caps[engine] = tokens
         keep = {k: labels[k] for k in ("engine", "num_gpu_blocks", "block_size") if k in labels}
         snap.samples.append(Sample("kv_capacity_tokens", tokens, s.name, keep))

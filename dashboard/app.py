@@ -1,7 +1,8 @@
 """The servescope dashboard: ``streamlit run dashboard/app.py -- --db PATH``.
 
 Without ``--db`` it reads the store named by ``SERVESCOPE_DB``, else the default path. The
-dashboard only reads the store; collectors and load runs write to it meanwhile.
+dashboard only reads the store (opened read-only: never created, migrated or written);
+collectors and load runs write to it meanwhile.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import streamlit as st
 from servescope.dashboard import live, run, sweep
 
-from servescope.core.store import Store, default_db_path
+from servescope.core.store import Store, StoreError, default_db_path
 
 
 def db_path(argv: Sequence[str]) -> Path:
@@ -27,13 +28,19 @@ def db_path(argv: Sequence[str]) -> Path:
 
 @st.cache_resource
 def open_store(path: str) -> Store:
-    """One store handle per process, shared by all sessions (Store is thread-safe)."""
-    return Store(path)
+    """One read-only store handle per process, shared by all sessions (Store is
+    thread-safe). A failure is not cached: the next rerun tries again."""
+    return Store.open_readonly(path)
 
 
 def main() -> None:
     st.set_page_config(page_title="servescope", page_icon=":material/monitoring:", layout="wide")
-    store = open_store(str(db_path(sys.argv[1:])))
+    try:
+        store = open_store(str(db_path(sys.argv[1:])))
+    except StoreError as exc:  # missing, from another version, not a store: say so, stop
+        st.title("servescope")
+        st.warning(str(exc))
+        st.stop()
 
     def live_page() -> None:
         live.render(store)

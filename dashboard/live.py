@@ -22,6 +22,13 @@ from servescope.dashboard import figures, live_host, live_ollama
 from servescope.dashboard.figures import ago, local_clock, redact_urls
 from servescope.dashboard.widgets import Chart, chart_grid, last_sample_caption
 
+from servescope.core.concepts import (
+    HOST_RUNTIME,
+    OLLAMA,
+    OLLAMA_PROXY_RUNTIME,
+    capacity_tokens,
+    names,
+)
 from servescope.core.store import Store
 
 REFRESH_S = 5
@@ -41,17 +48,7 @@ NO_SAMPLES = (
     "No samples from this target in the selected time range. Pick a longer "
     "range, or check that `servescope collect` is running against it."
 )
-LIVE_CONCEPTS = (
-    "running",
-    "waiting",
-    "kv_usage",
-    "kv_capacity_tokens",
-    "kv_free_tokens",
-    "prompt_tokens_total",
-    "generation_tokens_total",
-    "ttft_seconds",
-    "itl_seconds",
-)
+LIVE_CONCEPTS = names("server", live=True)  # what _server_charts draws, from the table
 
 
 def render(store: Store) -> None:
@@ -89,11 +86,11 @@ def _render_target(store: Store, target: dict[str, Any], since: float | None) ->
     with st.container(border=True):
         _target_header(target)
         runtime = target["runtime"]
-        if runtime == live_host.HOST_RUNTIME:
+        if runtime == HOST_RUNTIME:
             _host_card(store, target, since)
-        elif runtime == live_ollama.OLLAMA_RUNTIME:
+        elif runtime == OLLAMA:
             live_ollama.ollama_card(store, target, since)
-        elif runtime == live_ollama.PROXY_RUNTIME:
+        elif runtime == OLLAMA_PROXY_RUNTIME:
             live_ollama.proxy_card(store, target, since)
         else:
             _server_card(store, target, since)
@@ -149,9 +146,9 @@ def _target_header(target: dict[str, Any]) -> None:
     title_col, status_col = st.columns([3, 2], vertical_alignment="center")
     title_col.subheader(f"{target['name']}")
     runtime = target["runtime"]
-    if runtime == live_host.HOST_RUNTIME:
+    if runtime == HOST_RUNTIME:
         title_col.caption("this machine: CPU, memory, network, serving processes and GPUs")
-    elif runtime == live_ollama.PROXY_RUNTIME:
+    elif runtime == OLLAMA_PROXY_RUNTIME:
         title_col.caption(
             f"servescope proxy in front of the Ollama at {redact_urls(target['url'])}: "
             "each response's phases, from Ollama's own timings"
@@ -184,17 +181,11 @@ def _server_facts(info: dict[str, Any]) -> None:
 
 
 def _kv_capacity_tokens(cache_configs: list[dict[str, Any]]) -> int | None:
-    """Summed over engines, from cache_config_info labels (blocks x block size)."""
-    total = 0
-    for labels in cache_configs:
-        try:
-            total += int(float(labels["num_gpu_blocks"]) * float(labels["block_size"]))
-        except (KeyError, TypeError, ValueError):
-            try:
-                total += int(float(labels["kv_cache_size_tokens"]))
-            except (KeyError, TypeError, ValueError):
-                return None
-    return total or None
+    """Summed over engines, from their cache-config labels; None when one is unknown."""
+    caps = [capacity_tokens(labels) for labels in cache_configs]
+    if any(c is None for c in caps):
+        return None
+    return int(sum(c for c in caps if c is not None)) or None
 
 
 def _count(n: int | None) -> str:

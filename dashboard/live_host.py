@@ -19,24 +19,11 @@ from servescope.dashboard import figures, figures_host
 from servescope.dashboard.figures import GIB
 from servescope.dashboard.widgets import Chart
 
+from servescope.core.concepts import names
+
 # `servescope collect` stores its own machine as a target of this runtime (off: --no-host).
-HOST_RUNTIME = "host"
-HOST_CONCEPTS = (
-    "cpu_utilization_ratio",
-    "memory_total_bytes",
-    "memory_used_bytes",
-    "disk_read_bytes_total",
-    "disk_written_bytes_total",
-    "network_received_bytes_total",
-    "network_transmitted_bytes_total",
-    "process_resident_memory_bytes",
-    "process_cpu_seconds_total",
-    "gpu_utilization_ratio",
-    "gpu_memory_used_bytes",
-    "gpu_memory_total_bytes",
-    "gpu_power_draw_watts",
-    "gpu_power_limit_watts",
-)
+# The card reads the host and GPU concepts the concept table marks live.
+HOST_CONCEPTS = names("host", live=True) + names("gpu", live=True)
 # Loopback carries a local load generator's traffic to a local server: counting it would
 # double the real traffic and hide the NICs, so it is shown apart.
 LOOPBACK = ("lo",)

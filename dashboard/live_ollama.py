@@ -18,22 +18,13 @@ from servescope.dashboard import figures, figures_ollama
 from servescope.dashboard.figures import GIB, local_clock
 from servescope.dashboard.widgets import chart_grid, last_sample_caption
 
+from servescope.core.concepts import names
 from servescope.core.store import Store
 
-OLLAMA_RUNTIME = "ollama"
-PROXY_RUNTIME = "ollama-proxy"
-MODEL_CONCEPTS = ("models_loaded", "model_size_bytes", "model_vram_bytes", "model_context_length")
-RESPONSE_FIELDS = (
-    "total_s",
-    "queue_and_overhead_s",
-    "load_s",
-    "prefill_s",
-    "decode_s",
-    "prompt_tokens",
-    "output_tokens",
-    "decode_tokens_per_s",
-)
-PROXY_CONCEPTS = tuple(f"ollama_request_{f}" for f in RESPONSE_FIELDS)
+MODEL_CONCEPTS = names("ollama", live=True)  # models_loaded first, then per-model figures
+PROXY_CONCEPTS = names("ollama-proxy", live=True)
+# The proxy's per-response figures, named without the concepts' common prefix.
+RESPONSE_FIELDS = tuple(c.removeprefix("ollama_request_") for c in PROXY_CONCEPTS)
 MODEL_EVENTS = ("load", "unload")
 # The phase chart draws one bar per response: the newest this many.
 MAX_BARS = 200

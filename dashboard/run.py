@@ -3,16 +3,22 @@ histograms say about the same window."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pandas as pd
 import streamlit as st
-from servescope.analysis.join import WINDOW_PAD_S, server_split
-from servescope.analysis.latency import metric_values, request_table, summarize, trim_warmup
+from servescope.analysis.join import joined_phases, run_window, server_split
+from servescope.analysis.latency import (
+    metric_values,
+    reasoning_lines,
+    request_table,
+    summarize,
+    trim_warmup,
+)
+from servescope.analysis.phases import RequestPhases
 from servescope.analysis.slo import evaluate_slos
-from servescope.dashboard import figures, run_checks
+from servescope.dashboard import figures, run_checks, run_phases
 from servescope.dashboard.figures import local_clock, redact_urls
 from servescope.dashboard.widgets import header_caption
 
@@ -31,6 +37,7 @@ NO_SERVER_DATA = (
 )
 METRIC_LABELS = {
     "ttft_ms": "TTFT",
+    "ttfo_ms": "TTFO (first answer token)",
     "itl_ms": "ITL",
     "tpot_ms": "TPOT",
     "e2e_ms": "E2E",
@@ -78,7 +85,9 @@ def render(store: Store) -> None:
     st.dataframe(latency_table(summary), hide_index=True, column_config=_ms_columns())
     table = pd.DataFrame(request_table(records))
     _distributions(records, table, summary, slos)
-    _time_split(store, run, summary)
+    phases = joined_phases(store, records)  # the server's account of each request
+    _time_split(store, run, summary, phases)
+    run_phases.render(phases, summary)
     st.download_button(
         "Download per-request CSV",
         pd.DataFrame(request_table(all_records)).to_csv(index=False).encode(),
@@ -105,9 +114,12 @@ def run_label(run: Mapping[str, Any]) -> str:
 
 def latency_table(summary: Mapping[str, Any]) -> pd.DataFrame:
     """One row per latency metric: p50/p95/p99 each with its 95 % confidence interval,
-    mean and count, in ms. Summaries from before CIs were kept show no interval."""
+    mean and count, in ms (TTFO only when some request reasoned). Summaries from before
+    CIs were kept show no interval."""
     rows = []
     for metric, label in METRIC_LABELS.items():
+        if metric == "ttfo_ms" and not summary.get("requests_with_reasoning"):
+            continue  # without reasoning it is the TTFT again
         dist = summary.get(metric) or {}
         ci95 = dist.get("ci95") or {}
         row: dict[str, Any] = {"metric": label}
@@ -147,11 +159,18 @@ def _summary_metrics(summary: Mapping[str, Any]) -> None:
     if summary["errors_by_class"]:
         errors = ", ".join(f"{k}: {v}" for k, v in sorted(summary["errors_by_class"].items()))
         st.warning(f"Failed requests by class: {errors}")
+    _reasoning_caption(summary)
     if "events" in summary["token_count_sources"]:
         st.caption(
             "Some output token counts were counted from stream events because the server "
             "sent no usage; they may differ from the tokenizer's count."
         )
+
+
+def _reasoning_caption(summary: Mapping[str, Any]) -> None:
+    """A reasoning model's output split, and what its TTFT and TTFO count."""
+    for line in reasoning_lines(dict(summary)):
+        st.caption(line[0].upper() + line[1:] + ".")
 
 
 def slo_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -281,36 +300,54 @@ def _marks(dist: Mapping[str, Any], slo: Mapping[str, float]) -> dict[str, float
     return marks
 
 
-def _time_split(store: Store, run: Mapping[str, Any], summary: Mapping[str, Any]) -> None:
+def _time_split(store: Store, run: Mapping[str, Any], summary: Mapping[str, Any],
+                per_request: Sequence[RequestPhases] = ()) -> None:
     st.subheader("Where the time went")
-    since = run["started_at"] - WINDOW_PAD_S
-    until = (run.get("ended_at") or time.time()) + WINDOW_PAD_S
+    win = run_window(store, dict(run))  # never into a neighbouring run on the same server
     ttft = (summary.get("ttft_ms") or {}).get("mean")
     e2e = (summary.get("e2e_ms") or {}).get("mean")
     client = {"TTFT": ttft, "after first token": None if e2e is None else e2e - (ttft or 0.0)}
-    found = server_split(store, run["target_url"], since, until)
+    found = server_split(store, run["target_url"], win.since, win.until)
     phases = found[1] if found else {}
     server_ms = {p: (w.mean * 1000.0 if w.mean is not None else None) for p, w in phases.items()}
+    if per_request:  # the same requests the client timed, each with its own phases
+        server_ms = {p: _mean([v for r in per_request if (v := r.value(f"{p}_ms")) is not None])
+                     for p in ("queue", "prefill", "decode")}
     st.plotly_chart(
         figures.time_split_figure(server_ms, client), key="time-split", config=figures.PLOTLY_CONFIG
     )
+    if per_request:
+        st.caption(f"Server means over the {len(per_request):,} requests joined to the "
+                   "server's account of each (see Server phases per request below).")
+        return
     if found is None:
         st.info(NO_SERVER_DATA.format(url=redact_urls(run["target_url"])))
         return
     name, phases, e2e_window = found
     window = e2e_window or next(iter(phases.values()))
+    made = store.count_requests(run["id"])
     st.caption(
         f"Server means per request from the histograms of target `{name}` between "
-        f"{local_clock(window.first_ts)} and {local_clock(window.last_ts)}: "
-        f"{window.count:,.0f} requests finished on the server, {summary['requests_ok']:,} "
-        "succeeded at the client. Queue + prefill is the server's share of TTFT and decode "
-        "its share of the rest; what is left is HTTP, tokenization, network and the client."
+        f"{local_clock(window.first_ts)} and {local_clock(window.last_ts)} (not into another "
+        f"run on this server): {window.count:,.0f} requests finished on the server, the client "
+        f"made {made:,} ({summary['requests_ok']:,} succeeded). Queue + prefill is the "
+        "server's share of TTFT and decode its share of the rest; what is left is HTTP, "
+        "tokenization, network and the client."
     )
-    if window.count and abs(window.count - summary["requests_ok"]) > 0.1 * window.count:
+    if window.count > made + 0.5:
         st.caption(
-            "The counts differ by more than 10%: other traffic reached the server, or the "
-            "collector did not cover the whole run, so the server means are approximate."
+            "The server finished more requests than the client made: other traffic reached "
+            "it, so the server means are not this run's alone."
         )
+    elif window.count < 0.9 * made:
+        st.caption("The server finished fewer requests than the client made: the collector "
+                   "did not cover the whole run, so the server means are approximate.")
+    for note in win.notes:
+        st.caption(f"Note: {note}.")
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
 def _number(value: float | None, digits: int = 1) -> str:

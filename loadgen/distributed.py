@@ -6,6 +6,8 @@ adds travels as Locust custom messages:
 
     master -> worker  setup    resolved scenario (and the files it names), model, target,
                                the worker's index k of n; resent until the worker answers
+    worker -> master  preparing  progress of its prompts, built before the run (keeps the
+                                 master waiting for it while it prepares)
     worker -> master  ready | error
     worker -> master  records  a numbered batch of request records plus the worker's
                                counters, every FLUSH_INTERVAL_S; kept until acked, resent
@@ -53,6 +55,7 @@ from locust.runners import STATE_MISSING, MasterRunner, WorkerRunner
 from servescope.analysis.latency import send_lag_ms
 from servescope.loadgen import health as client_health
 from servescope.loadgen.health import ClientHealth
+from servescope.loadgen.prepare import prepare_prompts
 from servescope.loadgen.run import (
     LoadError,
     Progress,
@@ -71,12 +74,14 @@ from servescope.loadgen.run import (
     user_class,
 )
 from servescope.loadgen.scenario import Scenario
+from servescope.loadgen.tokenizer import TokenizerError, load_tokenizer
 from servescope.loadgen.users import ChatUser, LoadContext, ScheduleShape, ScheduleUser, StagesShape
 
 from servescope.core.records import RequestRecord
 from servescope.core.store import Store
 
 SETUP, READY, ERROR = "servescope_setup", "servescope_ready", "servescope_error"
+PREPARING = "servescope_preparing"
 RECORDS, ACK, STAGE = "servescope_records", "servescope_ack", "servescope_stage"
 STOP, FINAL, DONE = "servescope_stop", "servescope_final", "servescope_done"
 
@@ -88,6 +93,11 @@ RESEND_SETUP_S = 2.0
 MASTER_LOST_S = 20.0  # no heartbeat from the master this long: it is gone
 FINAL_GRACE_S = 30.0  # beyond stop_timeout, for the workers' last batches and reports
 PARENT_ENV = "SERVESCOPE_MASTER_PID"  # set for the workers a local master starts
+# A worker's API key comes from its own environment; it must not follow whatever target a
+# master names (anyone who can reach the master port could collect it).
+WORKER_KEY_NEEDS_TARGET = ("this worker holds an API key, which it sends only to a target "
+                           "named on its own command line: add --target URL (the server as "
+                           "this machine reaches it)")
 
 
 # -- the scenario on the wire ----------------------------------------------------------------
@@ -139,6 +149,7 @@ class WorkerState:
     batches: set[int] = field(default_factory=set)
     last_seq: int = 0
     final: dict[str, Any] | None = None
+    preparing: tuple[float, str] | None = None  # (when, its progress line) while it prepares
 
 
 @dataclass
@@ -255,6 +266,7 @@ class Master:
                             "pick another --master-port") from None
         self.port: int = self.runner.server.port
         for kind, handler in ((READY, self._on_ready), (ERROR, self._on_error),
+                              (PREPARING, self._on_preparing),
                               (RECORDS, self._on_records), (FINAL, self._on_final)):
             self.runner.register_message(kind, handler)
         self.env.events.worker_connect.add_listener(self._on_connect)
@@ -273,6 +285,10 @@ class Master:
         if (w := self._worker(msg)) is not None:
             w.ready = msg.data
             w.proc = self.procs.get(msg.data.get("pid"))  # a local worker: its process
+
+    def _on_preparing(self, environment: Environment, msg: Message, **_: Any) -> None:
+        if (w := self._worker(msg)) is not None:
+            w.preparing = (time.monotonic(), str(msg.data.get("line", "")))
 
     def _on_error(self, environment: Environment, msg: Message, **_: Any) -> None:
         if (w := self._worker(msg)) is not None:
@@ -340,8 +356,9 @@ class Master:
             gevent.sleep(0.1)
 
     def set_up(self, client_ids: list[str], setup: dict[str, Any], timeout: float,
-               interrupt: StopOnInterrupt) -> None:
-        """Send each worker the run (resent until it answers); wait until all are ready."""
+               interrupt: StopOnInterrupt, progress: Progress | None = None) -> None:
+        """Send each worker the run (resent until it answers); wait until all are ready. A
+        worker preparing its prompts is waited for as long as it reports progress."""
         n = len(client_ids)
         if isinstance(self.shape.inner, SplitScheduleShape):
             self.shape.inner.users = n
@@ -364,7 +381,11 @@ class Master:
                                     f"up: {_tail(proc)}")
             if interrupt.requested:
                 raise KeyboardInterrupt
-            if time.monotonic() > deadline:
+            reports = [w.preparing for w in waiting if w.preparing is not None]
+            if progress is not None and reports:
+                progress.show(" | ".join(f"{w.name}: {w.preparing[1]}" for w in waiting
+                                         if w.preparing is not None))
+            if time.monotonic() > max([deadline] + [at + timeout for at, _ in reports]):
                 raise LoadError(f"workers {', '.join(w.name for w in waiting)} were not ready "
                                 f"within {timeout:g}s")
             if time.monotonic() - last_sent >= RESEND_SETUP_S:
@@ -409,8 +430,11 @@ def run_master(
     ignore_eos: bool = True,
     show_progress: bool = True,
     connect_timeout: float = 60.0,
+    tokenizer: str | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """Run `scenario` with Locust workers; returns (run id, summary) like run_load.
+    `tokenizer` (a path or Hugging Face id) goes to the workers, which prepare their prompts
+    with it unless they were given their own.
 
     `workers` > 0: start that many worker processes on this machine (the master listens on
     127.0.0.1, on a free port unless `port` is given). Otherwise wait for `expect_workers`
@@ -433,15 +457,16 @@ def run_master(
     try:
         with StopOnInterrupt() as interrupt:
             if local:
-                procs = _start_local_workers(workers, master.port, api_key_env, Path(logs.name))
+                procs = _start_local_workers(workers, master.port, api_key_env, Path(logs.name),
+                                             base_url)
                 master.procs = {p.pid: p for p in procs}
             else:
                 progress.show(f"master listening on {where}; waiting for {expect} worker(s)",
                               force=True)
             ids = master.wait_for_workers(expect, connect_timeout, interrupt, where)
             setup = {**scenario_payload(scenario), "model": model, "target": base_url,
-                     "ignore_eos": ignore_eos}
-            master.set_up(ids, setup, connect_timeout, interrupt)
+                     "ignore_eos": ignore_eos, "tokenizer": tokenizer}
+            master.set_up(ids, setup, connect_timeout, interrupt, progress)
             master.turn_away_latecomers()
             master.run_id = create_run(store, scenario, base_url, config)
             status = _drive(master, scenario, interrupt, progress)
@@ -458,6 +483,8 @@ def run_master(
     assert run_id is not None  # every way out before the run exists raises
     records = store.requests(run_id)
     summary = build_summary(run_id, scenario, config, records, status)
+    summary["prompt_lengths"]["preparation"] = {
+        w.name: (w.ready or {}).get("prepared") for w in master.workers.values()}
     summary["client"] = combine_health(
         {w.name: w.final for w in sorted(master.workers.values(), key=lambda w: w.index)})
     for name in summary["client"]["workers_lost"]:
@@ -512,11 +539,12 @@ def _drive(master: Master, scenario: Scenario, interrupt: StopOnInterrupt,
 
 
 def _start_local_workers(n: int, port: int, api_key_env: str | None,
-                         log_dir: Path) -> list[subprocess.Popen]:
+                         log_dir: Path, target: str) -> list[subprocess.Popen]:
     """`servescope load --worker` processes on this machine, each in its own session (a
-    Ctrl-C in the terminal reaches the master, which stops them in order)."""
+    Ctrl-C in the terminal reaches the master, which stops them in order). They get the
+    target on their command line, as a worker holding an API key requires."""
     cmd = [sys.executable, "-m", "servescope.cli", "load", "--worker", "--master-host",
-           "127.0.0.1", "--master-port", str(port), "--quiet"]
+           "127.0.0.1", "--master-port", str(port), "--quiet", "--target", target]
     if api_key_env:
         cmd += ["--api-key-env", api_key_env]
     env = dict(os.environ, **{PARENT_ENV: str(os.getpid())})
@@ -626,6 +654,8 @@ class Worker:
         self.seq = 0
         self.sent = 0
         self.lags: list[float] = []
+        self.prepared: dict[str, Any] | None = None
+        self._prepare_sent = 0.0
         for kind, handler in ((SETUP, self._on_setup), (ACK, self._on_ack),
                               (STAGE, self._on_stage), (STOP, self._on_stop),
                               (DONE, self._on_done)):
@@ -697,14 +727,23 @@ class Worker:
                 self.unacked[seq] = (now, old)
                 self.send(RECORDS, old)
 
+    def _preparing(self, line: str, force: bool) -> None:
+        """The preparation's progress, to the master (which waits while it moves)."""
+        now = time.monotonic()
+        if force or now - self._prepare_sent >= 1.0:
+            self._prepare_sent = now
+            self.send(PREPARING, {"line": line})
+
     def _flush_loop(self) -> None:
         while True:
             gevent.sleep(FLUSH_INTERVAL_S)
             self.flush()
 
     # -- the run -----------------------------------------------------------------------------
-    def start(self, target: str | None, headers: dict[str, str], folder: Path) -> None:
-        """Build this worker's share of the run from the master's setup."""
+    def start(self, target: str | None, headers: dict[str, str], folder: Path,
+              tokenizer: str | None = None) -> None:
+        """Build this worker's share of the run from the master's setup, its prompts
+        included (with its own `tokenizer`, else the master's, else the server's)."""
         setup = self.setup
         assert setup is not None
         k, n = int(setup["index"]), int(setup["count"])
@@ -722,8 +761,15 @@ class Worker:
                 raise LoadError(f"cannot reach the target {base_url} from this worker "
                                 f"({type(exc).__name__}: {exc}); pass --target as this "
                                 "machine reaches it") from None
-            ctx = load_context(scenario, base_url, setup["model"], wire, client, self.record,
-                               headers, setup["ignore_eos"], worker=f"w{k}", share=(k, n))
+            spec = tokenizer or setup.get("tokenizer")
+            try:
+                tok = load_tokenizer(spec) if spec else None
+                ctx = load_context(scenario, base_url, setup["model"], wire, client,
+                                   self.record, headers, setup["ignore_eos"], worker=f"w{k}",
+                                   share=(k, n), tokenizer=tok)
+                self.prepared = prepare_prompts(ctx, self._preparing)
+            except TokenizerError as exc:
+                raise LoadError(str(exc)) from None
         except BaseException:
             client.close()
             wire.close()
@@ -742,10 +788,13 @@ def run_worker(
     headers: dict[str, str] | None = None,
     connect_timeout: float = 60.0,
     show_progress: bool = True,
+    tokenizer: str | None = None,
 ) -> dict[str, Any]:
     """Serve one run for the master at `master_host`:`master_port`; returns what this worker
     did ({"worker", "requests", "status"}). Raises LoadError when there is no master, the
     setup fails or the master turned this worker away."""
+    if headers and not target:
+        raise LoadError(WORKER_KEY_NEEDS_TARGET)
     worker = Worker(master_host, master_port, connect_timeout)
     progress = Progress(show_progress)
     health = ClientHealth()
@@ -762,7 +811,7 @@ def run_worker(
                 if lost := worker.master_lost():
                     raise LoadError(lost)
             try:
-                worker.start(target, dict(headers or {}), Path(folder))
+                worker.start(target, dict(headers or {}), Path(folder), tokenizer)
             except Exception as exc:  # the master shows this, naming the worker
                 message = f"{type(exc).__name__}: {exc}" if not isinstance(exc, LoadError) \
                     else str(exc)
@@ -771,7 +820,7 @@ def run_worker(
             ctx = worker.ctx
             assert ctx is not None
             worker.send(READY, {"worker": ctx.worker, "host": socket.gethostname(),
-                                "pid": os.getpid()})
+                                "pid": os.getpid(), "prepared": worker.prepared})
             freeze_heap()
             health.start()
             flusher = gevent.spawn(worker._flush_loop)

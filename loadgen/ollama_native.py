@@ -4,7 +4,9 @@ RequestRecord.
 Ollama streams NDJSON: one JSON object a line. Lines are parsed by lines (buffered to the
 newline), not by TCP chunks, and each line is stamped with the arrival of the chunk that
 completed it. A line with non-empty `response` (generate) or `message.content` (chat) is a
-content event. The final line (``"done": true``) carries the token counts
+content event; one with only `thinking` (generate) or `message.thinking` (chat) is a
+reasoning event (upstream Ollama 0.9.0 and later, with `"think": true`; api/types.go). The
+final line (``"done": true``) carries the token counts
 (prompt_eval_count, eval_count) and the server's own nanosecond timings, which are kept on
 the record as `server_timings` (collectors.ollama.phases_from_response). Every failure
 becomes an error class on the record; nothing here raises for a bad server.
@@ -17,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from servescope.collectors.ollama import phases_from_response
-from servescope.loadgen.openai_chat import flatten_messages, new_record, note_event
+from servescope.loadgen.openai_chat import count_events, flatten_messages, new_record, note_event
 from servescope.loadgen.wire import Wire
 
 from servescope.core.records import RequestRecord
@@ -68,6 +70,7 @@ class LineInfo:
     """What one line of an Ollama stream carries."""
 
     content: str = ""
+    reasoning: str = ""
     done: bool = False
     error: str | None = None
     body: dict[str, Any] = field(default_factory=dict)
@@ -86,8 +89,11 @@ def parse_ollama_line(data: str) -> LineInfo:
     message = obj.get("message")
     if isinstance(message, dict):
         info.content = message.get("content") or ""
+        thinking = message.get("thinking")
     else:
         info.content = obj.get("response") or ""
+        thinking = obj.get("thinking")
+    info.reasoning = thinking if isinstance(thinking, str) else ""
     return info
 
 
@@ -140,7 +146,7 @@ def stream_ollama(
             rec.error_class = "malformed_event"
             rec.error = f"line is not a JSON object: {line.data[:120]!r}"
             return
-        note_event(rec, info.error, info.content, line.arrived_ns, answer)
+        note_event(rec, info.error, info.content, line.arrived_ns, answer, info.reasoning)
         if info.done:
             final = info.body
 
@@ -162,9 +168,11 @@ def stream_ollama(
 
 
 def apply_final(rec: RequestRecord, final: dict[str, Any] | None) -> None:
-    """Token counts and server phases from the final line; without one, count events."""
+    """Token counts and server phases from the final line; without one, count events.
+    eval_count counts every generated token, thinking included (Ollama splits the thinking
+    from the text after generating it); no line says how many were thinking."""
     if final is None:
-        rec.output_tokens = len(rec.event_offsets_ns) or None
+        rec.output_tokens = count_events(rec)
         rec.token_count_source = "events"
         return
     phases = phases_from_response(final)

@@ -91,11 +91,11 @@ def stream_chat(
                 rec.error_class = "malformed_event"
                 rec.error = f"event data is not JSON: {event.data[:120]!r}"
                 continue
-            note_event(rec, info.error, info.content, arrived, answer)
-            if info.reasoning:
-                rec.reasoning_event_offsets_ns.append(arrived - rec.send_ns)
+            note_event(rec, info.error, info.content, arrived, answer, info.reasoning)
             if info.usage:
                 usage = info.usage
+            if info.timings:  # llama.cpp: the server's own phases of this request
+                rec.server_timings = info.timings
 
     wire.post(path, content, hdrs, timeout, rec, on_chunk)
     if rec.status_code is not None and rec.status_code >= 400:
@@ -114,28 +114,42 @@ def new_record(request_id: str, intended_ns: int, max_tokens: int) -> RequestRec
 
 
 def note_event(rec: RequestRecord, error: str | None, content: str, arrived: int,
-               answer: list[str] | None) -> None:
+               answer: list[str] | None, reasoning: str = "") -> None:
     """What one parsed event (an SSE event or an NDJSON line) adds to its record: a server
-    error, or generated text (the first is the first token; the text goes to `answer`)."""
+    error, or generated text. Reasoning counts as generated: the first event carrying
+    either kind is the first token (TTFT, as `vllm bench serve` counts it). An event with
+    answer text goes to `event_offsets_ns` (its text to `answer`: a conversation's history
+    holds no reasoning); one with reasoning only to `reasoning_event_offsets_ns`, so each
+    event is in exactly one list."""
     if error:
         rec.error_class = "server_error_event"
         rec.error = error[:300]
-    if content:
+    if content or reasoning:
         if rec.first_token_ns is None:
             rec.first_token_ns = arrived
         rec.last_token_ns = arrived
+    if content:
         rec.event_offsets_ns.append(arrived - rec.send_ns)
         if answer is not None:
             answer.append(content)
+    elif reasoning:
+        rec.reasoning_event_offsets_ns.append(arrived - rec.send_ns)
 
 
 def _apply_usage(rec: RequestRecord, usage: dict[str, Any] | None) -> None:
     if usage:
         rec.prompt_tokens = usage.get("prompt_tokens")
         rec.output_tokens = usage.get("completion_tokens")
+        # completion_tokens counts reasoning and answer together; the split only where the
+        # server gives it (else None: analysis.latency counts the reasoning events)
         details = usage.get("completion_tokens_details") or {}
         rec.reasoning_tokens = details.get("reasoning_tokens")
         rec.token_count_source = "usage"
     else:
-        rec.output_tokens = len(rec.event_offsets_ns) or None
+        rec.output_tokens = count_events(rec)
         rec.token_count_source = "events"
+
+
+def count_events(rec: RequestRecord) -> int | None:
+    """Output tokens counted as events, reasoning and answer alike (no usage sent)."""
+    return len(rec.event_offsets_ns) + len(rec.reasoning_event_offsets_ns) or None

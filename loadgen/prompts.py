@@ -1,11 +1,20 @@
 """What each request sends: prompts that hit their target token counts, and conversations
 whose turns carry their history.
 
-With a server that tokenizes (vLLM's /tokenize accepts chat messages and applies the chat
-template; llama.cpp's /apply-template then /tokenize do the same in two steps, so the count
-is exactly the prompt_tokens the server will report), the filler is sized by a few tokenize
-round trips. Without one, the chars-per-token ratio is calibrated
-from the usage the server reports, so counts converge after the first responses.
+Prompts are built before the measured window (loadgen/prepare.py), counted by a tokenizer:
+a local one (`--tokenizer`) or the server's own (vLLM's /tokenize, llama.cpp's
+/apply-template + /tokenize; loadgen/tokenizer.py), which is sealed once the preparation
+ends, so during the run nothing but measured requests reaches the server.
+
+A prompt is the group's system prompt, any history, then a user turn: the request's id, then
+filler words, then one-token pads. Before the first prompt, `calibrate` measures what each
+filler word costs in tokens, a pad that counts as exactly one token, and the template tokens
+one more turn adds. A prompt is then planned from that table (the most words that fit, pads
+for the rest) and counted once; if the id's tokens made it miss, it is planned again from
+the count (rarely a second count). What is built during the run without a local tokenizer
+(a conversation's later turns, which carry the real answer, and prompts past the prepared
+ones) is planned from the same table and recorded as an estimate. With no tokenizer at all,
+lengths come from a chars-per-token ratio, calibrated from the usage the server reports.
 
 Everything random is drawn from generators seeded by the scenario's seed and the
 conversation's (and turn's) number, so a seed gives the same lengths and prompts whichever
@@ -15,12 +24,13 @@ user or greenlet happens to send them.
 from __future__ import annotations
 
 import random
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import httpx
 from servescope.loadgen.scenario import Scenario, Workload
+from servescope.loadgen.tokenizer import ESTIMATE, LocalTokenizer, ServerTokenizer
 
 from servescope.core.records import RequestRecord
 
@@ -31,12 +41,12 @@ _WORDS = (
     "summary clause liability warranty invoice customer support ticket escalation database "
     "function return value parameter exception handler module interface deployment rollout"
 ).split()
+_PAD_UNITS = (" x", " a", ".", " 0", "!")  # candidates for a one-token pad
+_REFERENCE_TAG = "[local-0000000-00000000] "  # an id of the usual shape, for calibration
+_FIT_ROUNDS = 5
 
 Message = dict[str, str]
-
-
-def filler(n_words: int, rng: random.Random) -> str:
-    return " ".join(rng.choices(_WORDS, k=n_words))
+Render = Callable[[int, int], list[Message]]  # (words, pads) -> messages
 
 
 @dataclass
@@ -48,13 +58,122 @@ class PromptBuilder:
     system_prompt: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     seed: int = 0
-    _tokenize_ok: bool | None = None
-    _dialect: str | None = None  # "vllm" or "llamacpp" once a count worked
-    _tokens_per_word: float = 1.5
+    tokenizer: LocalTokenizer | None = None  # --tokenizer: the server is never asked
+    text_prompt: bool = False  # /v1/completions: the prompt is the flattened text
+    # request id -> (messages, how their length was obtained), built before the run
+    prepared: dict[str, tuple[list[Message], str]] = field(default_factory=dict)
+    server: ServerTokenizer | None = None
     _systems: dict[int, str] = field(default_factory=dict)
     _chars_per_token: float = 4.0
-    _pad_unit: str | None = None  # a filler the server's tokenizer counts as one token
+    _word_tokens: dict[str, int] | None = None  # tokens of " word", once calibrated
+    _pad_unit: str = ""  # a filler this tokenizer counts as one token ("": none)
+    _tag_tokens: int = 0  # tokens of an id, its brackets and space
+    _turn_tokens: int = 0  # template tokens of one more assistant answer and user message
+    _system_tokens: int = 0  # template tokens of a system message
+    _empty_tokens: int = 0  # a lone empty user message
+    _fixed: dict[int, int] = field(default_factory=dict)  # group -> first turn's non-filler
 
+    def __post_init__(self) -> None:
+        if self.tokenizer is not None:
+            self.tokenizer = self.tokenizer.for_text_prompts(self.text_prompt)
+        elif self.server is None:
+            self.server = ServerTokenizer(self.base_url, self.model, self.client, self.headers,
+                                          self.text_prompt)
+
+    # -- counting ---------------------------------------------------------------------------
+    @property
+    def source(self) -> str:
+        """How the lengths of prompts built now are obtained."""
+        if self.tokenizer is not None:
+            return self.tokenizer.source
+        if self.server is not None and not self.server.sealed and self.server.works:
+            return self.server.source
+        return ESTIMATE
+
+    def count(self, messages: list[Message]) -> int | None:
+        """Exact prompt tokens, or None when nothing here can count them (no tokenizer, or
+        the server's, sealed for the run)."""
+        if self.tokenizer is not None:
+            return self.tokenizer.count(messages)
+        return self.server.count(messages) if self.server is not None else None
+
+    def seal(self) -> None:
+        """The preparation is over: the server's tokenizer is not asked again."""
+        if self.server is not None:
+            self.server.seal()
+
+    def calibrate(self) -> None:
+        """Measure, once, what sizes prompts without a count: each filler word's tokens, a
+        one-token pad, and the template tokens of a system message, of an id and of one more
+        turn. Without a tokenizer, nothing (lengths then come from chars per token)."""
+        if self._word_tokens is not None:
+            return
+        def user(text: str) -> list[Message]:
+            return [{"role": "user", "content": text}]
+
+        empty, one = self.count(user("")), self.count(user(_REFERENCE_TAG + "the"))
+        if empty is None or one is None:
+            return
+        table = {}
+        for word in dict.fromkeys(_WORDS):
+            got = self.count(user(f"{_REFERENCE_TAG}the {word}"))
+            if got is None:
+                return
+            table[word] = max(0, got - one)
+        self._empty_tokens, self._tag_tokens = empty, max(0, one - empty - table["the"])
+        for unit in _PAD_UNITS:
+            if self.count(user(_REFERENCE_TAG + "the" + unit * 4)) == one + 4:
+                self._pad_unit = unit
+                break
+        turn = self.count([*user(_REFERENCE_TAG + "the"), {"role": "assistant", "content": "the"},
+                           *user(_REFERENCE_TAG + "the")])
+        system = self.count([{"role": "system", "content": "the"}, *user("")])
+        self._turn_tokens = max(0, (turn or one) - 2 * one + empty - table["the"])
+        self._system_tokens = max(0, (system or empty) - empty - table["the"])
+        self._word_tokens = table
+
+    def _plan(self, words: Sequence[str], need: float) -> tuple[int, int]:
+        """(words, pads) of `need` tokens: the most words that fit, one-token pads for the
+        rest (without a pad, the word count that comes closest)."""
+        table = self._word_tokens or {}
+        total, n = 0, 0
+        while n < len(words) and total + table[words[n]] <= need:
+            total += table[words[n]]
+            n += 1
+        rest = max(0, round(need - total))
+        if self._pad_unit:
+            return n, rest
+        if n < len(words) and rest > table[words[n]] / 2:
+            n += 1
+        return n, 0
+
+    def _filler_tokens(self, words: Sequence[str], n: int, pads: int) -> int:
+        table = self._word_tokens or {}
+        return sum(table[w] for w in words[:n]) + pads
+
+    def _fit(self, render: Render, words: Sequence[str], target: int,
+             fixed: int) -> tuple[list[Message], int | None, int]:
+        """(messages, their count, the tokens besides the filler) nearest `target`: planned
+        from the table with `fixed` tokens besides the filler, counted, and planned again
+        from what the count says the rest costs. The plan depends only on the counted rest,
+        so the same prompt comes out whatever the first guess was."""
+        best: tuple[list[Message], int | None, int] | None = None
+        for _ in range(_FIT_ROUNDS):
+            n, pads = self._plan(words, target - fixed)
+            messages = render(n, pads)
+            got = self.count(messages)
+            if got is None:
+                return messages, None, fixed
+            if best is None or abs(got - target) < abs((best[1] or 0) - target):
+                best = (messages, got, fixed)
+            actual = got - self._filler_tokens(words, n, pads)
+            if got == target or actual == fixed:
+                break
+            fixed = actual
+        assert best is not None
+        return best[0], best[1], fixed
+
+    # -- what is sent -----------------------------------------------------------------------
     def system_message(self, group: int = 0) -> str | None:
         """The shared prefix of prefix group `group`: the same text for every request of the
         group, built once to be `shared_prefix_tokens` long (the template tokens around it
@@ -64,19 +183,28 @@ class PromptBuilder:
             if not system and self.shared_prefix_tokens > 0:
                 rng = random.Random(self.seed if group == 0 else f"{self.seed}:prefix:{group}")
                 words = rng.choices(_WORDS, k=2 * self.shared_prefix_tokens + 8)
-                empty = [{"role": "user", "content": ""}]
-                base = self.count(empty)
-                if base is None:
-                    n_chars = round(self.shared_prefix_tokens * self._chars_per_token)
-                    system = " ".join(words)[:n_chars]
-                else:
-                    n = self._fit(
-                        lambda n: [{"role": "system", "content": " ".join(words[:n])}, *empty],
-                        base + self.shared_prefix_tokens, len(words),
-                    )
-                    system = " ".join(words[:n])
+                self.calibrate()
+                system = self._system_text(words)
             self._systems[group] = system
         return self._systems[group] or None
+
+    def _system_text(self, words: list[str]) -> str:
+        empty = [{"role": "user", "content": ""}]
+        unit = self._pad_unit
+
+        def render(n: int, pads: int) -> list[Message]:
+            return [{"role": "system", "content": " ".join(words[:n]) + unit * pads}, *empty]
+
+        base = self.count(empty) if self._word_tokens is not None else None
+        if base is not None:
+            messages, _, _ = self._fit(render, words, base + self.shared_prefix_tokens,
+                                       base + self._system_tokens)
+            return messages[0]["content"]
+        if self._word_tokens is not None:  # sealed: planned from the table
+            n, pads = self._plan(words, self.shared_prefix_tokens - self._system_tokens)
+            return render(n, pads)[0]["content"]
+        n_chars = round(self.shared_prefix_tokens * self._chars_per_token)
+        return " ".join(words)[:n_chars]
 
     def messages(
         self, user_text: str, group: int = 0, history: Sequence[Message] = ()
@@ -88,71 +216,6 @@ class PromptBuilder:
         msgs.append({"role": "user", "content": user_text})
         return msgs
 
-    def count(self, messages: list[Message]) -> int | None:
-        """Exact prompt tokens from the server, or None when it cannot count them.
-
-        vLLM: /tokenize takes the chat messages, applies the template and says `count`.
-        llama.cpp: /tokenize takes text only (it answers chat messages with no tokens), so
-        the messages go through /apply-template first, then the prompt is tokenized as the
-        server will (special tokens added and parsed). The dialect is found on first use."""
-        if self._tokenize_ok is False:
-            return None
-        try:
-            if self._dialect != "llamacpp":
-                got = self._post("/tokenize", {"model": self.model, "messages": messages})
-                if got is not None and "count" in got:
-                    self._dialect, self._tokenize_ok = "vllm", True
-                    return int(got["count"])
-                if self._dialect == "vllm":
-                    raise ValueError("no count")
-            templated = self._post("/apply-template", {"messages": messages})
-            tokens = None if templated is None else self._post(
-                "/tokenize", {"content": templated["prompt"], "add_special": True,
-                              "parse_special": True})
-            if tokens is None:
-                raise ValueError("no tokens")
-            self._dialect, self._tokenize_ok = "llamacpp", True
-            return len(tokens["tokens"])
-        except (httpx.HTTPError, ValueError, KeyError, TypeError):
-            self._tokenize_ok = False
-            return None
-
-    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any] | None:
-        """The server's JSON answer, or None when the path is not there (not a 200)."""
-        resp = self.client.post(f"{self.base_url}{path}", json=body, headers=self.headers,
-                                timeout=30)
-        return resp.json() if resp.status_code == 200 else None
-
-    def _fit(self, render: Callable[[int], list[Message]], target: int, limit: int) -> int:
-        """The word count n whose rendered messages come closest to `target` tokens: secant
-        steps on tokens per word, then single-word steps once the step would revisit a
-        count already tried (a word is 1-3 tokens, so big steps can oscillate)."""
-        base = self.count(render(0))
-        if base is None or base >= target:
-            return 0
-        tried: dict[int, int] = {0: target - base}  # words -> error in tokens
-        per_word = self._tokens_per_word  # local: other greenlets fit concurrently
-        n = min(limit, max(1, round((target - base) / per_word)))
-        for _ in range(12):
-            got = self.count(render(n))
-            if got is None:
-                break
-            tried[n] = err = target - got
-            if err == 0:
-                break
-            if got > base:
-                per_word = (got - base) / n
-            step = round(err / per_word) or (1 if err > 0 else -1)
-            nxt = min(limit, max(0, n + step))
-            if nxt in tried:  # would revisit: walk one word from the best so far
-                best = min(tried, key=lambda k: abs(tried[k]))
-                nxt = best + (1 if tried[best] > 0 else -1)
-                if nxt in tried or not 0 <= nxt <= limit:
-                    break
-            n = nxt
-        self._tokens_per_word = per_word
-        return min(tried, key=lambda k: abs(tried[k]))
-
     def build(
         self,
         target_tokens: int,
@@ -161,51 +224,55 @@ class PromptBuilder:
         group: int = 0,
         history: Sequence[Message] = (),
         new_tokens: int | None = None,
-    ) -> list[Message]:
-        """Messages whose chat-formatted prompt is `target_tokens` long in all (as near as
-        the tokenizer allows): the group's system prompt, the `history`, then a new user turn
-        of about `new_tokens` (default: all of the target). `tag` starts the user turn, so a
-        prefix cache can only reuse the system prompt and the history."""
+        context_tokens: int = 0,
+    ) -> tuple[list[Message], str]:
+        """(messages, how their length was obtained): the group's system prompt, the
+        `history`, then a new user turn of about `new_tokens` (default: all of the target),
+        `target_tokens` long in all as near as the tokenizer allows. `context_tokens` is
+        what the history counted last time (its prompt plus answer), for sizing a turn
+        without a count. `tag` starts the user turn, so a prefix cache can only reuse the
+        system prompt and the history."""
         head = f"[{tag}] "
         # Every word is at least one token, so twice the tokens in words is plenty.
         words = rng.choices(_WORDS, k=2 * (new_tokens or target_tokens) + 8)
+        self.calibrate()  # once; no request when there is no tokenizer (or it is sealed)
         self.system_message(group)
-        if self._tokenize_ok is None:  # find out once whether the server tokenizes
-            self.count(self.messages(head, group, history))
-        if self._tokenize_ok is False:
-            before = sum(len(m["content"]) for m in self.messages("", group, history))
-            n_chars = max(0, round(target_tokens * self._chars_per_token) - before - len(head))
-            return self.messages(head + " ".join(words)[:n_chars], group, history)
-        def render(n: int, pad: str = "") -> list[Message]:
-            return self.messages(head + " ".join(words[:n]) + pad, group, history)
+        unit = self._pad_unit
 
-        n = self._fit(render, target_tokens, len(words))
-        return self._pad(render, n, target_tokens)
+        def render(n: int, pads: int) -> list[Message]:
+            return self.messages(head + " ".join(words[:n]) + unit * pads, group, history)
 
-    def _pad(self, render: Callable[..., list[Message]], n: int, target: int) -> list[Message]:
-        """Close the last few tokens that whole words can't (a word is 1-3 tokens): back
-        off to a count at or under the target, then pad with a filler that this tokenizer
-        counts as exactly one token."""
-        got = self.count(render(n))
-        while got is not None and got > target and n > 0:
-            n -= 1
-            got = self.count(render(n))
-        if got is None or got >= target:
-            return render(n)
-        unit = self._one_token_unit(render, n, got)
-        if unit is None:
-            return render(n)
-        return render(n, unit * (target - got))
+        source = self.source
+        if source != ESTIMATE and self._word_tokens is not None:
+            if history or group not in self._fixed:
+                guess = self.count(render(0, 0)) if self.tokenizer else None
+                fixed = guess if guess is not None else self._guess(group, history,
+                                                                    context_tokens)
+            else:
+                fixed = self._fixed[group]
+            messages, got, fixed = self._fit(render, words, target_tokens, fixed)
+            if got is not None:
+                if not history:
+                    self._fixed[group] = fixed
+                return messages, source
+        if self._word_tokens is not None:  # calibrated before the run, not counted now
+            fixed = self._guess(group, history, context_tokens)
+            return render(*self._plan(words, target_tokens - fixed)), ESTIMATE
+        before = sum(len(m["content"]) for m in self.messages("", group, history))
+        n_chars = max(0, round(target_tokens * self._chars_per_token) - before - len(head))
+        return self.messages(head + " ".join(words)[:n_chars], group, history), ESTIMATE
 
-    def _one_token_unit(self, render: Callable[..., list[Message]], n: int, got: int) -> str | None:
-        if self._pad_unit is None:  # found once; concurrent callers may both look
-            found = ""
-            for unit in (" x", " a", ".", " 0", "!"):
-                if self.count(render(n, unit * 4)) == got + 4:
-                    found = unit
-                    break
-            self._pad_unit = found
-        return self._pad_unit or None
+    def _guess(self, group: int, history: Sequence[Message], context_tokens: int) -> int:
+        """Tokens of a prompt besides its filler, from the calibration: for a later turn, the
+        last prompt and answer plus one more turn's template and an id; for a first turn,
+        what the group's (or any group's) first turns measured."""
+        if history:
+            return context_tokens + self._turn_tokens + self._tag_tokens
+        if group in self._fixed:
+            return self._fixed[group]
+        if self._fixed:
+            return round(statistics.median(self._fixed.values()))
+        return self._empty_tokens + self.shared_prefix_tokens + self._tag_tokens
 
     def observe(self, prompt_chars: int, prompt_tokens: int | None) -> None:
         """Calibrate chars/token from server usage (used when there is no tokenizer)."""
@@ -226,6 +293,7 @@ class Turn:
     priority: int | None
     conversation: int
     turn: int
+    length_source: str = ESTIMATE  # how the prompt's length was obtained (tokenizer.py)
 
 
 class Conversation:
@@ -261,6 +329,8 @@ class Conversation:
         return self.turn >= self.turns
 
     def next_turn(self, prompts: PromptBuilder) -> Turn:
+        """The next turn: a first turn as prepared before the run where it was, anything
+        else built now (from the local tokenizer or the calibration: no server asked)."""
         rng = random.Random(f"{self.scenario.seed}:{self.index}:{self.turn}")
         if self.lengths is not None:
             new, output = self.lengths
@@ -269,9 +339,21 @@ class Conversation:
             new, output = self.workload.lengths(rng)
         request_id = f"{self.id}-t{self.turn}" if self.multi_turn else self.id
         target = new if self.turn == 0 else self._context_tokens + new
-        messages = prompts.build(target, request_id, rng, self.group, self.history, new)
+        prepared = prompts.prepared.pop(request_id, None) if self.turn == 0 else None
+        if prepared is not None:
+            messages, source = prepared
+        else:
+            messages, source = prompts.build(target, request_id, rng, self.group, self.history,
+                                             new, self._context_tokens)
         priority = self.workload.priority if self.workload else None
-        return Turn(request_id, messages, target, output, priority, self.index, self.turn)
+        return Turn(request_id, messages, target, output, priority, self.index, self.turn,
+                    source)
+
+    def prepare(self, prompts: PromptBuilder) -> str:
+        """Build this conversation's first turn now, before the run; its length source."""
+        turn = self.next_turn(prompts)
+        prompts.prepared[turn.request_id] = (turn.messages, turn.length_source)
+        return turn.length_source
 
     def answered(self, turn: Turn, rec: RequestRecord, answer: str | None) -> None:
         """Carry the answer into the next turn's history; a failed turn ends the

@@ -6,7 +6,6 @@ imports it only for the `load` command.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import gc
 import json
@@ -21,13 +20,15 @@ import gevent
 import httpx
 from locust.env import Environment
 from locust.runners import STATE_STOPPED
-from servescope.analysis.join import server_side, wait_for_scrape_after
+from servescope.analysis.join import server_section
 from servescope.analysis.latency import send_lag_ms, summarize
 from servescope.analysis.slo import evaluate_slos
 from servescope.collectors.scrape import ScrapeError, scrape, server_info
 from servescope.loadgen.health import ClientHealth
+from servescope.loadgen.prepare import prepare_prompts, prepared_line, prompt_length_summary
 from servescope.loadgen.prompts import PromptBuilder
-from servescope.loadgen.scenario import Scenario, ScenarioError, load_scenario
+from servescope.loadgen.scenario import Scenario
+from servescope.loadgen.tokenizer import LocalTokenizer, TokenizerError
 from servescope.loadgen.users import (
     PREPARE_LEAD_S,
     ChatUser,
@@ -39,12 +40,8 @@ from servescope.loadgen.users import (
 from servescope.loadgen.wire import Wire
 from servescope.loadgen.writer import RecordWriter
 
-from servescope.core.durations import parse_duration
 from servescope.core.records import RequestRecord
 from servescope.core.store import Store
-
-# Shared prefixes built before the run starts; further groups are built on first use.
-PREBUILT_PREFIX_GROUPS = 32
 
 
 class LoadError(RuntimeError):
@@ -143,13 +140,14 @@ def freeze_heap() -> None:
 def open_clients(scenario: Scenario, base_url: str, workers: int = 1
                  ) -> tuple[Wire, httpx.Client, int]:
     """This process's clients for its share of the load: (the timed requests' Wire, an httpx
-    client for the control plane: model discovery, server config, /tokenize; peak
-    concurrency). Locust spreads closed-loop users evenly over `workers`."""
+    client for the control plane: model discovery, server config, and /tokenize while the
+    prompts are prepared, before the run; peak concurrency). Locust spreads closed-loop
+    users evenly over `workers`."""
     if scenario.mode == "closed":
         peak = -(-max(s.concurrency for s in scenario.stages) // workers)
     else:
         peak = scenario.max_in_flight
-    # /tokenize calls build prompts concurrently: room for every user's.
+    # Before the run, /tokenize calls prepare prompts a few at a time (loadgen/prepare.py).
     limits = httpx.Limits(max_connections=peak + 8, max_keepalive_connections=64)
     client = httpx.Client(limits=limits, timeout=scenario.request_timeout)
     return Wire(base_url), client, peak
@@ -166,15 +164,15 @@ def load_context(
     ignore_eos: bool = True,
     worker: str = "local",
     share: tuple[int, int] = (0, 1),
+    tokenizer: LocalTokenizer | None = None,
 ) -> LoadContext:
-    """What the users of this process share; the shared prefixes are built here, before any
-    request starts."""
+    """What the users of this process share. Its prompts are built by prepare_prompts,
+    before the run (with `tokenizer`, the server's is never asked)."""
     prompts = PromptBuilder(
         base_url, model, client, scenario.shared_prefix_tokens, scenario.system_prompt,
-        headers, scenario.seed,
+        headers, scenario.seed, tokenizer=tokenizer,
+        text_prompt=scenario.api == "openai-completions",
     )
-    for group in range(min(scenario.prefix_groups, PREBUILT_PREFIX_GROUPS)):
-        prompts.system_message(group)
     return LoadContext(
         scenario=scenario, base_url=base_url, model=model, record=record, wire=wire,
         prompts=prompts, headers=headers, ignore_eos=ignore_eos, worker=worker, share=share,
@@ -202,10 +200,12 @@ def run_load(
     ignore_eos: bool = True,
     show_progress: bool = True,
     on_record: Callable[[RequestRecord], None] | None = None,
+    tokenizer: LocalTokenizer | None = None,
 ) -> tuple[int, dict[str, Any]]:
-    """Run `scenario` against `base_url`; returns (run id, summary). Every request is
-    stored within 0.1 s of completing (loadgen/writer.py); Ctrl-C stops the run and keeps
-    (and summarizes) everything
+    """Run `scenario` against `base_url`; returns (run id, summary). Every prompt is built
+    first (loadgen/prepare.py; with `tokenizer` the server's is never asked), then the run
+    is created and measured. Every request is stored within 0.1 s of completing
+    (loadgen/writer.py); Ctrl-C stops the run and keeps (and summarizes) everything
     measured so far."""
     base_url = base_url.rstrip("/")
     headers = dict(headers or {})
@@ -218,16 +218,17 @@ def run_load(
         client.close()
         raise
     config["model"] = model
-    run_id = create_run(store, scenario, base_url, config)
-
-    writer = RecordWriter(store, run_id)
 
     def record(rec: RequestRecord) -> None:
-        writer.add(rec)
+        writer.add(rec)  # the writer exists once the run does, before any request
         if on_record is not None:
             on_record(rec)
 
-    ctx = load_context(scenario, base_url, model, wire, client, record, headers, ignore_eos)
+    ctx = load_context(scenario, base_url, model, wire, client, record, headers, ignore_eos,
+                       tokenizer=tokenizer)
+    prepared = _prepare(ctx, show_progress, client, wire)
+    run_id = create_run(store, scenario, base_url, config)
+    writer = RecordWriter(store, run_id)
     shape_base = StagesShape if closed else ScheduleShape
     shape = type("ScenarioShape", (shape_base,), {"ctx": ctx})()
     env = Environment(
@@ -276,6 +277,7 @@ def run_load(
         writer.close()
     records = store.requests(run_id)
     summary = build_summary(run_id, scenario, config, records, status)
+    summary["prompt_lengths"]["preparation"] = prepared
     summary["client"] = health.summary(
         send_lag_ms=[send_lag_ms(r) for r in records if r.ok],
         connections=wire.stats(),
@@ -283,6 +285,26 @@ def run_load(
     )
     finish_run(store, run_id, summary, out)
     return run_id, summary
+
+
+def _prepare(ctx: LoadContext, show_progress: bool, client: httpx.Client,
+             wire: Wire) -> dict[str, Any]:
+    """Build every prompt before the run, with its own progress line (the clients are
+    closed if that fails or is interrupted: no run exists yet)."""
+    progress = Progress(show_progress)
+    try:
+        try:
+            info = prepare_prompts(ctx, progress.show)
+        except TokenizerError as exc:
+            raise LoadError(str(exc)) from None
+    except BaseException:
+        progress.done()
+        client.close()
+        wire.close()
+        raise
+    progress.show(prepared_line(info), force=True)
+    progress.done()
+    return info
 
 
 def create_run(store: Store, scenario: Scenario, base_url: str, config: dict[str, Any]) -> int:
@@ -303,10 +325,7 @@ def run_time_limit(scenario: Scenario) -> float:
 def finish_run(store: Store, run_id: int, summary: dict[str, Any], out: Path | None) -> None:
     """Join the server's account of the run window (when a collector watched the target),
     warn when the client limited the results, store the summary, write --out."""
-    run = store.run(run_id)
-    ended = time.time()
-    wait_for_scrape_after(store, run["target_url"], ended)
-    summary["server"] = server_side(store, run["target_url"], run["started_at"], ended)
+    summary["server"] = server_section(store, run_id)  # per request, and over the window
     if summary["client"]["limited_by_client"]:
         summary["warnings"].insert(0, "the load generator limited these results: "
                                    + "; ".join(summary["client"]["reasons"]))
@@ -347,52 +366,6 @@ def build_summary(
         "model": target.get("model"),
     }
     summary.update(summarize(records, scenario.slos.model_dump(), scenario.warmup_requests))
+    summary["prompt_lengths"] = prompt_length_summary(records)
     summary["slos"] = evaluate_slos(scenario.slos.model_dump(), summary)
     return summary
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m servescope.loadgen.run SCENARIO --target URL --db FILE [--out FILE] ...``:
-    run_load without the servescope CLI, with the same overrides as `servescope load`."""
-    p = argparse.ArgumentParser(prog="python -m servescope.loadgen.run",
-                                description=main.__doc__)
-    p.add_argument("scenario", type=Path)
-    p.add_argument("--target", required=True, help="server base URL")
-    p.add_argument("--db", type=Path, required=True, help="store file")
-    p.add_argument("--out", type=Path, help="write the summary JSON here")
-    p.add_argument("--model")
-    p.add_argument("--concurrency", type=int, help="one closed-loop stage with N users")
-    p.add_argument("--rate", help="one open-loop stage at this rate, e.g. 5/s")
-    p.add_argument("--arrival-process", choices=["poisson", "gamma", "constant"])
-    p.add_argument("--cv", type=float, help="gamma arrivals: coefficient of variation")
-    p.add_argument("--duration", type=parse_duration, help="e.g. 30s")
-    p.add_argument("--requests", type=int, help="stop after N requests")
-    p.add_argument("--max-in-flight", type=int, help="open loop: cap on requests in flight")
-    p.add_argument("--time-scale", type=float, help="trace replay: multiply its timestamps")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--quiet", action="store_true")
-    args = p.parse_args(argv)
-    try:
-        scenario = load_scenario(args.scenario).with_overrides(
-            args.concurrency, args.duration, args.requests, rate=args.rate,
-            process=args.arrival_process, cv=args.cv, max_in_flight=args.max_in_flight,
-            time_scale=args.time_scale, seed=args.seed,
-        )
-    except ScenarioError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    with Store(args.db) as store:
-        try:
-            run_id, summary = run_load(scenario, args.target, store, model=args.model,
-                                       out=args.out, show_progress=not args.quiet)
-        except LoadError as exc:
-            print(exc, file=sys.stderr)
-            return 1
-    print(json.dumps({"run_id": run_id, "status": summary["status"],
-                      "requests_ok": summary["requests_ok"],
-                      "requests_failed": summary["requests_failed"]}))
-    return 0 if summary["status"] in ("finished", "interrupted") else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

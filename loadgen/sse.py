@@ -65,27 +65,37 @@ def _parse_block(block: str, arrived_ns: int) -> Event | None:
     return Event(data="\n".join(data_lines), arrived_ns=arrived_ns, event=name)
 
 
+# Where servers put streamed reasoning (the model's thinking before its answer): vLLM 0.32
+# and Ollama's /v1 send `reasoning`; older vLLM, SGLang, llama.cpp and DeepSeek's API send
+# `reasoning_content`. A server in transition may fill both with the same text, so the first
+# non-empty one is taken, never both.
+REASONING_FIELDS = ("reasoning", "reasoning_content")
+
+
 @dataclass(slots=True)
 class ChunkInfo:
-    """What one OpenAI-style chat/completions chunk carries."""
+    """What one OpenAI-style chat/completions chunk carries: answer text (`content`) and
+    reasoning text apart."""
 
     content: str = ""
     reasoning: str = ""
     usage: dict[str, Any] | None = None
     finish_reason: str | None = None
     error: str | None = None
+    timings: dict[str, Any] | None = None  # llama.cpp's per-response prompt_ms, predicted_ms
 
 
 def parse_openai_chunk(data: str) -> ChunkInfo:
     """Classify a chunk: generated content, reasoning, usage, or none of them.
 
-    A role-only, empty-content or usage-only chunk is not a token.
+    A role-only, empty-content or usage-only chunk is not a token; a reasoning-only chunk
+    is one (of the reasoning).
     Raises ValueError for data that is not a JSON object.
     """
     obj = json.loads(data)
     if not isinstance(obj, dict):
         raise ValueError("event data is not a JSON object")
-    info = ChunkInfo(usage=obj.get("usage") or None)
+    info = ChunkInfo(usage=obj.get("usage") or None, timings=obj.get("timings") or None)
     if "error" in obj:
         err = obj["error"]
         info.error = err.get("message", str(err)) if isinstance(err, dict) else str(err)
@@ -95,6 +105,8 @@ def parse_openai_chunk(data: str) -> ChunkInfo:
             info.content += choice.get("text") or ""
         else:
             info.content += delta.get("content") or ""
-            info.reasoning += delta.get("reasoning_content") or delta.get("reasoning") or ""
+            info.reasoning += next(
+                (text for name in REASONING_FIELDS
+                 if isinstance(text := delta.get(name), str) and text), "")
         info.finish_reason = choice.get("finish_reason") or info.finish_reason
     return info

@@ -36,8 +36,8 @@ from servescope.loadgen.wire import Wire
 from servescope.core.clock import now_ns
 from servescope.core.records import RequestRecord
 
-# Open loop: a request's prompt is built this long before its arrival, so building it (a few
-# /tokenize round trips) does not make it late.
+# Open loop: a request's greenlet starts this long before its arrival, so taking its prompt
+# (prepared before the run, or a later turn built locally) does not make it late.
 PREPARE_LEAD_S = 0.5
 
 Arrival = tuple[float, tuple[int, int] | None]  # (seconds from start, fixed lengths or None)
@@ -146,6 +146,7 @@ def send_turn(ctx: LoadContext, conv: Conversation, turn: Turn, intended_ns: int
     finally:
         ctx.in_flight -= 1
     rec.target_prompt_tokens = turn.target_prompt_tokens
+    rec.prompt_length_source = turn.length_source
     rec.worker = ctx.worker
     rec.user_id = user_id
     ctx.finished(rec)
@@ -186,7 +187,7 @@ def record_overload(ctx: LoadContext, turn: Turn, intended_ns: int) -> RequestRe
         request_id=turn.request_id, intended_ns=intended_ns, send_ns=now_ns(),
         target_prompt_tokens=turn.target_prompt_tokens,
         target_output_tokens=turn.output_tokens, worker=ctx.worker,
-        error_class="client_overload",
+        prompt_length_source=turn.length_source, error_class="client_overload",
         error=f"not sent: {ctx.in_flight} requests in flight, max_in_flight "
               f"{ctx.scenario.max_in_flight}",
     )

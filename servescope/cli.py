@@ -45,11 +45,45 @@ def _auth_headers(env_name: str | None) -> dict[str, str]:
     return {"authorization": f"Bearer {key}"} if key else {}
 
 
+def _tokenizer(spec: str | None):
+    """--tokenizer loaded here (once, also for every level of a sweep), or a clear refusal
+    naming the path or id; None without the flag."""
+    if spec is None:
+        return None
+    from servescope.loadgen.tokenizer import TokenizerError, load_tokenizer
+
+    try:
+        return load_tokenizer(spec)
+    except TokenizerError as exc:
+        raise CliError(str(exc), EXIT_BAD_INPUT) from None
+
+
+TOKENIZER_HELP = ("count prompt tokens with this tokenizer (a tokenizer.json, a model folder, "
+                  "or a Hugging Face id in the local cache; HF_HUB_OFFLINE is honoured) "
+                  "instead of the server's /tokenize, so the server gets no request but "
+                  "the measured ones")
+
+
 # -- commands ---------------------------------------------------------------------------
+def _check_runtime(flag: str, runtime: str) -> None:
+    """An unknown runtime is refused up front (else the target would just stay down)."""
+    from servescope.collectors.sources import RUNTIMES
+
+    if runtime not in RUNTIMES:
+        raise CliError(f"{flag} {runtime!r}: unknown runtime; known: {', '.join(RUNTIMES)}",
+                       EXIT_BAD_INPUT)
+
+
 def cmd_scrape(args: argparse.Namespace) -> int:
     from servescope.collectors.scrape import ScrapeError
-    from servescope.collectors.sources import snapshot
+    from servescope.collectors.sources import is_http_url, redact_credentials, snapshot
 
+    _check_runtime("--runtime", args.runtime)
+    # A URL (else a saved page) is checked up front; its credentials, sent as basic auth by
+    # snapshot(), are never shown.
+    if "://" in args.source and not is_http_url(args.source):
+        raise CliError(f"SOURCE {redact_credentials(args.source)!r}: expected an http:// or "
+                       "https:// URL with a host, or a saved /metrics page", EXIT_BAD_INPUT)
     try:
         snap, _ = snapshot(args.source, args.runtime, timeout=args.timeout)
     except ScrapeError as exc:
@@ -79,6 +113,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     if len(set(names)) != len(names):
         raise CliError(f"--target names must be unique, got {names}", EXIT_BAD_INPUT)
     store = _store(args)
+    _say_retention(args.retain)
     exporter = None
     if args.metrics_port:
         exporter = SnapshotExporter()
@@ -90,12 +125,13 @@ def cmd_collect(args: argparse.Namespace) -> int:
         print(f"exporter: http://{args.metrics_host}:{args.metrics_port}/metrics",
               file=sys.stderr)
     collector = Collector(specs, store, interval=args.interval, exporter=exporter,
-                          host=not args.no_host)
-    if not specs and args.no_host:
+                          host=not args.no_host, retain=args.retain)
+    if not specs and args.no_host and not args.otlp:
         raise CliError("nothing to collect: give --target NAME=RUNTIME:URL, or drop --no-host",
                        EXIT_BAD_INPUT)
     what = [f"{s.name} ({s.runtime} {s.url})" for s in specs] + ([] if args.no_host else ["host"])
-    print(f"collecting {', '.join(what)} every "
+    receiver = _start_otlp(args.otlp, store) if args.otlp else None
+    print(f"collecting {', '.join(what) or 'nothing but traces'} every "
           f"{args.interval:g}s into {store.path}; Ctrl-C stops", file=sys.stderr)
     collector.start()
     deadline = time.monotonic() + args.duration if args.duration else None
@@ -106,15 +142,58 @@ def cmd_collect(args: argparse.Namespace) -> int:
         pass
     finally:
         collector.stop()
+        if receiver is not None:
+            receiver.stop()
+            print(f"otlp: {receiver.spans_stored} request spans stored", file=sys.stderr)
     for w in collector.workers:
-        print(f"{w.spec.name}: {w.scrapes_ok} scrapes stored, {w.scrapes_failed} failed",
+        errors = sum(w.errors.values())
+        print(f"{w.spec.name}: {w.scrapes_ok} scrapes stored, {w.scrapes_failed} failed"
+              + (f", {errors} collector errors ({_kinds(w.errors)})" if errors else ""),
               file=sys.stderr)
+    if collector.retention is not None:
+        print(f"retention: {collector.retention.deleted} old samples deleted", file=sys.stderr)
     return 0
+
+
+def _start_otlp(listen: str, store):
+    """`collect --otlp HOST:PORT`: receive the servers' request spans (OTLP/HTTP protobuf)."""
+    from servescope.collectors.otlp import OTLPReceiver, parse_listen
+
+    try:
+        host, port = parse_listen(listen)
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_BAD_INPUT) from None
+    try:
+        receiver = OTLPReceiver(store, host, port).start()
+    except OSError as exc:
+        raise CliError(f"--otlp {listen}: cannot listen on {host}:{port} ({exc.strerror})"
+                       ) from None
+    print(f"otlp: receiving traces at {receiver.endpoint} (start vLLM with "
+          f"--otlp-traces-endpoint {receiver.endpoint} and "
+          "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=http/protobuf)", file=sys.stderr)
+    return receiver
+
+
+def _kinds(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {kind}" for kind, n in counts.items())
+
+
+def _say_retention(retain: float | None) -> None:
+    if retain:
+        unit, size = next((u, n) for u, n in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
+                          if retain >= n or u == "s")
+        print(f"keeping {retain / size:g}{unit} of samples: older ones are deleted as they age",
+              file=sys.stderr)
 
 
 def cmd_load(args: argparse.Namespace) -> int:
     # Locust first: it monkey-patches sockets and ssl for gevent.
-    from servescope.loadgen.distributed import DEFAULT_MASTER_PORT, run_master, run_worker
+    from servescope.loadgen.distributed import (
+        DEFAULT_MASTER_PORT,
+        WORKER_KEY_NEEDS_TARGET,
+        run_master,
+        run_worker,
+    )
     from servescope.loadgen.run import LoadError, run_load
     from servescope.loadgen.scenario import ScenarioError, load_scenario, scenario_path
 
@@ -136,6 +215,9 @@ def cmd_load(args: argparse.Namespace) -> int:
             raise refuse(f"{', '.join(given)}: set on the master; a --worker takes the "
                          "scenario, model and load shape from it")
         headers = _auth_headers(args.api_key_env)
+        if headers and args.target is None:  # the key never follows a target from the master
+            raise refuse(f"{args.api_key_env or 'SERVESCOPE_API_KEY'} is set: "
+                         f"{WORKER_KEY_NEEDS_TARGET}")
         host, port = args.master_host or "127.0.0.1", args.master_port or DEFAULT_MASTER_PORT
         if args.scenario is not None:
             print(f"worker: {args.scenario} is not read here: the scenario comes from the "
@@ -143,7 +225,7 @@ def cmd_load(args: argparse.Namespace) -> int:
         try:
             result = run_worker(host, port, target=args.target, headers=headers,
                                 connect_timeout=args.connect_timeout,
-                                show_progress=not args.quiet)
+                                show_progress=not args.quiet, tokenizer=args.tokenizer)
         except LoadError as exc:
             raise CliError(str(exc)) from None
         unconfirmed = f", {result['unacked']} not confirmed" if result["unacked"] else ""
@@ -182,6 +264,9 @@ def cmd_load(args: argparse.Namespace) -> int:
         )
     except ScenarioError as exc:
         raise CliError(str(exc), EXIT_BAD_INPUT) from None
+    # Loaded here to refuse a bad one before anything starts; a --master's remote workers
+    # load it on their own machines.
+    tokenizer = None if args.master else _tokenizer(args.tokenizer)
     store = _store(args)
     headers = _auth_headers(args.api_key_env)
     how = ""
@@ -202,12 +287,13 @@ def cmd_load(args: argparse.Namespace) -> int:
                 bind_host=bind_host, port=args.master_port, model=args.model, out=args.out,
                 headers=headers, api_key_env=args.api_key_env,
                 ignore_eos=not args.no_ignore_eos, show_progress=not args.quiet,
-                connect_timeout=args.connect_timeout,
+                connect_timeout=args.connect_timeout, tokenizer=args.tokenizer,
             )
         else:
             run_id, summary = run_load(
                 scenario, args.target, store, model=args.model, out=args.out, headers=headers,
                 ignore_eos=not args.no_ignore_eos, show_progress=not args.quiet,
+                tokenizer=tokenizer,
             )
     except LoadError as exc:
         raise CliError(str(exc)) from None
@@ -216,6 +302,8 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 
 def _print_summary(run_id: int, s: dict, out: Path | None) -> None:
+    from servescope.analysis.join import server_lines
+
     def fmt(v):
         return "-" if v is None else f"{v:.1f}"
 
@@ -226,6 +314,10 @@ def _print_summary(run_id: int, s: dict, out: Path | None) -> None:
         d = s[m]
         print(f"{m:24}" + "".join(f"{fmt(d[k]):>10}" for k in ("p50", "p90", "p95", "p99",
                                                                  "mean")))
+    from servescope.analysis.latency import reasoning_lines
+
+    for line in reasoning_lines(s):  # reasoning models: the split and the first answer token
+        print(line)
     for slo in s.get("slos", []):
         verdict = {True: "met", False: "MISSED", None: "unmeasured"}[slo["met"]]
         print(f"SLO {slo['metric']} {slo['stat']} <= {slo['target_ms']:g} ms: {verdict} "
@@ -236,11 +328,12 @@ def _print_summary(run_id: int, s: dict, out: Path | None) -> None:
     if g.get("ratio") is not None and s.get("slos"):
         print(f"goodput: {g['requests']} requests met every SLO ({100 * g['ratio']:.0f}%), "
               f"{fmt(g['requests_per_s'])} req/s")
-    if server := s.get("server"):
-        print(f"server {server['target']}: per request queue {fmt(server.get('queue_ms_mean'))}"
-              f" ms, prefill {fmt(server.get('prefill_ms_mean'))} ms, decode "
-              f"{fmt(server.get('decode_ms_mean'))} ms over {server['requests_finished']:g} "
-              f"requests; waiting up to {fmt(server.get('waiting_max'))}")
+    for line in server_lines(s.get("server")):  # per request, and over the run's window
+        print(line)
+    from servescope.loadgen.prepare import prompt_length_line
+
+    if line := prompt_length_line(s.get("prompt_lengths")):  # how each length was obtained
+        print(line)
     for warning in s.get("warnings", []):
         print(f"warning: {warning}")
     if out:
@@ -248,11 +341,15 @@ def _print_summary(run_id: int, s: dict, out: Path | None) -> None:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    store = _store(args)
-    print(f"dashboard on http://{args.host}:{args.port} (store {store.path})", file=sys.stderr)
+    from servescope.core.store import default_db_path
+
+    # The dashboard only reads: it never creates or migrates the store (it says so when the
+    # store is missing, and reads it once a collector or a load run has made it).
+    path = Path(args.db).expanduser() if args.db else default_db_path()
+    print(f"dashboard on http://{args.host}:{args.port} (store {path})", file=sys.stderr)
     from servescope.dashboard.launch import dashboard_command
 
-    os.execv(sys.executable, dashboard_command(store.path, args.host, args.port))
+    os.execv(sys.executable, dashboard_command(path, args.host, args.port))
     return 0  # not reached
 
 
@@ -281,6 +378,7 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     from servescope.collectors.ollama_proxy import OllamaProxy
 
     host, _, port = args.listen.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")  # [::1]:11435
     if not host or not port.isdigit():
         raise CliError(f"--listen {args.listen!r}: expected HOST:PORT, e.g. 127.0.0.1:11435",
                        EXIT_BAD_INPUT)
@@ -288,18 +386,38 @@ def cmd_proxy(args: argparse.Namespace) -> int:
         raise CliError(f"--upstream {args.upstream!r}: expected a URL like "
                        "http://127.0.0.1:11434", EXIT_BAD_INPUT)
     try:
-        proxy = OllamaProxy(args.upstream, host, int(port), store=_store(args))
+        proxy = OllamaProxy(args.upstream, host, int(port), store=_store(args),
+                            max_body=args.max_body_size)
     except OSError as exc:
-        raise CliError(f"--listen {args.listen}: cannot listen ({exc.strerror})") from None
+        raise CliError(f"--listen {args.listen}: cannot listen "
+                       f"({exc.strerror or exc})") from None
     print(f"proxying {proxy.url} -> {proxy.upstream}; metrics at {proxy.url}/metrics; "
           "Ctrl-C stops", file=sys.stderr)
     try:
-        proxy.server.serve_forever()
+        proxy.serve_forever()  # uvicorn: on Ctrl-C/SIGTERM it drains, then re-raises it
     except KeyboardInterrupt:
         pass
     finally:
         proxy.close()
     return 0
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3,
+               "kb": 1000, "mb": 1000**2, "gb": 1000**3}
+
+
+def _byte_size(text: str) -> int:
+    """A size like 16MiB, 512KiB, 1GiB or a plain number of bytes."""
+    number = text.strip().rstrip("bBiIkKmMgG")
+    unit = text.strip()[len(number):].lower()
+    try:
+        value = float(number) * _SIZE_UNITS[unit]
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"expected a size like 16MiB or 1048576, got {text!r}"
+                                         ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a size of at least 1 byte, got {text!r}")
+    return int(value)
 
 
 def _levels(text: str) -> list[int]:
@@ -331,6 +449,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         base = load_scenario(scenario_path(args.scenario))
     except ScenarioError as exc:
         raise CliError(str(exc), EXIT_BAD_INPUT) from None
+    tokenizer = _tokenizer(args.tokenizer)
     store = _store(args)
     headers = _auth_headers(args.api_key_env)
     kind = "concurrency" if args.concurrency else "rate"
@@ -355,7 +474,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"-- {kind} {level:g}", file=sys.stderr)
         try:
             run_id, summary = run_load(scenario, args.target, store, model=args.model,
-                                       headers=headers, show_progress=not args.quiet)
+                                       headers=headers, show_progress=not args.quiet,
+                                       tokenizer=tokenizer)
         except LoadError as exc:
             store.finish_sweep(sweep_id, "failed", analyze(done_levels, summaries))
             raise CliError(str(exc)) from None
@@ -435,7 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("scrape", help="print one normalized snapshot of a server's metrics")
     s.add_argument("source", help="server URL (its /metrics) or a saved /metrics file")
     s.add_argument("--runtime", default="auto",
-                   choices=["auto", "vllm", "llamacpp", "sglang", "tgi", "ollama"])
+                   help="auto (default: detected) or the server's runtime (vllm, ollama ...)")
     s.add_argument("--json", action="store_true", help="print the snapshot as JSON")
     s.add_argument("--no-raw", action="store_true", help="leave unmapped metrics out")
     s.add_argument("--timeout", type=_duration, default=5.0)
@@ -445,13 +565,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-host", action="store_true",
                    help="do not collect this host's CPU, memory, GPU and serving processes")
     c.add_argument("--target", action="append", default=[],
-                   help="NAME=RUNTIME:URL (runtime vllm, llamacpp, sglang, tgi, ollama or auto), "
-                   "e.g. local=vllm:http://127.0.0.1:8000 (repeatable)")
+                   help="NAME=RUNTIME:URL, e.g. local=vllm:http://127.0.0.1:8000; RUNTIME is "
+                   "auto (detected) or the server's; user:password@ in the URL is sent as "
+                   "basic auth, never shown or stored (repeatable)")
     c.add_argument("--interval", type=_duration, default=2.0, help="e.g. 2s (default)")
     c.add_argument("--duration", type=_duration, default=None, help="stop after this long")
     c.add_argument("--metrics-host", default="127.0.0.1", help="exporter address")
     c.add_argument("--metrics-port", type=int, default=9465,
                    help="serve the normalized series for Prometheus here (0: off)")
+    c.add_argument("--retain", type=_duration, default=None, metavar="DURATION",
+                   help="delete samples older than this, e.g. 30d (default: keep all)")
+    c.add_argument("--otlp", metavar="HOST:PORT",
+                   help="also receive request spans over OTLP/HTTP (protobuf, /v1/traces), "
+                   "e.g. 127.0.0.1:4318, for vLLM's --otlp-traces-endpoint")
     c.set_defaults(func=cmd_collect)
 
     ld = sub.add_parser("load", help="run a load scenario against an OpenAI-compatible server")
@@ -459,7 +585,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="scenario YAML (or the name of one in scenarios/); a --worker takes "
                     "it from its master")
     ld.add_argument("--target", help="server base URL, e.g. http://127.0.0.1:8000 (required; a "
-                    "--worker takes the master's unless given)")
+                    "--worker takes the master's unless given, and needs its own when it "
+                    "holds an API key)")
     ld.add_argument("--model", help="model name (default: the first one /v1/models lists)")
     ld.add_argument("--concurrency", type=int, help="one closed-loop stage with N users")
     ld.add_argument("--duration", type=_duration,
@@ -482,6 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
     ld.add_argument("--no-ignore-eos", action="store_true",
                     help="do not ask the server to ignore EOS (for servers that reject it)")
     ld.add_argument("--quiet", action="store_true", help="no progress line")
+    ld.add_argument("--tokenizer", metavar="PATH_OR_HF_ID", help=TOKENIZER_HELP)
     dist = ld.add_argument_group(
         "distributed (Locust master and workers)",
         "--workers N runs N worker processes here; --master waits for workers started "
@@ -520,6 +648,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--out", type=Path, help="write the curve and findings as JSON")
     sw.add_argument("--api-key-env", help="environment variable holding a bearer token")
     sw.add_argument("--quiet", action="store_true", help="no progress line")
+    sw.add_argument("--tokenizer", metavar="PATH_OR_HF_ID", help=TOKENIZER_HELP)
     sw.set_defaults(func=cmd_sweep)
 
     d = sub.add_parser("dashboard", help="serve the Streamlit dashboard")
@@ -537,6 +666,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "exports each response's timings as Prometheus metrics")
     px.add_argument("--listen", default="127.0.0.1:11435", help="HOST:PORT to accept clients on")
     px.add_argument("--upstream", default="http://127.0.0.1:11434", help="the Ollama server")
+    px.add_argument("--max-body-size", type=_byte_size, default="16MiB",
+                    help="largest request body forwarded (16MiB; larger ones get a 413): "
+                    "raise it to push models through the proxy")
     px.set_defaults(func=cmd_proxy)
 
     x = sub.add_parser("export", help="write a run's per-request records (JSONL, CSV, Parquet)")

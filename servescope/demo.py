@@ -12,11 +12,14 @@ import time
 from pathlib import Path
 
 from servescope.collectors.loop import Collector, TargetSpec
+from servescope.collectors.otlp import OTLPReceiver
 from servescope.core.errors import CliError
 from servescope.core.store import Store
 from servescope.core.terminate import Terminated
 from servescope.dashboard.launch import dashboard_command
 from servescope.loadgen.scenario import scenario_path
+
+OTLP_PORT = 4318
 
 
 def _say(msg: str) -> None:
@@ -32,6 +35,17 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
+def _start_receiver(store: Store) -> OTLPReceiver:
+    """The collector's OTLP receiver, where the demo's vLLM sends a span per request (the
+    server's queue / prefill / decode of each request): 4318, OTLP/HTTP's port, if free."""
+    from servescope.engines.process import free_port
+
+    port = OTLP_PORT if _port_free("127.0.0.1", OTLP_PORT) else free_port()
+    receiver = OTLPReceiver(store, "127.0.0.1", port).start()
+    _say(f"receiving request spans (OTLP) at {receiver.endpoint}")
+    return receiver
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from servescope.engines.process import EngineError, free_port
     from servescope.engines.vllm_cpu import start_local_vllm
@@ -44,7 +58,9 @@ def run_demo(args: argparse.Namespace) -> int:
     dashboard = None
     load = None
     collector = None
+    receiver = None
     try:
+        receiver = _start_receiver(store)
         if args.target:
             url = args.target.rstrip("/")
             _say(f"using the running server at {url}")
@@ -54,7 +70,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 port = free_port()
                 _say(f"port {args.vllm_port} is busy; vLLM will use {port}")
             try:
-                server = start_local_vllm(port=port)
+                server = start_local_vllm(port=port, otlp_traces_endpoint=receiver.endpoint)
             except EngineError as exc:
                 raise CliError(str(exc)) from None
             url = server.url
@@ -98,4 +114,6 @@ def run_demo(args: argparse.Namespace) -> int:
             dashboard.wait(10)
         if server is not None:
             server.stop()
+        if receiver is not None:  # after the server, which sends its last spans as it stops
+            receiver.stop()
         store.close()

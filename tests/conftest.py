@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +40,50 @@ def _serve(what: str, start: Callable[[], Any]) -> Iterator[Any]:
         server.stop()
 
 
+class SpanSink:
+    """The session's OTLP receiver (collectors/otlp.py), on a free port chosen before vLLM
+    starts, so vLLM's span exporter always finds it listening (a refused export blocks its
+    exporter for seconds of retries). Spans go to a session store unless a test points the
+    receiver at its own: ``with vllm_spans.into(store): ...``."""
+
+    def __init__(self, receiver: Any) -> None:
+        self.receiver = receiver
+
+    @property
+    def endpoint(self) -> str:
+        return self.receiver.endpoint
+
+    @contextmanager
+    def into(self, store: Any) -> Iterator[Any]:
+        previous, self.receiver.store = self.receiver.store, store
+        try:
+            yield self.receiver
+        finally:
+            self.receiver.store = previous
+
+
 @pytest.fixture(scope="session")
-def vllm_server():
+def vllm_spans(tmp_path_factory) -> Iterator[SpanSink]:
+    from servescope.collectors.otlp import OTLPReceiver
+
+    from servescope.core.store import Store
+
+    with Store(tmp_path_factory.mktemp("otlp") / "spans.db") as store:
+        receiver = OTLPReceiver(store, "127.0.0.1", 0).start()
+        try:
+            yield SpanSink(receiver)
+        finally:
+            receiver.stop()
+
+
+@pytest.fixture(scope="session")
+def vllm_server(vllm_spans):
+    """The real vLLM CPU server, sending one OpenTelemetry span per request to
+    `vllm_spans` (OTLP/HTTP protobuf)."""
     from servescope.engines.vllm_cpu import start_local_vllm
 
-    yield from _serve("vLLM", lambda: start_local_vllm(progress=_progress, max_num_seqs=8))
+    yield from _serve("vLLM", lambda: start_local_vllm(
+        progress=_progress, max_num_seqs=8, otlp_traces_endpoint=vllm_spans.endpoint))
 
 
 @pytest.fixture(scope="session")
@@ -70,3 +110,15 @@ def store(tmp_path):
 
     with Store(tmp_path / "servescope.db") as s:
         yield s
+
+
+# -- test tiers (markers in pyproject.toml) -------------------------------------------------
+# A test that uses a real engine's fixture is an `engine` test, so `make test-fast` leaves it
+# out without each file having to say so. `browser` and `timing` are set in their modules.
+ENGINE_FIXTURES = frozenset({"vllm_server", "ollama_server", "llamacpp_server"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if ENGINE_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.engine)

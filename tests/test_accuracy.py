@@ -28,6 +28,8 @@ from servescope.core.records import RequestRecord
 from servescope.core.store import Store
 from testsupport.streaming_server import StreamingServer
 
+pytestmark = pytest.mark.timing  # test tier (accuracy under load): see pyproject.toml
+
 TOKENS = 16
 FIRST_TOKEN_MS = 50.0
 GAP_MS = 20.0

@@ -371,6 +371,7 @@ def test_run_page_without_collector_data_says_how_to_get_it(
 
 
 def test_app_opens_on_the_live_page(empty_db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    Store(empty_db).close()  # the dashboard never creates the store (test_dashboard_readonly)
     monkeypatch.setattr("sys.argv", ["app.py"])
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT_S).run()
     assert not at.exception

@@ -18,6 +18,8 @@ from helpers import REPO_ROOT, servescope
 
 from testsupport.streaming_server import StreamingServer
 
+pytestmark = pytest.mark.browser  # test tier (a real headless Chromium): see pyproject.toml
+
 REQUESTS = 24
 NO_EXCEPTION = "document.querySelectorAll('[data-testid=\"stException\"]').length === 0"
 

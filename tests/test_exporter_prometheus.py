@@ -18,6 +18,8 @@ from servescope.collectors.normalize import normalize
 
 from servescope.engines.process import free_port
 
+pytestmark = pytest.mark.engine  # test tier (a real Prometheus server): see pyproject.toml
+
 
 @pytest.fixture(scope="module")
 def prometheus_bin() -> str:

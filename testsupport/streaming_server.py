@@ -27,8 +27,22 @@ Routes: POST /v1/chat/completions, GET /v1/models, GET /health, GET /schedule (e
 ``recv_ns`` and per-event ``sent_ns``; ``?compact=1`` gives only receive, first content
 and last event), POST /schedule/reset. Anything else is a 404, so /tokenize and /metrics
 are absent as on a bare OpenAI-compatible server.
+
+Every request is logged in arrival order, whatever its path (404s included): GET /access
+gives ``{"requests": [[seq, method, path, recv_ns], ...]}``, POST /access/reset clears it,
+so a test can count what reached the server, and when. ``--tokenize`` adds a vLLM-style
+POST /tokenize (``messages`` or ``prompt`` -> ``count``) with a fake tokenizer: a word is a
+token and each chat message costs 4 more (its template); the usage's prompt_tokens then
+counts the same way (else it is the prompt's characters / 4).
 Per-request overrides: headers ``x-first-token-ms``, ``x-gap-ms``, ``x-lead`` (e.g.
 ``role,empty``).
+
+Reasoning (``--reasoning R``, or per request ``x-reasoning: R``): the first R of the N tokens
+are reasoning events (kind ``reasoning`` in the schedule), each a chunk whose delta carries
+only the field named by ``--reasoning-field`` / ``x-reasoning-field`` (default
+``reasoning``, as vLLM 0.32; e.g. ``reasoning_content``); the other N - R are content as
+usual, and usage still counts N. ``--reasoning-details`` / ``x-reasoning-details: 1`` adds
+``completion_tokens_details.reasoning_tokens`` (R) to the usage, as OpenAI's API does.
 
 Faults, per request (header ``x-fault``): ``status:N`` answers HTTP N with a JSON error;
 ``drop:K`` closes the connection after K content events; ``close-delimited`` streams three
@@ -86,6 +100,17 @@ class Timing:
     default_tokens: int = 16
     fault_cycle: tuple[str, ...] = ()
     tx_stamps: bool = True
+    reasoning: int = 0
+    reasoning_field: str = "reasoning"
+    reasoning_details: bool = False
+    tokenize: bool = False
+
+
+def word_tokens(body: dict[str, Any]) -> int:
+    """``--tokenize``'s tokenizer: a word is a token, each chat message 4 more."""
+    if isinstance(body.get("messages"), list):
+        return sum(len(str(m.get("content") or "").split()) + 4 for m in body["messages"])
+    return len(str(body.get("prompt") or "").split())
 
 
 def _frame(data: bytes) -> bytes:
@@ -102,6 +127,19 @@ def _chunk(rid: str, delta: dict[str, str], finish: str | None = None) -> bytes:
         "id": f"chatcmpl-{rid}", "object": "chat.completion.chunk", "model": MODEL,
         "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
     })
+
+
+def _reasoning_events(rid: str, headers: dict[str, str], timing: Timing, count: int, n: int,
+                      usage: dict[str, Any]) -> list[tuple[str, bytes]]:
+    """The first `count` of `n` tokens as reasoning chunks (see the module doc); the usage
+    gets the split when asked for."""
+    name = headers.get("x-reasoning-field") or timing.reasoning_field
+    if headers.get("x-reasoning-details", "1" if timing.reasoning_details else "") == "1":
+        usage["completion_tokens_details"] = {"reasoning_tokens": count}
+    chunk = _chunk(rid, {name: "think"})
+    events = [("reasoning", chunk)] * (count - 1)
+    last = _chunk(rid, {name: "think"}, "length") if count == n else chunk
+    return [*events, ("reasoning", last)]
 
 
 def parse_lead(text: str) -> tuple[str, ...]:
@@ -270,6 +308,7 @@ class StreamServer:
         self.schedules: dict[str, dict[str, Any]] = {}
         self._anon = itertools.count()
         self._chats = itertools.count()
+        self.access: list[list[Any]] = []  # [seq, method, path, recv_ns], in arrival order
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sock = writer.get_extra_info("socket")
@@ -293,6 +332,7 @@ class StreamServer:
                 parsed_ns = time.time_ns()
                 recv_ns = getattr(reader, "arrival_ns", 0) or parsed_ns
                 path, _, query = target.partition("?")
+                self.access.append([len(self.access), method, path, recv_ns])
                 if method == "POST" and path == "/v1/chat/completions" \
                         and self.timing.fault_cycle and "x-fault" not in headers:
                     cycle = self.timing.fault_cycle
@@ -328,6 +368,18 @@ class StreamServer:
                 elif method == "GET" and path == "/v1/models":
                     self.reply(writer, 200, {"object": "list", "data": [
                         {"id": MODEL, "object": "model", "max_model_len": 4096}]})
+                elif method == "GET" and path == "/access":
+                    self.reply(writer, 200, {"requests": self.access})
+                elif method == "POST" and path == "/access/reset":
+                    self.access = []
+                    self.reply(writer, 200, {"ok": True})
+                elif method == "POST" and path == "/tokenize" and self.timing.tokenize:
+                    try:
+                        count = word_tokens(json.loads(body))
+                    except (ValueError, AttributeError) as exc:
+                        self.reply(writer, 400, {"error": {"message": f"bad request: {exc}"}})
+                    else:
+                        self.reply(writer, 200, {"count": count, "max_model_len": 4096})
                 elif method == "GET" and path == "/health":
                     self.reply(writer, 200, {})
                 elif method == "GET" and path == "/schedule":
@@ -376,20 +428,24 @@ class StreamServer:
             d0 = float(headers.get("x-first-token-ms", self.timing.first_token_ms)) / 1e3
             gap = float(headers.get("x-gap-ms", self.timing.gap_ms)) / 1e3
             lead = parse_lead(headers["x-lead"]) if "x-lead" in headers else self.timing.lead
+            reasoning = min(n, int(headers.get("x-reasoning", self.timing.reasoning)))
         except (ValueError, TypeError, AttributeError) as exc:
             self.reply(writer, 400, {"error": {"message": f"bad request: {exc}"}})
             return
         rid = headers.get("x-request-id") or f"anon-{next(self._anon)}"
         prompt_chars = sum(len(str(m.get("content") or "")) for m in req.get("messages") or [])
-        usage = {"prompt_tokens": max(1, prompt_chars // 4), "completion_tokens": n,
-                 "total_tokens": max(1, prompt_chars // 4) + n}
+        prompt = word_tokens(req) if self.timing.tokenize else max(1, prompt_chars // 4)
+        usage = {"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n}
         content = _chunk(rid, {"content": "tok"})
         events: list[tuple[str, bytes]] = [
             (k, _chunk(rid, {"role": "assistant"} if k == "role" else {"content": ""}))
             for k in lead
         ]
-        events += [("content", content)] * (n - 1)
-        events.append(("content", _chunk(rid, {"content": "tok"}, "length")))
+        if reasoning:
+            events += _reasoning_events(rid, headers, self.timing, reasoning, n, usage)
+        if reasoning < n:
+            events += [("content", content)] * (n - reasoning - 1)
+            events.append(("content", _chunk(rid, {"content": "tok"}, "length")))
         events.append(("usage", _event({"id": f"chatcmpl-{rid}", "object":
                                         "chat.completion.chunk", "model": MODEL,
                                         "choices": [], "usage": usage})))
@@ -483,6 +539,14 @@ def main(argv: list[str] | None = None) -> None:
                    "transmit stamp (which about doubles this server's cost per event)")
     p.add_argument("--fault-cycle", default="", help="faults for chat requests in turn, "
                    "comma-separated (empty: none), e.g. status:503,,drop:2")
+    p.add_argument("--reasoning", type=int, default=0,
+                   help="the first R tokens of each answer are reasoning events")
+    p.add_argument("--reasoning-field", default="reasoning",
+                   help="their delta field: reasoning (vLLM 0.32) or reasoning_content")
+    p.add_argument("--reasoning-details", action="store_true",
+                   help="usage carries completion_tokens_details.reasoning_tokens")
+    p.add_argument("--tokenize", action="store_true",
+                   help="serve /tokenize (a word is a token, 4 more per chat message)")
     p.add_argument("--exit-with-stdin", action="store_true",
                    help="exit when stdin closes (the parent that started it has gone)")
     a = p.parse_args(argv)
@@ -492,7 +556,9 @@ def main(argv: list[str] | None = None) -> None:
         threading.Thread(target=lambda: (sys.stdin.read(), os._exit(0)), daemon=True).start()
     timing = Timing(a.first_token_ms, a.gap_ms, parse_lead(a.lead),
                     fault_cycle=tuple(a.fault_cycle.split(",")) if a.fault_cycle else (),
-                    tx_stamps=not a.no_tx_stamps)
+                    tx_stamps=not a.no_tx_stamps, reasoning=a.reasoning,
+                    reasoning_field=a.reasoning_field, reasoning_details=a.reasoning_details,
+                    tokenize=a.tokenize)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(a.port, timing, a.tls))
 
@@ -503,7 +569,9 @@ class StreamingServer:
     def __init__(self, first_token_ms: float = 50.0, gap_ms: float = 20.0,
                  lead: tuple[str, ...] = (), cpu: int | None = None,
                  tls: bool = False, fault_cycle: tuple[str, ...] = (),
-                 tx_stamps: bool = True) -> None:
+                 tx_stamps: bool = True, reasoning: int = 0,
+                 reasoning_field: str = "reasoning", reasoning_details: bool = False,
+                 tokenize: bool = False) -> None:
         cmd = [sys.executable, os.path.abspath(__file__), "--first-token-ms",
                str(first_token_ms), "--gap-ms", str(gap_ms), "--lead", ",".join(lead)]
         if cpu is not None:
@@ -514,6 +582,11 @@ class StreamingServer:
             cmd += ["--fault-cycle", ",".join(fault_cycle)]
         if not tx_stamps:
             cmd.append("--no-tx-stamps")
+        if reasoning:
+            cmd += ["--reasoning", str(reasoning), "--reasoning-field", reasoning_field]
+            cmd += ["--reasoning-details"] if reasoning_details else []
+        if tokenize:
+            cmd.append("--tokenize")
         # stdin stays open while we live: the server exits when it closes, even if this
         # process dies without close().
         self.proc = subprocess.Popen([*cmd, "--exit-with-stdin"], stdin=subprocess.PIPE,
@@ -545,6 +618,15 @@ class StreamingServer:
 
     def reset(self) -> None:
         self._call("POST", "/schedule/reset")
+
+    def access(self) -> list[tuple[int, str, str, int]]:
+        """Every request that reached the server, in arrival order: (seq, method, path,
+        recv_ns), this call excluded."""
+        got = self._call("GET", "/access")["requests"]
+        return [(seq, method, path, recv) for seq, method, path, recv in got[:-1]]
+
+    def reset_access(self) -> None:
+        self._call("POST", "/access/reset")
 
     def cpu_seconds(self) -> float:
         """CPU time the server process has used (user + system)."""

