@@ -33,8 +33,9 @@ SOURCE_LABELS = {
     LLAMACPP_TIMINGS: "llama.cpp `timings` of each response",
     OLLAMA_NATIVE: "Ollama's native durations of each response",
 }
-# How servers form a request's id from the X-Request-Id header (vLLM 0.32: chat, completions).
-SPAN_ID_PREFIXES = ("chatcmpl-", "cmpl-", "")
+# How servers form a request's id from its X-Request-Id header: vLLM 0.32's chat
+# completions, completions (one engine request per prompt: "-0" for the first), or as is.
+SPAN_ID_FORMS = ("chatcmpl-{}", "cmpl-{}-0", "cmpl-{}", "{}")
 # A span is a request's only if it lies inside the client's send..end, widened by this much
 # for the two clocks (one machine: none; NTP-synced machines: milliseconds).
 CLOCK_SLACK_NS = 2_000_000_000
@@ -224,7 +225,7 @@ def match_spans(records: Sequence[RequestRecord], spans: Iterable[ServerSpan]
         if end is None:
             continue
         candidates = [
-            s for prefix in SPAN_ID_PREFIXES for s in by_id.get(prefix + rec.request_id, ())
+            s for form in SPAN_ID_FORMS for s in by_id.get(form.format(rec.request_id), ())
             if (s.trace_id, s.span_id) not in used
             and s.start_ns >= rec.send_ns - CLOCK_SLACK_NS and s.end_ns <= end + CLOCK_SLACK_NS
         ]
@@ -237,7 +238,7 @@ def match_spans(records: Sequence[RequestRecord], spans: Iterable[ServerSpan]
 
 def span_ids(records: Iterable[RequestRecord]) -> list[str]:
     """Every id a server may have given these records' spans."""
-    return [prefix + r.request_id for r in records for prefix in SPAN_ID_PREFIXES]
+    return [form.format(r.request_id) for r in records for form in SPAN_ID_FORMS]
 
 
 def request_phases(records: Sequence[RequestRecord], spans: Iterable[ServerSpan] = ()

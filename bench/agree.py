@@ -5,8 +5,10 @@ fixed workload to servescope, `vllm bench serve` and GuideLLM in turn, each pinn
 left over: chat completions, a fixed prompt length (server-counted, chat template included),
 a fixed output length with ignore_eos, closed loop at a fixed concurrency, a fixed request
 count. The tools take turns (the order rotates every round) so a drift of the server or of
-the machine falls on all of them alike. Every run uses its own seed: with vLLM's prefix cache
-on, a prompt seen before would skip its prefill.
+the machine falls on all of them alike. Every run uses its own seed, drawn afresh for each
+invocation (--seed repeats one): with vLLM's prefix cache on, a prompt the server has seen
+before, in this invocation or an earlier one against the same --target, would skip its
+prefill.
 
 Each tool's own reported figures are compared: TTFT, TPOT and ITL p50/p99, output tokens/s.
 Per metric: servescope's median over its runs, the peer's, their ratio, and each tool's own
@@ -23,19 +25,30 @@ import argparse
 import json
 import math
 import os
-import statistics
+import random
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.agree_report import (
+    GUIDE,
+    METRICS,
+    OURS,
+    SPREAD_DEFINITION,
+    VLLM,
+    Config,
+    Run,
+    report,
+    verdict,
+)
 from bench.peers import (
     TINY_MODEL,
     ensure_guidellm,
@@ -47,47 +60,12 @@ from bench.peers import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-OURS, VLLM, GUIDE = "servescope", "vllm bench serve", "GuideLLM"
-METRICS = {  # key: (label, unit)
-    "ttft_p50": ("TTFT p50", "ms"), "ttft_p99": ("TTFT p99", "ms"),
-    "tpot_p50": ("TPOT p50", "ms"), "tpot_p99": ("TPOT p99", "ms"),
-    "itl_p50": ("ITL p50", "ms"), "itl_p99": ("ITL p99", "ms"),
-    "output_tps": ("output tok/s", "tok/s"),
-}
-SPREAD_DEFINITION = ("spread = max/min - 1 over a tool's runs; a ratio (ours / peer) agrees "
-                     "when 1/(1+s) <= ratio <= 1+s, s the larger of the two tools' spreads")
 COUNTERS = {  # /metrics sample -> key (summed over labels)
     "vllm:request_success_total": "requests",
     "vllm:prompt_tokens_total": "prompt_tokens",
     "vllm:generation_tokens_total": "generation_tokens",
     "vllm:prefix_cache_hits_total": "prefix_cache_hit_tokens",
 }
-
-
-@dataclass
-class Config:
-    prompt_tokens: int = 256
-    output_tokens: int = 64
-    concurrency: int = 4
-    requests: int = 48
-    runs: int = 3
-    guidellm: bool = True
-    template_tokens: int = 0  # what the chat template adds around the user's text
-
-
-@dataclass
-class Run:
-    """One tool's run: its own figures, its sample counts and what the server counted."""
-
-    tool: str
-    index: int
-    seed: int
-    values: dict[str, float | None] = field(default_factory=dict)
-    samples: dict[str, int] = field(default_factory=dict)  # ttft, tpot, itl sample counts
-    server: dict[str, float] = field(default_factory=dict)  # /metrics deltas
-    usage_prompt_tokens: list[int] = field(default_factory=list)  # min, max per request
-    wall_s: float = 0.0
-    note: str = ""
 
 
 # -- the server's own count ------------------------------------------------------------
@@ -224,16 +202,18 @@ def run_guidellm(url: str, model: str, cfg: Config, run: Run, tmp: Path,
 
 def read_guidellm(bench: dict[str, Any], run: Run) -> None:
     """GuideLLM's own figures. Its `inter_token_latency_ms` is per request (last token -
-    first token) / (output tokens - 1): our TPOT. It keeps no per-token times, so it has no
-    ITL over every gap. Output tokens/s: its output tokens over its benchmark's duration."""
+    first token) / (output tokens - 1): our TPOT (its percentiles weight each request by its
+    tokens, all equal here). It keeps no per-token times, so it has no ITL over every gap.
+    Output tokens/s: its requests' output tokens / (last end - first start)."""
     metrics = bench["metrics"]
     for ours, theirs in (("ttft", "time_to_first_token_ms"), ("tpot", "inter_token_latency_ms")):
         dist = metrics[theirs]["successful"]
         run.values[f"{ours}_p50"] = dist["percentiles"]["p50"]
         run.values[f"{ours}_p99"] = dist["percentiles"]["p99"]
-        run.samples[ours] = dist["count"]
-    run.values["itl_p50"] = run.values["itl_p99"] = None
     ok = bench["requests"]["successful"]
+    run.samples = {"ttft": metrics["time_to_first_token_ms"]["successful"]["count"],
+                   "tpot": sum((r.get("output_tokens") or 0) > 1 for r in ok), "itl": 0}
+    run.values["itl_p50"] = run.values["itl_p99"] = None
     out_tokens = sum(r.get("output_tokens") or 0 for r in ok)
     starts = [r["info"]["timings"]["request_start"] for r in ok]
     ends = [r["info"]["timings"]["request_end"] for r in ok]
@@ -274,7 +254,7 @@ def rounds(url: str, model: str, cfg: Config, cpus: list[int]) -> list[Run]:
         for i in range(cfg.runs):
             order = tools[i % len(tools):] + tools[:i % len(tools)]
             for name, fn in order:
-                seed = 1000 * (i + 1) + [n for n, _ in tools].index(name)  # never twice
+                seed = cfg.seed + 10 * i + [n for n, _ in tools].index(name)  # never twice
                 run = measured(url, lambda r, fn=fn: fn(r, tmp), Run(name, i, seed))
                 runs.append(run)
                 print(progress_line(run), flush=True)
@@ -283,150 +263,14 @@ def rounds(url: str, model: str, cfg: Config, cpus: list[int]) -> list[Run]:
 
 def progress_line(run: Run) -> str:
     v = run.values
-    figures = ", ".join(f"{METRICS[k][0]} {v[k]:.2f}" for k in METRICS if v.get(k) is not None)
+    figures = ", ".join(f"{' '.join(METRICS[k])} {v[k]:.2f}" for k in METRICS
+                        if v.get(k) is not None)
     srv = run.server
     return (f"  round {run.index + 1} {run.tool:17} {run.wall_s:6.1f}s  {figures or '-'}; "
             f"server: {srv['requests']:.0f} requests, {srv['prompt_tokens_per_request']:.1f} "
             f"prompt / {srv['generation_tokens_per_request']:.1f} output tokens each, "
             f"{srv['prefix_cache_hit_tokens']:.0f} prefix-cache hit tokens"
             f"{'; ' + run.note if run.note else ''}")
-
-
-# -- the comparison ----------------------------------------------------------------------
-def spread(values: list[float]) -> float | None:
-    """max/min - 1 over a tool's runs (None with fewer than two)."""
-    if len(values) < 2 or min(values) <= 0:
-        return None
-    return max(values) / min(values) - 1
-
-
-def per_tool(runs: list[Run]) -> dict[str, dict[str, dict[str, Any]]]:
-    """tool -> metric -> its runs' values, median and spread."""
-    out: dict[str, dict[str, dict[str, Any]]] = {}
-    for tool in dict.fromkeys(r.tool for r in runs):
-        out[tool] = {}
-        for key in METRICS:
-            vals = [r.values[key] for r in runs if r.tool == tool and r.values.get(key) is not None]
-            out[tool][key] = {"runs": vals, "median": statistics.median(vals) if vals else None,
-                              "spread": spread(vals)}
-    return out
-
-
-def against(tools: dict[str, dict[str, dict[str, Any]]], peer: str) -> dict[str, dict[str, Any]]:
-    """Per metric: ours / the peer's median, the larger spread, and whether the ratio lies
-    inside it (None: one side has no figure, or no spread with a single run)."""
-    rows = {}
-    for key in METRICS:
-        a, b = tools[OURS][key], tools[peer][key]
-        ratio = a["median"] / b["median"] if a["median"] and b["median"] else None
-        spreads = [s for s in (a["spread"], b["spread"]) if s is not None]
-        limit = max(spreads) if len(spreads) == 2 else None
-        inside = None if ratio is None or limit is None else \
-            1 / (1 + limit) <= ratio <= 1 + limit
-        rows[key] = {"ours": a["median"], "peer": b["median"], "ratio": ratio,
-                     "spread_ours": a["spread"], "spread_peer": b["spread"], "limit": limit,
-                     "agrees": inside}
-    return rows
-
-
-def prompt_check(runs: list[Run]) -> dict[str, Any]:
-    """The server-counted prompt tokens per request of every tool, and whether they match."""
-    per: dict[str, dict[str, Any]] = {}
-    for tool in dict.fromkeys(r.tool for r in runs):
-        mine = [r for r in runs if r.tool == tool and not r.note.startswith(("not run",
-                                                                              "failed"))]
-        usage = [n for r in mine for n in r.usage_prompt_tokens]
-        per[tool] = {
-            "server_per_request": sorted({round(r.server["prompt_tokens_per_request"], 2)
-                                          for r in mine}),
-            "server_requests": [int(r.server["requests"]) for r in mine],
-            "usage_min_max": [min(usage), max(usage)] if usage else [],
-        }
-    seen = {v for p in per.values() for v in p["server_per_request"]}
-    gap = (max(seen) / min(seen) - 1) if seen and min(seen) > 0 else None
-    return {"tools": per, "equal": len(seen) == 1, "max_difference": gap}
-
-
-def prompt_words(check: dict[str, Any]) -> str:
-    if check["equal"]:
-        return "equal: yes"
-    if check["max_difference"] is None:
-        return "equal: not known (a tool sent nothing)"
-    return f"equal: NO, up to {check['max_difference']:.2%} apart"
-
-
-def fmt(v: float | None, unit: str = "") -> str:
-    if v is None:
-        return "-"
-    return f"{v:,.1f}" if unit == "tok/s" else f"{v:.3f}"
-
-
-def pct(v: float | None) -> str:
-    return "-" if v is None else f"{v:.1%}"
-
-
-def report(runs: list[Run], cfg: Config) -> dict[str, Any]:
-    """Print the comparison tables, the prompt-length check and the sample counts; return
-    them for the JSON file."""
-    tools = per_tool(runs)
-    peers = [p for p in (VLLM, GUIDE) if p in tools]
-    comparison = {p: against(tools, p) for p in peers}
-    print(f"\n{SPREAD_DEFINITION}.")
-    for peer, rows in comparison.items():
-        print(f"\nservescope vs {peer}: medians over {cfg.runs} run(s); ratio = ours / theirs")
-        print(f"{'metric':16}{'servescope':>12}{peer[:16]:>18}{'ratio':>8}{'spread ours':>13}"
-              f"{'spread peer':>13}{'agrees':>8}")
-        for key, (label, unit) in METRICS.items():
-            r = rows[key]
-            agrees = {True: "yes", False: "NO", None: "-"}[r["agrees"]]
-            print(f"{label + ' ' + unit:16}{fmt(r['ours'], unit):>12}{fmt(r['peer'], unit):>18}"
-                  f"{fmt(r['ratio']):>8}{pct(r['spread_ours']):>13}{pct(r['spread_peer']):>13}"
-                  f"{agrees:>8}")
-    if GUIDE in tools:
-        print("GuideLLM: its inter_token_latency is per request (last - first token) / "
-              "(tokens - 1), compared as TPOT; it keeps no per-token times, so no ITL over "
-              "every gap. Its output tok/s: its output tokens / (last end - first start).")
-    prompts = prompt_check(runs)
-    print(f"\nprompt tokens per request as the server counted them (/metrics deltas; scenario "
-          f"{cfg.prompt_tokens}, of which {cfg.template_tokens} chat template: the peers ask "
-          f"for {cfg.prompt_tokens - cfg.template_tokens} tokens of user text):")
-    for tool, p in prompts["tools"].items():
-        print(f"  {tool:17} server {p['server_per_request']} per request over "
-              f"{p['server_requests']} requests; usage per request "
-              f"{'..'.join(map(str, p['usage_min_max'])) or '-'}")
-    print(f"  {prompt_words(prompts)}")
-    samples = {t: {m: sorted({r.samples.get(m, 0) for r in runs if r.tool == t})
-                   for m in ("ttft", "tpot", "itl")} for t in tools}
-    print("\nsamples per run behind each percentile (TTFT / TPOT: one per request; ITL: one "
-          "per gap between tokens):")
-    for tool, s in samples.items():
-        print(f"  {tool:17} TTFT {s['ttft']}, TPOT {s['tpot']}, ITL {s['itl']}")
-    print(f"  thin tails: a p99 needs about {10 / (1 - 0.99):.0f} samples to be stable. Over "
-          f"{cfg.requests} requests the TTFT and TPOT p99 is an interpolation between the "
-          f"top {max(1, math.ceil(cfg.requests * 0.01))} or 2 values; the ITL p99 over "
-          f"~{cfg.requests * (cfg.output_tokens - 1)} gaps rests on its top "
-          f"~{max(1, round(cfg.requests * (cfg.output_tokens - 1) * 0.01))}.")
-    return {"per_tool": tools, "comparison": comparison, "prompt_tokens": prompts,
-            "samples": samples}
-
-
-def verdict(result: dict[str, Any], cfg: Config) -> str:
-    parts = []
-    for peer, rows in result["comparison"].items():
-        judged = {k: r for k, r in rows.items() if r["agrees"] is not None}
-        if cfg.runs < 2:
-            ratios = ", ".join(f"{METRICS[k][0]} {r['ratio']:.2f}" for k, r in rows.items()
-                               if r["ratio"] is not None)
-            parts.append(f"{peer}: not judged (one run: no spread); ratios {ratios}")
-            continue
-        off = [f"{METRICS[k][0]} {r['ratio']:.2f} (limit {1 + r['limit']:.2f})"
-               for k, r in judged.items() if not r["agrees"]]
-        missing = [METRICS[k][0] for k in rows if k not in judged]
-        parts.append(f"{peer}: {len(judged) - len(off)}/{len(judged)} agree"
-                     + (f", outside: {', '.join(off)}" if off else "")
-                     + (f" (not measured: {', '.join(missing)})" if missing else ""))
-    parts.append(f"prompt tokens {prompt_words(result['prompt_tokens'])}")
-    return "verdict: " + "; ".join(parts)
 
 
 # -- the command -------------------------------------------------------------------------
@@ -439,6 +283,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--output-tokens", type=int, default=64, help="output length (64)")
     p.add_argument("--concurrency", type=int, default=4, help="closed-loop users (4)")
     p.add_argument("--no-guidellm", action="store_true", help="leave GuideLLM out")
+    p.add_argument("--seed", type=int, help="the first run's seed (default: random; "
+                   "every run adds to it)")
     p.add_argument("--target", help="an already running vLLM server (default: start the "
                    "local vLLM CPU engine; with --target the tools are not pinned)")
     p.add_argument("--out", type=Path, help="write the result as JSON here")
@@ -452,7 +298,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse(sys.argv[2:] if argv is None else argv)
     cfg = Config(args.prompt_tokens, args.output_tokens, args.concurrency, args.requests,
-                 args.runs, not args.no_guidellm)
+                 args.runs, not args.no_guidellm,
+                 seed=args.seed if args.seed is not None else random.randrange(1, 10**6))
     started, server = time.monotonic(), None
     load_before = os.getloadavg()
     try:
@@ -481,7 +328,7 @@ def main(argv: list[str] | None = None) -> None:
         if server is not None:
             server.stop()
     result = report(runs, cfg)
-    line = verdict(result, cfg)
+    line = verdict(result)
     elapsed = time.monotonic() - started
     print(f"\n{line}\n(took {elapsed:.0f} s; load average before {load_before[0]:.2f}, after "
           f"{os.getloadavg()[0]:.2f})")

@@ -20,6 +20,8 @@ from servescope.analysis.phases import (
 )
 from servescope.dashboard.figures import COLORS, layout, note_if_empty
 
+# The phase boxes' log axis starts here (ms): no queue at all is drawn as this little.
+LOG_FLOOR_MS = 0.01
 # Requests drawn on the timeline: enough to see queueing build up, few enough to read.
 TIMELINE_MAX_REQUESTS = 200
 # In the order of a request's life (the legend's order too).
@@ -94,15 +96,20 @@ def ttft_against_queue(rows: Sequence[RequestPhases]) -> go.Figure:
 
 
 def phase_boxes(rows: Sequence[RequestPhases]) -> go.Figure:
-    """Each phase's and remainder's distribution over the requests, side by side."""
+    """Each phase's and remainder's distribution over the requests, one box each, on a log
+    axis: remainders of milliseconds and decodes of seconds both stay readable. Values
+    under LOG_FLOOR_MS (a request that did not queue) are drawn at it."""
     fig = go.Figure()
-    for metric, label in PHASE_METRICS.items():
-        values = [v for r in rows if (v := r.value(metric)) is not None]
+    for metric, label in reversed(PHASE_METRICS.items()):  # the first on top
+        values = [max(v, LOG_FLOOR_MS) for r in rows if (v := r.value(metric)) is not None]
         if values:
-            fig.add_trace(go.Box(y=values, name=label, boxpoints=False,
+            fig.add_trace(go.Box(x=values, name=label.replace(" (client - server)", ""),
+                                 orientation="h", boxpoints=False,
                                  marker={"color": _metric_color(metric)}))
-    fig = layout(fig, "Per request: server phases and the remainder", "", "ms")
+    fig = layout(fig, "Phases and remainder per request",
+                 "ms (log scale)", "")
     fig.update_layout(hovermode="closest", showlegend=False)
+    fig.update_xaxes(type="log")
     return note_if_empty(fig, "no request has a server account")
 
 

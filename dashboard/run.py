@@ -18,7 +18,7 @@ from servescope.analysis.latency import (
 )
 from servescope.analysis.phases import RequestPhases
 from servescope.analysis.slo import evaluate_slos
-from servescope.dashboard import figures, run_checks, run_phases
+from servescope.dashboard import figures, run_checks, run_phases, run_prompts
 from servescope.dashboard.figures import local_clock, redact_urls
 from servescope.dashboard.widgets import header_caption
 
@@ -88,6 +88,7 @@ def render(store: Store) -> None:
     phases = joined_phases(store, records)  # the server's account of each request
     _time_split(store, run, summary, phases)
     run_phases.render(phases, summary)
+    run_prompts.render(all_records, stored)  # how each prompt's length was obtained
     st.download_button(
         "Download per-request CSV",
         pd.DataFrame(request_table(all_records)).to_csv(index=False).encode(),

@@ -8,10 +8,10 @@ A completions request's prompt is the plain text, with the special tokens (BOS) 
 
 The local tokenizer is a `tokenizers` tokenizer.json with the chat template found beside it
 (tokenizer_config.json's `chat_template` or chat_template.jinja), rendered with Jinja2 the
-way transformers renders it; a folder without a tokenizer.json is loaded with transformers'
-AutoTokenizer where transformers is installed. A Hugging Face id is resolved to its files
-in the local Hugging Face cache, downloaded only where the Hub can be reached and
-HF_HUB_OFFLINE is not set.
+way transformers renders it; a model folder is loaded with transformers' AutoTokenizer
+instead where transformers is installed (as the servers load it). A Hugging Face id is
+resolved to its files in the local Hugging Face cache, downloaded only where the Hub can be
+reached and HF_HUB_OFFLINE is not set.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ SERVER = "server_tokenizer"  # counted by the server's tokenizer before the run
 LOCAL = "local_tokenizer"  # counted by --tokenizer, on this machine
 ESTIMATE = "estimate"  # sized from lengths calibrated before the run (or chars per token)
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
-                   "chat_template.json", "special_tokens_map.json", "tokenizer.model",
-                   "vocab.json", "merges.txt"]
+                   "config.json", "chat_template.json", "special_tokens_map.json",
+                   "tokenizer.model", "vocab.json", "merges.txt"]
 
 
 class TokenizerError(ValueError):
@@ -118,18 +118,22 @@ class LocalTokenizer:
     source = LOCAL
 
     def __init__(self, name: str, encode: Any, template: str | None,
-                 specials: dict[str, str], text_prompt: bool = False) -> None:
+                 specials: dict[str, str], text_prompt: bool = False,
+                 renderer: Any = None) -> None:
         self.name, self._encode, self.template_text = name, encode, template
         self.specials, self.text_prompt = specials, text_prompt
+        self._renderer = renderer  # transformers' apply_chat_template, where it loaded it
         self._template: Any = None
 
     def for_text_prompts(self, text_prompt: bool) -> LocalTokenizer:
         """The same tokenizer counting flattened text prompts (/v1/completions) or not."""
         return LocalTokenizer(self.name, self._encode, self.template_text, self.specials,
-                              text_prompt)
+                              text_prompt, self._renderer)
 
     def render(self, messages: Sequence[Message]) -> str:
         """The chat template applied to `messages`, with the generation prompt."""
+        if self._renderer is not None and self.template_text is not None:
+            return str(self._renderer(list(messages)))
         if self.template_text is None:
             raise TokenizerError(f"--tokenizer {self.name}: it has no chat template (no "
                                  "chat_template in tokenizer_config.json, no "
@@ -172,18 +176,31 @@ def _compile(source: str) -> Any:
 
 
 def load_tokenizer(spec: str) -> LocalTokenizer:
-    """A tokenizer.json file, a folder holding one (or a transformers tokenizer), or a
-    Hugging Face id found in the local cache. Raises TokenizerError naming `spec`."""
+    """A tokenizer.json file, a model folder, or a Hugging Face id found in the local cache.
+    A folder is loaded with transformers' AutoTokenizer where transformers is installed, as
+    vLLM and SGLang load it (transformers 5 rebuilds some models' pipelines, e.g. Qwen2's
+    pre-tokenizer, whatever tokenizer.json says), else its tokenizer.json with `tokenizers`.
+    Raises TokenizerError naming `spec`."""
     path = Path(spec).expanduser()
-    if path.exists():
-        folder = path if path.is_dir() else path.parent
-        file = path if path.is_file() else path / "tokenizer.json"
-    else:
-        folder = _from_hub(spec)
-        file = folder / "tokenizer.json"
+    if path.is_file():
+        return _from_tokenizer_json(spec, path, path.parent)
+    folder = path if path.exists() else _from_hub(spec)
+    file = folder / "tokenizer.json"
+    if _has_transformers():
+        try:
+            return _from_transformers(spec, folder)
+        except TokenizerError:
+            if not file.is_file():
+                raise
     if file.is_file():
         return _from_tokenizer_json(spec, file, folder)
     return _from_transformers(spec, folder)
+
+
+def _has_transformers() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("transformers") is not None
 
 
 def _from_tokenizer_json(spec: str, file: Path, folder: Path) -> LocalTokenizer:
@@ -233,7 +250,11 @@ def _from_transformers(spec: str, folder: Path) -> LocalTokenizer:
     def encode(text: str, add_special: bool) -> list[int]:
         return tok.encode(text, add_special_tokens=add_special)
 
-    return LocalTokenizer(spec, encode, getattr(tok, "chat_template", None), specials)
+    def render(messages: list[Message]) -> str:
+        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    return LocalTokenizer(spec, encode, getattr(tok, "chat_template", None), specials,
+                          renderer=render)
 
 
 def _from_hub(spec: str) -> Path:

@@ -27,9 +27,12 @@ def _duration(text: str) -> float:
 
 
 def _store(args: argparse.Namespace):
-    from servescope.core.store import Store
+    from servescope.core.store import Store, StoreError
 
-    return Store(args.db)
+    try:
+        return Store(args.db)
+    except StoreError as exc:  # e.g. from a newer servescope: one line, the file untouched
+        raise CliError(str(exc)) from None
 
 
 def _auth_headers(env_name: str | None) -> dict[str, str]:
@@ -330,7 +333,7 @@ def _print_summary(run_id: int, s: dict, out: Path | None) -> None:
               f"{fmt(g['requests_per_s'])} req/s")
     for line in server_lines(s.get("server")):  # per request, and over the run's window
         print(line)
-    from servescope.loadgen.prepare import prompt_length_line
+    from servescope.loadgen.prompt_lengths import prompt_length_line
 
     if line := prompt_length_line(s.get("prompt_lengths")):  # how each length was obtained
         print(line)
@@ -536,6 +539,71 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+# -- plan (capacity planning) -------------------------------------------------------------
+def _plan_workload(args: argparse.Namespace):
+    """The request lengths to size for: a scenario's, or --prompt-tokens/--output-tokens."""
+    from servescope.capacity.plan import Workload
+
+    if args.scenario:
+        from servescope.capacity.workload import scenario_workload
+        from servescope.loadgen.scenario import ScenarioError, load_scenario, scenario_path
+
+        try:
+            scenario = load_scenario(scenario_path(args.scenario))
+        except ScenarioError as exc:
+            raise CliError(f"--scenario {args.scenario}: {exc}", EXIT_BAD_INPUT) from None
+        if scenario.mode == "trace":
+            raise CliError(f"--scenario {args.scenario} replays a trace; give its lengths "
+                           "with --prompt-tokens and --output-tokens", EXIT_BAD_INPUT)
+        return scenario_workload(scenario)
+    if (args.prompt_tokens is None) != (args.output_tokens is None):
+        raise CliError("give both --prompt-tokens and --output-tokens", EXIT_BAD_INPUT)
+    if args.prompt_tokens is None:
+        return None
+    for flag, value in (("--prompt-tokens", args.prompt_tokens),
+                        ("--output-tokens", args.output_tokens)):
+        if value < 1:
+            raise CliError(f"{flag} {value}: must be a positive token count", EXIT_BAD_INPUT)
+    return Workload.fixed(args.prompt_tokens, args.output_tokens)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from servescope.capacity import catalog
+    from servescope.capacity.model import ConfigError
+    from servescope.capacity.plan import PlanError, PlanInput, plan
+    from servescope.capacity.report import format_plan
+
+    try:
+        info = catalog.model(args.model)
+    except (catalog.UnknownName, ConfigError) as exc:
+        raise CliError(f"--model {args.model}: {exc}", EXIT_BAD_INPUT) from None
+    try:
+        hw = catalog.hardware(args.gpu)
+    except catalog.UnknownName as exc:
+        raise CliError(f"--gpu {args.gpu}: {exc}", EXIT_BAD_INPUT) from None
+    for flag, value in (("--gpus", args.gpus), ("--tp", args.tp),
+                        ("--max-model-len", args.max_model_len),
+                        ("--concurrency", args.concurrency),
+                        ("--kv-cache-space", args.kv_cache_space)):
+        if value is not None and value < 1:
+            raise CliError(f"{flag} {value}: must be at least 1", EXIT_BAD_INPUT)
+    if args.rate is not None and args.rate <= 0:
+        raise CliError(f"--rate {args.rate}: must be positive", EXIT_BAD_INPUT)
+    inp = PlanInput(model=info, hardware=hw, gpus=args.gpus, tp=args.tp,
+                    quantization=args.quantization, kv_cache_dtype=args.kv_cache_dtype,
+                    dtype=args.dtype, max_model_len=args.max_model_len,
+                    gpu_memory_utilization=args.gpu_memory_utilization,
+                    workload=_plan_workload(args), rate=args.rate, concurrency=args.concurrency,
+                    block_size=args.block_size, enforce_eager=args.enforce_eager,
+                    kv_cache_space_gib=args.kv_cache_space)
+    try:
+        result = plan(inp)
+    except PlanError as exc:
+        raise CliError(str(exc), EXIT_BAD_INPUT) from None
+    print(json.dumps(result, indent=2) if args.json else format_plan(result))
+    return 0
+
+
 # -- parser -----------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     # Global options are accepted before or after the subcommand (`servescope --db X load`
@@ -687,6 +755,38 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--exit-after-run", action="store_true",
                    help="stop when the scenario finished (default: keep serving until Ctrl-C)")
     m.set_defaults(func=cmd_demo)
+
+    pl = sub.add_parser("plan", help="capacity plan: weights, KV cache as vLLM sizes it, "
+                        "sequences that fit, settings and GPUs for a model on some hardware")
+    pl.add_argument("--model", required=True,
+                    help="catalog name (llama-3.1-8b, qwen3-32b ...), a config.json, a model "
+                    "folder, or a Hugging Face id in the local cache")
+    pl.add_argument("--gpu", required=True, help="hardware name: h100-80gb, a100-80gb, l4, "
+                    "rtx-4090, mi300x, cpu-server ... (lowercase, hyphenated)")
+    pl.add_argument("--gpus", type=int, help="GPUs in all (default: --tp)")
+    pl.add_argument("--tp", type=int, help="tensor-parallel size (default: --gpus, else 1)")
+    pl.add_argument("--quantization", help="weights format: bf16, fp16, fp8, int8, awq, gptq, "
+                    "mxfp4, nvfp4, gguf-q4_k_m ... (default: the checkpoint's)")
+    pl.add_argument("--kv-cache-dtype", default="auto", help="auto (the model dtype) or fp8")
+    pl.add_argument("--dtype", default="auto", help="model dtype as vLLM's --dtype (auto)")
+    pl.add_argument("--max-model-len", type=int,
+                    help="vLLM's --max-model-len (default: the model's maximum)")
+    pl.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    pl.add_argument("--block-size", type=int, help="KV block size (default: vLLM's for the "
+                    "device and attention kind)")
+    pl.add_argument("--enforce-eager", action="store_true",
+                    help="no CUDA graphs (as vLLM's --enforce-eager)")
+    pl.add_argument("--kv-cache-space", type=int, metavar="GIB",
+                    help="CPU build: VLLM_CPU_KVCACHE_SPACE in GiB (the KV budget, exactly)")
+    lengths = pl.add_mutually_exclusive_group()
+    lengths.add_argument("--scenario", help="size for this scenario's request lengths")
+    lengths.add_argument("--prompt-tokens", type=int, help="prompt length (with --output-tokens)")
+    pl.add_argument("--output-tokens", type=int, help="output length (with --prompt-tokens)")
+    traffic = pl.add_mutually_exclusive_group()
+    traffic.add_argument("--rate", type=float, help="requests per second to serve")
+    traffic.add_argument("--concurrency", type=int, help="concurrent requests to serve")
+    pl.add_argument("--json", action="store_true", help="print the plan as JSON")
+    pl.set_defaults(func=cmd_plan)
     return p
 
 

@@ -76,7 +76,7 @@ def test_run_page_shows_each_requests_server_phases(traced_db: Path) -> None:
     assert ys(timeline["data"][1], "x") == pytest.approx([i * 0.01 for i in range(1, 12)])
     scatter = charts["TTFT (client) against time in queue (server)"]
     assert ys(scatter["data"][0], "x") == pytest.approx([10.0 * i for i in range(12)])
-    assert "Per request: server phases and the remainder" in charts
+    assert "Phases and remainder per request" in charts
     # "Where the time went" takes the server's means from the same requests.
     split = charts["Mean time per request: server phases and client view"]
     queue = next(t for t in split["data"] if t["name"] == "queue")

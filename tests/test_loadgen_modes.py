@@ -20,6 +20,9 @@ from servescope.loadgen.arrivals import RateStage, schedule
 from servescope.core.records import RequestRecord
 from servescope.core.store import Store
 
+# Test tier: real load runs of seconds each, and sends checked against their schedule.
+pytestmark = pytest.mark.timing
+
 FIRST_TOKEN_S = 0.02
 TOKEN_GAP_S = 0.005
 MS = 1_000_000
@@ -104,8 +107,8 @@ def server():
 
 
 def run(server: ChatServer, tmp_path: Path, scenario: str, *flags: str):
-    """Run a scenario through `python -m servescope.loadgen.run`; returns (records by intended send
-    time, summary, chat bodies the server received)."""
+    """Run a scenario through `servescope load`; returns (records by intended send time,
+    summary, chat bodies the server received)."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     path, db, out = tmp_path / "scenario.yaml", tmp_path / "runs.db", tmp_path / "summary.json"
     path.write_text(scenario)

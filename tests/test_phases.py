@@ -54,6 +54,14 @@ def test_each_record_joins_the_span_of_its_own_run():
     assert row.e2e_remainder_ms == pytest.approx(100)
 
 
+def test_completions_spans_join_too():
+    """vLLM's /v1/completions names its one engine request `cmpl-` + the header + `-0`."""
+    rec = record("local-0000003-ef", 100.0, ttft_ms=300, e2e_ms=1000)
+    s = span("x", 100.05, n=1)
+    s.request_id = "cmpl-local-0000003-ef-0"
+    assert match_spans([rec], [s]) == [s]
+
+
 def test_a_span_joins_one_record_only():
     a = record("r", 100.0, 300, 1000)
     b = record("r", 101.0, 300, 1000)  # the same id twice (another worker's run)

@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import sysconfig
+import time
 from pathlib import Path
 
 import httpx
@@ -356,3 +357,44 @@ def test_past_the_preparation_prompts_are_planned_without_asking_the_server():
         assert words == turn.target_prompt_tokens
         assert turn.length_source == ("server_tokenizer" if conv.index < 10 else "estimate")
     assert len(asked) == before  # nothing more reached the server
+
+
+def run_page() -> None:
+    from servescope.dashboard import run
+
+    from servescope.core.store import Store
+
+    run.render(Store())
+
+
+def test_the_run_page_says_how_prompt_lengths_were_obtained(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from servescope.core.records import RequestRecord
+
+    ms, now = 1_000_000, time.time_ns()
+    records = [RequestRecord(
+        request_id=f"r{i}", intended_ns=now + i * ms, send_ns=now + i * ms,
+        first_token_ns=now + (i + 5) * ms, last_token_ns=now + (i + 9) * ms,
+        end_ns=now + (i + 10) * ms, event_offsets_ns=[5 * ms, 9 * ms], prompt_tokens=100 + e,
+        output_tokens=2, target_prompt_tokens=100, target_output_tokens=2,
+        prompt_length_source=source)
+        for i, (source, e) in enumerate([("server_tokenizer", 0)] * 3 + [("estimate", 4)])]
+    with Store(tmp_path / "s.db") as store:
+        run_id = store.create_run("prep", "chat", {"slos": {}}, "http://127.0.0.1:9", {})
+        store.add_requests(run_id, records)
+        store.finish_run(run_id, "finished", {"prompt_lengths": {"preparation": {
+            "prompts": 3, "seconds": 0.5, "tokenizer": "with the server's tokenizer",
+            "server_tokenizer_requests": 80}}})
+    monkeypatch.setenv("SERVESCOPE_DB", str(tmp_path / "s.db"))
+    at = AppTest.from_function(run_page, default_timeout=60).run()
+    assert not at.exception
+    assert "Prompt lengths" in [h.value for h in at.subheader]
+    table = next(df.value for df in at.dataframe if "length from" in df.value.columns)
+    rows = {r["length from"]: r for r in table.to_dict("records")}
+    server = rows["the server's tokenizer, before the run"]
+    assert server["requests"] == 3 and server["exactly the scenario's"] == "100 %"
+    estimate = rows["estimated from lengths calibrated before the run"]
+    assert estimate["requests"] == 1 and estimate["max abs error (tokens)"] == 4
+    caption = " ".join(c.value for c in at.caption)
+    assert "80 tokenizer requests to the server, all before the run" in caption

@@ -11,6 +11,7 @@ import sys
 import time
 
 import psutil
+import pytest
 from helpers import REPO_ROOT
 
 from servescope.core.store import Store
@@ -60,6 +61,7 @@ def test_sigterm_stops_a_load_run_and_keeps_what_it_measured(tmp_path):
     assert run["summary"]["requests_ok"] == len(kept)
 
 
+@pytest.mark.engine  # starts the real vLLM through the CLI
 def test_engine_serve_confines_vllm_and_sigterm_stops_it(tmp_path):
     proc = _cli("engine", "serve", "--max-num-seqs", "2")
     tree: list[psutil.Process] = []
@@ -85,6 +87,7 @@ def test_engine_serve_confines_vllm_and_sigterm_stops_it(tmp_path):
     assert not alive, [p.cmdline() for p in alive]
 
 
+@pytest.mark.engine  # starts the real vLLM through the CLI
 def test_demo_on_sigterm_stops_its_load_run_and_its_vllm(tmp_path):
     """`demo` is one process with children: a SIGTERM to it alone (unlike a Ctrl-C at a
     terminal, which reaches them all) is passed to its load run, which keeps what it

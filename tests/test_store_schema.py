@@ -10,6 +10,7 @@ from dataclasses import fields
 from pathlib import Path
 
 import pytest
+from helpers import servescope
 
 from servescope.core.records import RequestRecord, Sample
 from servescope.core.store import (
@@ -18,6 +19,7 @@ from servescope.core.store import (
     SCHEMA_VERSION,
     Store,
     StoreError,
+    _newer_schema,
     _statements,
 )
 
@@ -57,6 +59,18 @@ def test_a_newer_store_is_refused_and_left_byte_for_byte_untouched(tmp_path, jou
         in message
     assert "upgrade servescope" in message
     assert folder_state(tmp_path) == before  # same files, same bytes, same times
+
+
+def test_commands_refuse_a_newer_store_in_one_line(tmp_path):
+    path = tmp_path / "future.db"
+    newer_store(path, "wal")
+    before = folder_state(tmp_path)
+    res = servescope("collect", "--no-host", "--metrics-port", "0", "--duration", "1s",
+                     db=path, timeout=60)
+    assert res.returncode == 1
+    assert res.stderr.strip() == \
+        f"servescope collect: error: {_newer_schema(path, SCHEMA_VERSION + 1)}"
+    assert folder_state(tmp_path) == before
 
 
 def test_a_file_that_is_not_a_store_is_refused_and_left_alone(tmp_path):

@@ -146,28 +146,32 @@ def _requirement_closure(dists: dict[str, md.Distribution]) -> set[str]:
         for text in dists[name].requires or []:
             req = Requirement(text)
             if req.marker is not None and not any(
-                req.marker.evaluate({"extra": e})
-                for e in (extras or {""})
-            ):
+                    req.marker.evaluate({"extra": e}) for e in (extras or {""})):
                 continue
             todo.append((canonicalize_name(req.name), frozenset(req.extras)))
     return {name for name, _ in seen}
 
 
-def test_only_servescope_and_its_dependencies_reach_site_packages(installed):
+def _contents(site: Path) -> tuple[dict[str, md.Distribution], dict[str, set[str]]]:
+    """The distributions installed in `site`, and the ones owning each top-level entry."""
     dists = {canonicalize_name(d.metadata["Name"]): d
-             for d in md.distributions(path=[str(installed.site)])}
-    assert set(dists) == _requirement_closure(dists)
-    owned: dict[str, str] = {}
+             for d in md.distributions(path=[str(site)])}
+    owners: dict[str, set[str]] = {}
     for name, d in dists.items():
         for f in d.files or []:
             if f.parts[0] != "..":  # scripts: ../../../bin/...
-                owned[f.parts[0]] = name
-    ours = {top for top, name in owned.items() if name == "servescope"}
+                owners.setdefault(f.parts[0], set()).add(name)
+    return dists, owners
+
+
+def test_only_servescope_and_its_dependencies_reach_site_packages(installed):
+    dists, owners = _contents(installed.site)
+    assert set(dists) == _requirement_closure(dists)
+    ours = {top for top, names in owners.items() if "servescope" in names}
     assert ours == {"servescope", installed.wheel.name.split("-py3")[0] + ".dist-info"}
     entries = {p.name for p in installed.site.iterdir()} - {"__pycache__"}
-    assert not entries & REPO_FOLDERS, entries & REPO_FOLDERS
-    assert entries - set(owned) - VENV_FILES == set()
+    assert entries - set(owners) - VENV_FILES == set()  # nothing that no distribution owns
+    assert entries & REPO_FOLDERS == set()  # nor a generic name at the top, from anyone
     scripts = dists["servescope"].entry_points.select(group="console_scripts")
     assert {(e.name, e.value) for e in scripts} == set(PYPROJECT["project"]["scripts"].items())
 

@@ -1,0 +1,443 @@
+"""`servescope plan`: weights, KV budget and capacity as vLLM would compute them for a model
+on some GPUs, the concurrency the workload's real lengths fit, what to set, how many GPUs,
+and the physical bounds on latency. Pure: everything it reads is passed in."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from servescope.capacity import perf
+from servescope.capacity.catalog import (
+    Hardware,
+    ModelInfo,
+    UnknownName,
+    WeightFormat,
+    kv_cache_dtype_bytes,
+    weight_format,
+)
+from servescope.capacity.kv import (
+    Capacity,
+    KVLayout,
+    capacity,
+    dtype_bytes,
+    kv_bytes_per_token,
+    linear_state_bytes,
+    vllm_layout,
+)
+from servescope.capacity.model import LINEAR, ModelSpec
+from servescope.capacity.vllm_budget import (
+    GIB,
+    activation_peak_bytes,
+    cpu_budget,
+    default_block_size,
+    gpu_budget,
+    scheduler_defaults,
+)
+
+TP_SIZES = (1, 2, 4, 8, 16)
+
+
+class PlanError(ValueError):
+    """Bad or unsatisfiable input; `flag` is the command-line option at fault."""
+
+    def __init__(self, message: str, flag: str) -> None:
+        super().__init__(message)
+        self.flag = flag
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Request lengths in tokens: the prompt, the output and their sum per request."""
+
+    prompt_mean: float
+    prompt_p95: int
+    output_mean: float
+    output_p95: int
+    total_mean: float
+    total_p95: int
+    source: str
+
+    @classmethod
+    def fixed(cls, prompt: int, output: int) -> Workload:
+        return cls(prompt, prompt, output, output, prompt + output, prompt + output,
+                   f"--prompt-tokens {prompt} --output-tokens {output}")
+
+    @classmethod
+    def from_samples(cls, pairs: list[tuple[int, int]], source: str) -> Workload:
+        """From (prompt, output) pairs drawn from a scenario; p95 by nearest rank."""
+        if not pairs:
+            raise ValueError("no length samples")
+
+        def p95(values: list[int]) -> int:
+            ordered = sorted(values)
+            return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
+
+        prompts, outputs = [p for p, _ in pairs], [o for _, o in pairs]
+        totals = [p + o for p, o in pairs]
+        n = len(pairs)
+        return cls(sum(prompts) / n, p95(prompts), sum(outputs) / n, p95(outputs),
+                   sum(totals) / n, p95(totals), source)
+
+
+@dataclass
+class PlanInput:
+    model: ModelInfo
+    hardware: Hardware
+    gpus: int | None = None
+    tp: int | None = None
+    quantization: str | None = None
+    kv_cache_dtype: str = "auto"
+    dtype: str = "auto"
+    max_model_len: int | None = None
+    gpu_memory_utilization: float = 0.9
+    workload: Workload | None = None
+    rate: float | None = None
+    concurrency: int | None = None
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    block_size: int | None = None
+    enforce_eager: bool = False
+    kv_cache_space_gib: int | None = None  # CPU: VLLM_CPU_KVCACHE_SPACE
+    assumptions: list[str] = field(default_factory=list)
+
+
+# -- the pieces ------------------------------------------------------------------------------
+def resolve_dtype(spec: ModelSpec, dtype: str) -> str:
+    """vLLM's --dtype auto: the config's dtype, float32 checkpoints served in bfloat16."""
+    if dtype != "auto":
+        dtype_bytes(dtype)  # validates
+        return dtype
+    return "bfloat16" if spec.dtype in {"float32", "float"} else spec.dtype
+
+
+def resolve_format(info: ModelInfo, quantization: str | None, dtype: str) -> WeightFormat:
+    if quantization:
+        return weight_format(quantization)
+    default = info.default_quantization
+    if default in {"bf16", "fp16"} or default not in {"fp8", "mxfp4", "awq", "gptq"}:
+        return weight_format({"float32": "fp32", "float16": "fp16"}.get(dtype, "bf16"))
+    return weight_format(default)
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Everything derived for one (model, GPU, tp, format, lengths) choice."""
+
+    tp: int
+    fmt: WeightFormat
+    dtype: str
+    kv_bytes: int
+    state_bytes: int
+    layout: KVLayout
+    max_model_len: int
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    defaults_why: str
+    weights: int
+    budget: dict[str, int]
+    cap: Capacity
+
+    @property
+    def kv_budget(self) -> int:
+        return self.budget["kv"]
+
+    @property
+    def fits(self) -> bool:
+        """vLLM starts only when the KV pool holds one max_model_len request (plus the null
+        block it keeps)."""
+        return self.kv_budget > 0 and self.cap.num_blocks - 1 >= self.cap.blocks_per_request
+
+    def sequences_fitting(self, tokens: int) -> int:
+        """Requests of `tokens` tokens the pool holds at once (null block excluded)."""
+        if self.kv_budget <= 0:
+            return 0
+        return max(0, self.cap.num_blocks - 1) // self.layout.blocks_for(
+            tokens, self.max_num_batched_tokens)
+
+
+def setup(inp: PlanInput, tp: int, fmt: WeightFormat | None = None,
+          max_model_len: int | None = None) -> Setup:
+    spec, hw = inp.model.spec, inp.hardware
+    dtype = resolve_dtype(spec, inp.dtype)
+    fmt = fmt or resolve_format(inp.model, inp.quantization, dtype)
+    model_bytes = dtype_bytes(dtype)
+    kv_bytes = kv_cache_dtype_bytes(inp.kv_cache_dtype, model_bytes)
+    state = linear_state_bytes(spec, model_bytes, model_bytes, tp) if LINEAR in spec.layer_kinds \
+        else 0
+    block = inp.block_size or default_block_size(spec, hw.arch)
+    layout = vllm_layout(spec, kv_bytes, block, tp, model_bytes, model_bytes)
+    length = max_model_len or inp.max_model_len or spec.max_position_embeddings or 4096
+    defaults = scheduler_defaults(hw.memory_bytes, hw.arch, hw.key, tp, length)
+    seqs = inp.max_num_seqs or defaults.max_num_seqs
+    batched = inp.max_num_batched_tokens or defaults.max_num_batched_tokens
+    weights = perf.weights_bytes(spec, fmt, model_bytes)
+    per_gpu = math.ceil(weights / tp)
+    if hw.is_cpu and inp.kv_cache_space_gib is not None:
+        budget = {"kv": cpu_budget(inp.kv_cache_space_gib), "weights": per_gpu}
+    else:
+        act = activation_peak_bytes(spec, batched, seqs, tp, model_bytes)
+        g = gpu_budget(hw.memory_bytes, inp.gpu_memory_utilization, per_gpu, act, tp,
+                       enforce_eager=inp.enforce_eager or hw.is_cpu)
+        budget = {"kv": g.kv, "total": g.total, "requested": g.requested,
+                  "weights": g.weights, "activation_peak": g.activation_peak,
+                  "non_torch": g.non_torch, "cuda_graphs": g.cuda_graphs}
+    # Sliding-window blocks stay held while a step is in flight: one step on CPU, two on
+    # GPUs with async scheduling (VllmConfig.max_in_flight_tokens).
+    in_flight = batched * (1 if hw.is_cpu else 2)
+    cap = capacity(layout, max(budget["kv"], 0), length, in_flight)
+    return Setup(tp=tp, fmt=fmt, dtype=dtype, kv_bytes=kv_bytes, state_bytes=state,
+                 layout=layout, max_model_len=length, max_num_seqs=seqs,
+                 max_num_batched_tokens=batched, defaults_why=defaults.why, weights=weights,
+                 budget=budget, cap=cap)
+
+
+def _tp_choices(spec: ModelSpec) -> list[int]:
+    return [t for t in TP_SIZES if spec.num_heads % t == 0]
+
+
+def _gib(n: float) -> str:
+    return f"{n / GIB:.1f} GiB"
+
+
+def _what_fits(inp: PlanInput, tp: int, fmt: WeightFormat) -> list[str]:
+    """Suggestions for a setup that does not fit: more GPUs, a smaller format, a shorter
+    max_model_len."""
+    out = []
+    spec = inp.model.spec
+    for t in _tp_choices(spec):
+        if t > tp and setup(inp, t, fmt).fits:
+            out.append(f"--gpus {t} (tensor parallel {t})")
+            break
+    for q in ("fp8", "awq"):
+        alt = weight_format(q)
+        if alt.bits < fmt.bits * (1 if fmt.applies_to == "all" else 0.99) \
+                and setup(inp, tp, alt).fits:
+            out.append(f"--quantization {q} on {tp} GPU{'s' if tp > 1 else ''}")
+            break
+    s = setup(inp, tp, fmt)
+    if s.kv_budget > 0 and s.cap.num_blocks > 1:
+        lo, hi = 1, s.max_model_len
+        while lo < hi:  # the longest max_model_len whose one request fits
+            mid = (lo + hi + 1) // 2
+            if setup(inp, tp, fmt, max_model_len=mid).fits:
+                lo = mid
+            else:
+                hi = mid - 1
+        if lo > 1:
+            out.append(f"--max-model-len {lo}")
+    return out
+
+
+def _check(inp: PlanInput, s: Setup) -> None:
+    if s.fits:
+        return
+    hw, spec = inp.hardware, inp.model.spec
+    where = f"{s.tp} x {hw.key}"
+    fixes = _what_fits(inp, s.tp, s.fmt)
+    would = f" Would fit: {'; or '.join(fixes)}." if fixes else \
+        " Nothing tried fits (up to 16 GPUs, fp8, awq): try a larger GPU."
+    if s.kv_budget <= 0:
+        short = -s.kv_budget
+        if hw.is_cpu and inp.kv_cache_space_gib is not None:
+            msg = f"{spec.name} cannot be planned on {where}"
+        else:
+            usable = s.budget["requested"] - s.budget.get("activation_peak", 0) \
+                - s.budget.get("non_torch", 0) - s.budget.get("cuda_graphs", 0)
+            msg = (f"{spec.name} in {s.fmt.key} needs {_gib(s.weights)} of weights, "
+                   f"{_gib(s.budget['weights'])} per GPU on {where}; each GPU offers "
+                   f"{_gib(usable)} for weights and KV at --gpu-memory-utilization "
+                   f"{inp.gpu_memory_utilization}: {_gib(short)} per GPU missing, before any "
+                   "KV cache.")
+        raise PlanError(msg + would, "--model")
+    need = s.cap.blocks_per_request * s.layout.bytes_per_block
+    raise PlanError(
+        f"{spec.name} on {where} leaves {_gib(s.kv_budget)} per GPU for the KV cache, but one "
+        f"request of --max-model-len {s.max_model_len} needs {_gib(need)}: vLLM would refuse "
+        f"to start ({_gib(need - s.kv_budget)} missing).{would}", "--max-model-len")
+
+
+# -- the plan --------------------------------------------------------------------------------
+def _needed_concurrency(inp: PlanInput, s: Setup, gpus: int, work: Workload) -> int | None:
+    """Concurrent sequences the traffic keeps in flight: --concurrency, or for --rate by
+    Little's law, rate x (time to first token + output tokens x time per token), at the
+    physical bounds (so a lower bound on what is needed)."""
+    if inp.concurrency:
+        return inp.concurrency
+    if not inp.rate:
+        return None
+    spec, hw = inp.model.spec, inp.hardware
+    c = 1.0
+    ttft = perf.prefill_bound(spec, s.fmt, hw, gpus, round(work.prompt_mean)).seconds
+    for _ in range(30):
+        step = perf.decode_bound(spec, s.fmt, hw, gpus, max(1, math.ceil(c)),
+                                 round(work.prompt_mean + work.output_mean / 2), s.kv_bytes,
+                                 s.state_bytes, dtype_bytes(s.dtype)).seconds_per_step
+        c = inp.rate * (ttft + work.output_mean * step)
+    return max(1, math.ceil(c))
+
+
+def _gpus_needed(inp: PlanInput, work: Workload, needed: int | None) -> dict[str, Any]:
+    """Fewest GPUs of this kind: the smallest tensor-parallel size that fits the weights and
+    one max_model_len request, then enough replicas of it for the traffic's concurrency at
+    the workload's p95 length."""
+    for t in _tp_choices(inp.model.spec):
+        s = setup(inp, t)
+        if not s.fits:
+            continue
+        per_replica = max(1, min(s.sequences_fitting(work.total_p95), s.max_num_seqs))
+        replicas = math.ceil((needed or 1) / per_replica)
+        return {"gpus_needed": t * replicas, "tensor_parallel": t, "replicas": replicas,
+                "sequences_per_replica": per_replica}
+    return {"gpus_needed": None, "tensor_parallel": None, "replicas": None,
+            "sequences_per_replica": 0}
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, math.ceil(math.log2(max(1, n))))
+
+
+def plan(inp: PlanInput) -> dict[str, Any]:
+    """The plan as a JSON-able dict (raises PlanError, naming the flag at fault)."""
+    spec, hw = inp.model.spec, inp.hardware
+    if not 0 < inp.gpu_memory_utilization <= 1:
+        raise PlanError(f"--gpu-memory-utilization {inp.gpu_memory_utilization} is not in "
+                        "(0, 1]", "--gpu-memory-utilization")
+    tp = inp.tp or inp.gpus or 1
+    gpus = inp.gpus or tp
+    if tp not in TP_SIZES or spec.num_heads % tp:
+        raise PlanError(f"--tp {tp}: vLLM needs the {spec.num_heads} attention heads of "
+                        f"{spec.name} to divide evenly (try {_tp_choices(spec)})", "--tp")
+    if gpus % tp:
+        raise PlanError(f"--gpus {gpus} is not a multiple of --tp {tp}", "--gpus")
+    try:
+        s = setup(inp, tp)
+    except UnknownName as exc:
+        flag = "--quantization" if "quantization" in str(exc) else "--kv-cache-dtype"
+        raise PlanError(str(exc), flag) from None
+    except ValueError as exc:
+        raise PlanError(str(exc), "--dtype") from None
+    if inp.max_model_len and spec.max_position_embeddings \
+            and inp.max_model_len > spec.max_position_embeddings:
+        raise PlanError(f"--max-model-len {inp.max_model_len} exceeds {spec.name}'s "
+                        f"max_position_embeddings {spec.max_position_embeddings}",
+                        "--max-model-len")
+    _check(inp, s)
+    work = inp.workload or Workload(s.max_model_len, s.max_model_len, 0, 0, s.max_model_len,
+                                    s.max_model_len, "no workload given: max_model_len")
+    replicas = gpus // tp
+    model_bytes = dtype_bytes(s.dtype)
+    fit_p95 = s.sequences_fitting(work.total_p95)
+    fit_mean = s.sequences_fitting(max(1, round(work.total_mean)))
+    needed = _needed_concurrency(inp, s, tp, work)
+    sizing = _gpus_needed(inp, work, needed)
+    # as many sequences as the KV pool holds at p95 length, within vLLM's default cap
+    default_seqs = scheduler_defaults(hw.memory_bytes, hw.arch, hw.key, tp,
+                                      s.max_model_len).max_num_seqs
+    rec_seqs = max(1, min(fit_p95, default_seqs))
+    rec_tokens = min(max(s.max_num_batched_tokens,
+                         _next_pow2(min(work.prompt_p95, s.max_model_len))), 16384)
+    batch = max(1, min(needed or rec_seqs, fit_p95 or 1))
+    decode = perf.decode_bound(spec, s.fmt, hw, tp, batch,
+                               round(work.prompt_mean + work.output_mean / 2), s.kv_bytes,
+                               s.state_bytes, model_bytes)
+    decode1 = perf.decode_bound(spec, s.fmt, hw, tp, 1,
+                                round(work.prompt_mean + work.output_mean / 2), s.kv_bytes,
+                                s.state_bytes, model_bytes)
+    prefill = perf.prefill_bound(spec, s.fmt, hw, tp, max(1, work.prompt_p95))
+    device = "CPU" if hw.is_cpu else "GPU"
+    p = spec.params
+    return {
+        "model": {"name": spec.name, "source": inp.model.source,
+                  "model_type": spec.model_type, "layers": spec.num_layers,
+                  "layer_kinds": {k: spec.count(k) for k in sorted(set(spec.layer_kinds))},
+                  "sliding_window": spec.sliding_window,
+                  "parameters_total": p.total, "parameters_active": p.active,
+                  "experts": spec.num_experts or None,
+                  "experts_per_token": spec.experts_per_token or None},
+        "hardware": {"name": hw.key, "description": hw.name, "memory_bytes": hw.memory_bytes,
+                     "memory_from": hw.memory_from, "bandwidth_gbs": hw.bandwidth_gbs,
+                     "bf16_tflops": hw.bf16_tflops, "fp8_tflops": hw.fp8_tflops,
+                     "source": hw.source, "unverified": list(hw.unverified)},
+        "gpus": gpus, "tensor_parallel": tp, "replicas": replicas,
+        "quantization": s.fmt.key, "dtype": s.dtype, "kv_cache_dtype": inp.kv_cache_dtype,
+        "weights_bytes": s.weights,
+        "weights_bytes_per_gpu": s.budget["weights"],
+        "kv_bytes_per_token": kv_bytes_per_token(spec, s.kv_bytes, tp),
+        "kv_bytes_per_token_per_gpu": kv_bytes_per_token(spec, s.kv_bytes, tp) // tp,
+        "linear_state_bytes_per_sequence": s.state_bytes * tp * spec.count(LINEAR),
+        "kv_budget_bytes_per_gpu": s.kv_budget,
+        "kv_budget": s.budget,
+        "block_size": s.layout.block_size,
+        "kv_groups": [{"kind": g.kind, "layers": g.layers, "page_bytes": g.page_bytes,
+                       "window": g.window} for g in s.layout.groups],
+        "bytes_per_block": s.layout.bytes_per_block,
+        "num_blocks": s.cap.num_blocks,
+        "max_model_len": s.max_model_len,
+        "kv_capacity_tokens": s.cap.tokens,
+        "vllm_max_concurrency": round(s.cap.max_concurrency, 2),
+        "vllm_log_line": f"{device} KV cache size: {s.cap.tokens:,} tokens, Maximum concurrency "
+                         f"for {s.max_model_len:,} tokens per request: "
+                         f"{s.cap.max_concurrency:.2f}x",
+        "workload": {"source": work.source, "prompt_mean": round(work.prompt_mean, 1),
+                     "prompt_p95": work.prompt_p95, "output_mean": round(work.output_mean, 1),
+                     "output_p95": work.output_p95, "total_mean": round(work.total_mean, 1),
+                     "total_p95": work.total_p95},
+        "max_concurrent_sequences": fit_p95 * replicas,
+        "max_concurrent_sequences_at_mean_length": fit_mean * replicas,
+        "needed_concurrency": needed,
+        "recommended_max_num_seqs": rec_seqs,
+        "recommended_max_num_batched_tokens": rec_tokens,
+        "gpus_needed": sizing["gpus_needed"],
+        "sizing": sizing,
+        "decode": {"batch": batch, "context": decode.context,
+                   "time_per_output_token_ms_min": round(decode.seconds_per_step * 1e3, 3),
+                   "tokens_per_second_max": round(decode.tokens_per_second, 1),
+                   "single_stream_time_per_token_ms_min":
+                       round(decode1.seconds_per_step * 1e3, 3),
+                   "bytes_read_per_step": decode.weight_bytes_read + decode.kv_bytes_read},
+        "prefill": {"prompt_tokens": prefill.prompt, "tflops": prefill.tflops,
+                    "time_to_first_token_ms_min": round(prefill.seconds * 1e3, 3)},
+        "assumptions": _assumptions(inp, s),
+    }
+
+
+def _assumptions(inp: PlanInput, s: Setup) -> list[str]:
+    hw = inp.hardware
+    out = [
+        f"weights: every parameter ({inp.model.spec.params.total:,}) in {s.fmt.key} "
+        f"({s.fmt.bits:g} bits for {s.fmt.applies_to} tensors; {s.fmt.source}); the rest "
+        f"in {s.dtype}; split evenly over {s.tp} tensor-parallel rank(s)",
+        f"KV cache in {inp.kv_cache_dtype} = {s.kv_bytes} byte(s) per element; block size "
+        f"{s.layout.block_size} (vLLM's default for this device and attention kind unless "
+        "--block-size)",
+        f"max_num_seqs {s.max_num_seqs}, max_num_batched_tokens {s.max_num_batched_tokens} "
+        f"({s.defaults_why} unless given)",
+        "max_concurrent_sequences: requests of the workload's p95 total length (prompt + "
+        "output) the KV pool holds at once; vLLM's own figure is for max_model_len",
+        "decode and prefill figures are physical bounds at peak bandwidth and tensor "
+        "throughput, not predictions; MoE decode reads the experts a uniform router would "
+        "touch for the batch",
+    ]
+    if hw.is_cpu and inp.kv_cache_space_gib is not None:
+        out.append(f"CPU: the KV budget is VLLM_CPU_KVCACHE_SPACE={inp.kv_cache_space_gib} "
+                   "GiB, exactly as vLLM's CPU build sizes it")
+    else:
+        out += [
+            f"device memory: {hw.memory_from} ({hw.source})",
+            "KV budget = gpu_memory_utilization x memory - weights - activation peak - "
+            "non-torch memory - CUDA graphs, as vLLM computes it; the last three are "
+            "ESTIMATES of what vLLM measures at start-up (capacity/vllm_budget.py)",
+        ]
+    if hw.unverified:
+        out.append(f"unverified hardware figures: {', '.join(hw.unverified)}")
+    if inp.model.catalog and inp.model.catalog.get("unverified"):
+        out.append(f"unverified model fields: {', '.join(inp.model.catalog['unverified'])}")
+    if inp.rate:
+        out.append("needed concurrency from --rate by Little's law at the latency bounds: a "
+                   "lower bound")
+    if LINEAR in inp.model.spec.layer_kinds:
+        out.append("linear-attention layers: one fixed state per sequence (conv + recurrent "
+                   "state in the model dtype), padded to an attention page as vLLM does")
+    return out
