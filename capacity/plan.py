@@ -259,39 +259,53 @@ def _check(inp: PlanInput, s: Setup) -> None:
 
 
 # -- the plan --------------------------------------------------------------------------------
-def _needed_concurrency(inp: PlanInput, s: Setup, gpus: int, work: Workload) -> int | None:
-    """Concurrent sequences the traffic keeps in flight: --concurrency, or for --rate by
-    Little's law, rate x (time to first token + output tokens x time per token), at the
-    physical bounds (so a lower bound on what is needed)."""
-    if inp.concurrency:
-        return inp.concurrency
-    if not inp.rate:
-        return None
-    spec, hw = inp.model.spec, inp.hardware
-    c = 1.0
-    ttft = perf.prefill_bound(spec, s.fmt, hw, gpus, round(work.prompt_mean)).seconds
-    for _ in range(30):
-        step = perf.decode_bound(spec, s.fmt, hw, gpus, max(1, math.ceil(c)),
-                                 round(work.prompt_mean + work.output_mean / 2), s.kv_bytes,
-                                 s.state_bytes, dtype_bytes(s.dtype)).seconds_per_step
-        c = inp.rate * (ttft + work.output_mean * step)
-    return max(1, math.ceil(c))
+def _step_seconds(inp: PlanInput, s: Setup, batch: int, work: Workload) -> float:
+    return perf.decode_bound(inp.model.spec, s.fmt, inp.hardware, s.tp, max(1, batch),
+                             round(work.prompt_mean + work.output_mean / 2), s.kv_bytes,
+                             s.state_bytes, dtype_bytes(s.dtype)).seconds_per_step
 
 
-def _gpus_needed(inp: PlanInput, work: Workload, needed: int | None) -> dict[str, Any]:
-    """Fewest GPUs of this kind: the smallest tensor-parallel size that fits the weights and
-    one max_model_len request, then enough replicas of it for the traffic's concurrency at
-    the workload's p95 length."""
+def _replica_rate(inp: PlanInput, s: Setup, batch: int, work: Workload) -> float:
+    """Requests per second one replica can finish at most with `batch` sequences decoding
+    together: each request costs its prefill plus its share of the batch's decode steps
+    (prefill and decode take turns on the same GPUs)."""
+    ttft = perf.prefill_bound(inp.model.spec, s.fmt, inp.hardware, s.tp,
+                              max(1, round(work.prompt_mean))).seconds
+    return 1 / (ttft + work.output_mean * _step_seconds(inp, s, batch, work) / batch)
+
+
+def _sizing(inp: PlanInput, work: Workload) -> dict[str, Any]:
+    """Fewest GPUs of this kind for the traffic: for each tensor-parallel size that fits
+    the weights and one max_model_len request, the replicas needed for --concurrency at the
+    workload's p95 length, or for --rate at the physical bounds (each replica running as
+    many sequences as its KV holds); the size needing the fewest GPUs wins (the smaller on
+    a tie). With --rate, the concurrency the traffic keeps in flight follows by Little's
+    law: rate x (time to first token + output tokens x time per token)."""
+    best: dict[str, Any] | None = None
     for t in _tp_choices(inp.model.spec):
         s = setup(inp, t)
         if not s.fits:
             continue
         per_replica = max(1, min(s.sequences_fitting(work.total_p95), s.max_num_seqs))
+        needed = inp.concurrency
         replicas = math.ceil((needed or 1) / per_replica)
-        return {"gpus_needed": t * replicas, "tensor_parallel": t, "replicas": replicas,
-                "sequences_per_replica": per_replica}
-    return {"gpus_needed": None, "tensor_parallel": None, "replicas": None,
-            "sequences_per_replica": 0}
+        if inp.rate:
+            replicas = math.ceil(inp.rate / _replica_rate(inp, s, per_replica, work))
+            ttft = perf.prefill_bound(inp.model.spec, s.fmt, inp.hardware, t,
+                                      max(1, round(work.prompt_mean))).seconds
+            c = 1.0
+            for _ in range(30):  # converges: the batch per replica is capped
+                batch = min(per_replica, math.ceil(c / replicas))
+                c = inp.rate * (ttft + work.output_mean * _step_seconds(inp, s, batch, work))
+            needed = max(1, math.ceil(c))
+        option = {"gpus_needed": t * replicas, "tensor_parallel": t, "replicas": replicas,
+                  "sequences_per_replica": per_replica, "needed_concurrency": needed}
+        if best is None or option["gpus_needed"] < best["gpus_needed"]:
+            best = option
+        if not (inp.rate or inp.concurrency):
+            break  # no traffic given: the smallest size that fits
+    return best or {"gpus_needed": None, "tensor_parallel": None, "replicas": None,
+                    "sequences_per_replica": 0, "needed_concurrency": inp.concurrency}
 
 
 def _next_pow2(n: int) -> int:
@@ -330,8 +344,8 @@ def plan(inp: PlanInput) -> dict[str, Any]:
     model_bytes = dtype_bytes(s.dtype)
     fit_p95 = s.sequences_fitting(work.total_p95)
     fit_mean = s.sequences_fitting(max(1, round(work.total_mean)))
-    needed = _needed_concurrency(inp, s, tp, work)
-    sizing = _gpus_needed(inp, work, needed)
+    sizing = _sizing(inp, work)
+    needed = sizing.pop("needed_concurrency")
     # as many sequences as the KV pool holds at p95 length, within vLLM's default cap
     default_seqs = scheduler_defaults(hw.memory_bytes, hw.arch, hw.key, tp,
                                       s.max_model_len).max_num_seqs

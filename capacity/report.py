@@ -66,7 +66,7 @@ def format_plan(r: dict[str, Any]) -> str:
         rows.append(("traffic needs", f"{r['needed_concurrency']:,} concurrent sequences"))
     sizing = r["sizing"]
     rows += [
-        ("set", f"--max-num-seqs {r['recommended_max_num_seqs']} "
+        ("set on this setup", f"--max-num-seqs {r['recommended_max_num_seqs']} "
                 f"--max-num-batched-tokens {r['recommended_max_num_batched_tokens']}"),
         ("GPUs needed", "-" if r["gpus_needed"] is None else
          f"{r['gpus_needed']} (tensor parallel {sizing['tensor_parallel']} x "

@@ -318,12 +318,20 @@ def test_a_too_long_context_names_max_model_len():
 
 
 def test_more_gpus_for_more_traffic():
-    r = plan(PlanInput(model=catalog.model("llama-3.1-70b"), hardware=catalog.hardware("h100"),
-                       gpus=4, max_model_len=8192, workload=Workload.fixed(2000, 500),
-                       concurrency=2000))
-    sizing = r["sizing"]
-    assert sizing["tensor_parallel"] == 2
-    assert r["gpus_needed"] == 2 * math.ceil(2000 / sizing["sequences_per_replica"])
+    inp = PlanInput(model=catalog.model("llama-3.1-70b"), hardware=catalog.hardware("h100"),
+                    gpus=4, max_model_len=8192, workload=Workload.fixed(2000, 500),
+                    concurrency=2000)
+    r = plan(inp)
+    # per tensor-parallel size: replicas of min(sequences its KV holds, 1024) for 2000
+    options = {}
+    for t in (2, 4, 8, 16):
+        per = min(setup(inp, t).sequences_fitting(2500), 1024)
+        options[t] = t * math.ceil(2000 / per)
+    assert not setup(inp, 1).fits  # 131 GiB of weights on one GPU
+    assert r["gpus_needed"] == min(options.values())
+    assert r["sizing"]["tensor_parallel"] == min(options, key=lambda t: (options[t], t))
+    assert r["max_concurrent_sequences"] < 2000 <= r["gpus_needed"] // \
+        r["sizing"]["tensor_parallel"] * r["sizing"]["sequences_per_replica"]
 
 
 def test_bad_config_names_the_field():
