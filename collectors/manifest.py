@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import platform
 import re
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -92,8 +94,38 @@ def vllm_manifest(models: dict[str, Any] | None, cache_config: dict[str, str] | 
     m["concurrency_knob"] = "max_num_seqs"
     if m["concurrency_value"] is None:
         m["notes"].append("max_num_seqs: not exposed by this vLLM (see its start-up flags)")
-    m["quantization"] = None  # vLLM's /v1/models does not say; a folder's config would
+    _vllm_checkpoint(m)
     return m
+
+
+def _vllm_checkpoint(m: dict[str, Any]) -> None:
+    """vLLM's API does not say the weights' dtype or quantization; when the folder it
+    names (/v1/models root) is on this machine, its config.json does."""
+    root = Path(str(m["model_path"] or ""))
+    config = root / "config.json"
+    if not m["model_path"] or not config.is_file():
+        m["notes"].append("quantization: not exposed by vLLM's API, and its model folder "
+                          "is not on this machine")
+        return
+    with contextlib.suppress(OSError, ValueError):
+        cfg = json.loads(config.read_text())
+        quant = (cfg.get("quantization_config") or {}).get("quant_method")
+        m["quantization"] = quant or cfg.get("torch_dtype") or cfg.get("dtype")
+        m["architecture"] = (cfg.get("architectures") or [None])[0]
+        m["context_train"] = _int(cfg.get("max_position_embeddings"))
+        m["sources"].append("model folder config.json")
+        shards = sorted(root.glob("*.safetensors"))
+        if shards:
+            digest = hashlib.sha256()
+            for shard in shards:
+                digest.update(hashlib.sha256(shard.read_bytes()).digest()
+                              if shard.stat().st_size < 1 << 30 else shard.name.encode())
+            m["weights_digest"] = f"sha256:{digest.hexdigest()}"
+        tok = root / "tokenizer_config.json"
+        if tok.is_file():
+            tcfg = json.loads(tok.read_text())
+            m["tokenizer"] = tcfg.get("tokenizer_class") or "tokenizer.json"
+            m["chat_template_sha256"] = sha256_text(tcfg.get("chat_template"))
 
 
 # -- Ollama -----------------------------------------------------------------------------
@@ -185,7 +217,7 @@ def llamacpp_manifest(props: dict[str, Any] | None, slots: list[dict[str, Any]] 
         m["model"] = props.get("model_alias") or props.get("model_path")
         m["model_path"] = props.get("model_path")
         path = str(props.get("model_path") or "")
-        m["weights_format"] = "gguf" if path.endswith(".gguf") or path else None
+        m["weights_format"] = "gguf" if path else None  # llama.cpp serves GGUF only
         ftype = str(props.get("model_ftype") or "")
         m["quantization"] = ftype.removeprefix("all ").removeprefix("mostly ") or None
         m["chat_template_sha256"] = sha256_text(props.get("chat_template"))

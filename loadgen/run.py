@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import logging
 import signal
 import sys
 import time
@@ -72,6 +73,19 @@ def target_config(base_url: str, client: httpx.Client) -> dict[str, Any]:
     with contextlib.suppress(ScrapeError):  # not a vLLM, or no /metrics: fine
         config.update(scrape(base_url, "vllm", client=client).info)
     return config
+
+
+def artifact_manifest(base_url: str, client: httpx.Client, model: str) -> dict[str, Any] | None:
+    """What the target serves (collectors/manifest.py), asked before the measured window and
+    stored with every run; None (and a log line) when the server answers nothing usable."""
+    from servescope.collectors.manifest import fetch_manifest
+
+    try:
+        return fetch_manifest(base_url, "auto", model, client)
+    except Exception as exc:  # a manifest is extra: never the reason a run fails
+        logging.getLogger("servescope.load").warning("%s: no artifact manifest (%s)",
+                                                     base_url, exc)
+        return None
 
 
 class StopOnInterrupt:
@@ -215,6 +229,7 @@ def run_load(
     try:
         model = model or discover_model(client, base_url, headers)
         config = target_config(base_url, client)
+        manifest = artifact_manifest(base_url, client, model)
     except BaseException:
         client.close()
         raise
@@ -229,6 +244,8 @@ def run_load(
                        tokenizer=tokenizer)
     prepared = _prepare(ctx, show_progress, client, wire)
     run_id = create_run(store, scenario, base_url, config)
+    if manifest is not None:
+        store.set_run_manifest(run_id, manifest)
     writer = RecordWriter(store, run_id)
     shape_base = StagesShape if closed else ScheduleShape
     shape = type("ScenarioShape", (shape_base,), {"ctx": ctx})()

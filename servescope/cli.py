@@ -604,6 +604,76 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- compare (servescope/compare.py) -----------------------------------------------------
+def cmd_compare(args: argparse.Namespace) -> int:
+    from servescope.loadgen.run import LoadError  # noqa: I001 - Locust first (module docstring)
+    from servescope.compare import CompareError, CompareSettings, parse_models, parse_targets
+    from servescope.compare import run_compare
+    from servescope.compare_report import write_report
+    from servescope.loadgen.scenario import ScenarioError, load_scenario, scenario_path
+
+    try:
+        specs = parse_targets(args.target)
+        models = parse_models(args.model, specs)
+        base = load_scenario(scenario_path(args.scenario))
+    except (ValueError, ScenarioError) as exc:  # CompareError is a ValueError
+        raise CliError(str(exc), EXIT_BAD_INPUT) from None
+    parallel: dict[str, int] = {}
+    for text in args.num_parallel:
+        name, _, value = text.partition("=")
+        if name not in {s.name for s in specs} or not value.isdigit():
+            raise CliError(f"--num-parallel {text!r}: expected TARGET=N for one of the "
+                           "targets", EXIT_BAD_INPUT)
+        parallel[name] = int(value)
+    settings = CompareSettings(
+        kind="concurrency" if args.concurrency else "rate",
+        levels=args.concurrency or args.rates, duration=args.duration,
+        requests=args.requests, models=models, headers=_auth_headers(args.api_key_env),
+        tokenizer=_tokenizer(args.tokenizer), show_progress=not args.quiet,
+        num_parallel=parallel)
+    store = _store(args)
+    print(f"compare {base.name} at {settings.kind} {settings.levels} against "
+          f"{', '.join(s.name for s in specs)}, one after another", file=sys.stderr)
+    try:
+        result = run_compare(base, specs, settings, store)
+    except (LoadError, CompareError, ScenarioError) as exc:
+        raise CliError(str(exc)) from None
+    for w in result["warnings"]:
+        print(f"warning: {w['message']}", file=sys.stderr)
+    for case, v in result["verdicts"].items():
+        print(f"{case:>12}: {v['text']}")
+    for name, sc in result["scaling"].items():
+        print(f"{name:>12}: {sc['text']}")
+    if args.out:
+        for path in write_report(result, args.out):
+            print(f"wrote {path}", file=sys.stderr)
+    return 0 if all(t["status"] in ("finished", "interrupted") for t in result["targets"]) else 1
+
+
+def add_compare_parser(sub: argparse._SubParsersAction) -> None:
+    cp = sub.add_parser("compare", help="run one scenario against two or more runtimes in "
+                        "turn; artifact manifests, mismatch warnings, a report")
+    cp.add_argument("scenario", help="scenario YAML (or the name of one in scenarios/)")
+    cp.add_argument("--target", action="append", default=[], required=True,
+                    help="NAME=RUNTIME:URL, e.g. a=vllm:http://127.0.0.1:8000 (two or more)")
+    levels = cp.add_mutually_exclusive_group(required=True)
+    levels.add_argument("--concurrency", type=_levels, help="closed-loop levels, e.g. 1,4,16")
+    levels.add_argument("--rates", type=_rates, help="open-loop rates per second, e.g. 1,2,4")
+    cp.add_argument("--duration", type=_duration, default=30.0, help="per level (default 30s)")
+    cp.add_argument("--requests", type=int, help="stop each level after N requests")
+    cp.add_argument("--model", action="append", default=[], metavar="[TARGET=]MODEL",
+                    help="model per target (TARGET=MODEL) or for all (default: each "
+                    "server's first)")
+    cp.add_argument("--num-parallel", action="append", default=[], metavar="TARGET=N",
+                    help="what a server does not report itself (Ollama's "
+                    "OLLAMA_NUM_PARALLEL), recorded in its manifest")
+    cp.add_argument("--out", type=Path, help="write compare.json, report.md, report.html here")
+    cp.add_argument("--api-key-env", help="environment variable holding a bearer token")
+    cp.add_argument("--quiet", action="store_true", help="no progress line")
+    cp.add_argument("--tokenizer", metavar="PATH_OR_HF_ID", help=TOKENIZER_HELP)
+    cp.set_defaults(func=cmd_compare)
+
+
 # -- parser -----------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     # Global options are accepted before or after the subcommand (`servescope --db X load`
@@ -787,6 +857,7 @@ def build_parser() -> argparse.ArgumentParser:
     traffic.add_argument("--concurrency", type=int, help="concurrent requests to serve")
     pl.add_argument("--json", action="store_true", help="print the plan as JSON")
     pl.set_defaults(func=cmd_plan)
+    add_compare_parser(sub)
     return p
 
 

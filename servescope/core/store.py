@@ -149,6 +149,10 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE requests ADD COLUMN prompt_length_source TEXT;
     """,
+    # v6 -> v7: the run's artifact manifest (collectors/manifest.py), JSON.
+    """
+    ALTER TABLE runs ADD COLUMN manifest TEXT;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -474,6 +478,16 @@ class Store:
         if not rows:
             raise StoreError(f"no run {run_id} in store {self.path}")
         return _decode_run(rows[0])
+
+    # -- run manifests (collectors/manifest.py) ----------------------------------------
+    def set_run_manifest(self, run_id: int, manifest: dict[str, Any]) -> None:
+        """Store what the target served during the run (its artifact manifest)."""
+        with self._write() as conn:
+            conn.execute("UPDATE runs SET manifest=? WHERE id=?", (json.dumps(manifest), run_id))
+
+    def run_manifest(self, run_id: int) -> dict[str, Any] | None:
+        rows = self._query("SELECT manifest FROM runs WHERE id=?", (run_id,))
+        return json.loads(rows[0]["manifest"]) if rows and rows[0]["manifest"] else None
 
     # -- requests -------------------------------------------------------------------
     def add_requests(self, run_id: int, records: Iterable[RequestRecord]) -> int:
