@@ -7,11 +7,12 @@ token counts; no I/O.
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from servescope.analysis.sweep import highest_level_meeting_slos, saturation_level
+from servescope.analysis.sweep import saturation_level
 
 # A prompt the server counted shorter than this share of the intended length was cut
 # (by the server's context limit) or sized wrongly: either way the runs differ.
@@ -182,34 +183,45 @@ def verdicts(curves: dict[str, list[dict[str, Any]]], kind: str = "concurrency"
              ) -> dict[str, dict[str, Any]]:
     """One line per use case. Interactive: the lowest TTFT p95 among levels meeting the
     SLOs. Batch: the highest output tokens/s at any level without failures. Many users:
-    the highest level meeting the SLOs."""
+    the highest level meeting the SLOs. A scenario without SLOs reads "meeting the SLOs"
+    as "without failed requests", and the text says so."""
+    all_rows = [r for rows in curves.values() for r in rows]
+    no_slos = all(r.get("slos_met") is None for r in all_rows)
+    within = "without failures (the scenario sets no SLOs)" if no_slos else "within the SLOs"
+
+    def ok(r: dict[str, Any]) -> bool:
+        return not r.get("requests_failed") and (no_slos or bool(r.get("slos_met")))
+
     interactive: tuple[float, str, float] | None = None
     batch: tuple[float, str, float] | None = None
     many: tuple[float, str] | None = None
     for name, rows in curves.items():
         for r in rows:
-            if r.get("slos_met") and r.get("ttft_p95_ms") is not None and (
+            if ok(r) and r.get("ttft_p95_ms") is not None and (
                     interactive is None or r["ttft_p95_ms"] < interactive[0]):
                 interactive = (r["ttft_p95_ms"], name, r["level"])
             if not r.get("requests_failed") and r.get("output_tokens_per_s") and (
                     batch is None or r["output_tokens_per_s"] > batch[0]):
                 batch = (r["output_tokens_per_s"], name, r["level"])
-        best = highest_level_meeting_slos(rows)
+        best = None
+        for r in rows:  # levels above the first miss are not trusted
+            if not ok(r):
+                break
+            best = r["level"]
         if best is not None and (many is None or best > many[0]):
             many = (best, name)
+    none = {"target": None, "level": None, "text": f"no target served any level {within}"}
     return {
         "interactive": {"target": interactive[1], "level": interactive[2],
                         "text": f"{interactive[1]} at {kind} {interactive[2]:g}: TTFT p95 "
-                                f"{interactive[0]:.0f} ms within the SLOs"}
-        if interactive else {"target": None, "level": None,
-                             "text": "no target met the SLOs at any level"},
+                                f"{interactive[0]:.0f} ms, {within}"}
+        if interactive else none,
         "batch": {"target": batch[1], "level": batch[2],
                   "text": f"{batch[1]} at {kind} {batch[2]:g}: {batch[0]:.1f} output tokens/s"}
         if batch else {"target": None, "level": None, "text": "no level finished cleanly"},
         "many_users": {"target": many[1], "level": many[0],
-                       "text": f"{many[1]}: up to {kind} {many[0]:g} within the SLOs"}
-        if many else {"target": None, "level": None,
-                      "text": "no target met the SLOs at any level"},
+                       "text": f"{many[1]}: up to {kind} {many[0]:g} {within}"}
+        if many else none,
     }
 
 
@@ -234,3 +246,52 @@ def comparison(manifests: dict[str, dict[str, Any]], curves: dict[str, list[dict
         "scaling": {name: stops_scaling(rows) for name, rows in curves.items()},
         "verdicts": verdicts(curves, kind),
     }
+
+
+# -- manifests side by side (report.md, report.html, the dashboard's Compare page) ------
+MANIFEST_ROWS = (
+    ("runtime", "runtime"), ("runtime_version", "version"), ("model", "model id"),
+    ("weights_format", "weights format"), ("weights_digest", "weights digest"),
+    ("quantization", "quantization"), ("parameters", "parameters"),
+    ("context_configured", "context (configured)"),
+    ("context_effective", "context per request (effective)"),
+    ("context_train", "context (trained)"), ("kv_capacity_tokens", "KV capacity (tokens)"),
+    ("chat_template_sha256", "chat template sha256"), ("tokenizer", "tokenizer"),
+    ("sampling_defaults", "sampling defaults"), ("concurrency_knob", "concurrency knob"),
+    ("concurrency_value", "concurrency (as reported)"),
+)
+
+
+def fmt(v: Any, digits: int = 1) -> str:
+    """A manifest or table value as shown: None as a dash, floats rounded."""
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    if isinstance(v, dict):
+        return ", ".join(f"{k}={fmt(x, 2)}" for k, x in v.items()) or "–"
+    return str(v)
+
+
+def differing_fields(manifests: dict[str, dict[str, Any]]) -> set[str]:
+    """Manifest rows whose values are not all the same (highlighted in both reports)."""
+    out = set()
+    for key, _ in MANIFEST_ROWS:
+        values = {json.dumps(m.get(key), sort_keys=True, default=str) for m in manifests.values()}
+        if len(values) > 1:
+            out.add(key)
+    return out
+
+
+def manifest_table(manifests: dict[str, dict[str, Any]]) -> list[list[str]]:
+    """Rows [field, value per target, "≠" when they differ]."""
+    diff = differing_fields(manifests)
+    rows = []
+    for key, label in MANIFEST_ROWS:
+        rows.append([label, *[fmt(m.get(key)) for m in manifests.values()],
+                     "≠" if key in diff else ""])
+    host = [m.get("host") or {} for m in manifests.values()]
+    rows.append(["host", *[f"{h.get('cores_logical')} cores, "
+                           f"{(h.get('memory_bytes') or 0) / 2**30:.0f} GiB, "
+                           f"{len(h.get('gpus') or [])} GPU" for h in host], ""])
+    return rows

@@ -276,6 +276,19 @@ def host_manifest() -> dict[str, Any]:
     return host
 
 
+def _owned_by_vllm(models: Any) -> bool:
+    data = (models or {}).get("data") if isinstance(models, dict) else None
+    return any(isinstance(d, dict) and d.get("owned_by") == "vllm" for d in data or [])
+
+
+def _openai_compatible(m: dict[str, Any]) -> dict[str, Any]:
+    """A server that is none of the three: only what /v1/models says is kept."""
+    m.update(runtime="openai-compatible", weights_format=None, concurrency_knob=None,
+             notes=["an OpenAI-compatible server of unknown runtime: only /v1/models "
+                    "answered; weights, quantization and concurrency unknown"])
+    return m
+
+
 # -- live ---------------------------------------------------------------------------------
 def _get(client: httpx.Client, url: str, **kw: Any) -> Any:
     method = "POST" if "json" in kw else "GET"
@@ -307,7 +320,8 @@ def fetch_manifest(base: str, runtime: str = "auto", model: str | None = None,
     client = client or httpx.Client(timeout=10.0)
     base = base.rstrip("/")
     try:
-        if runtime == "auto":
+        detected = runtime == "auto"
+        if detected:
             runtime = detect_runtime(base, client)
         if runtime == "ollama":
             tags = _get(client, f"{base}/api/tags")
@@ -325,9 +339,12 @@ def fetch_manifest(base: str, runtime: str = "auto", model: str | None = None,
             with contextlib.suppress(ScrapeError):
                 info = scrape(base, "vllm", client=client).info.get("cache_config") or {}
                 cache = next(iter(info.values()), None)
-            m = vllm_manifest(_get(client, f"{base}/v1/models"), cache,
-                              _get(client, f"{base}/version"), model)
-            m["runtime"] = runtime
+            models = _get(client, f"{base}/v1/models")
+            m = vllm_manifest(models, cache, _get(client, f"{base}/version"), model)
+            if detected and cache is None and not _owned_by_vllm(models):
+                m = _openai_compatible(m)
+            elif runtime != "vllm":
+                m["runtime"] = runtime
     finally:
         if own:
             client.close()

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import streamlit as st
-from servescope.dashboard import live, run, sweep
+from servescope.dashboard import compare, live, run, sweep
 
 from servescope.core.store import Store, StoreError, default_db_path
 
@@ -53,6 +53,9 @@ def main() -> None:
     def sweep_page() -> None:
         sweep.render(store, run_page=runs)
 
+    def compare_page() -> None:
+        compare.render(store)
+
     lives = st.Page(live_page, title="Live", icon=":material/monitoring:", url_path="live")
 
     def home() -> None:
@@ -69,6 +72,8 @@ def main() -> None:
             st.Page(
                 sweep_page, title="Sweep", icon=":material/stacked_line_chart:", url_path="sweep"
             ),
+            st.Page(compare_page, title="Compare", icon=":material/compare:",
+                    url_path="compare"),
         ]
     )
     st.sidebar.caption(f"Store: `{store.path}`")

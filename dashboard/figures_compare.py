@@ -87,7 +87,8 @@ def latency_figure(targets: Sequence[dict[str, Any]], kind: str = "concurrency",
 def phase_figure(targets: Sequence[dict[str, Any]], marked: Collection[str] = ()
                  ) -> go.Figure:
     """The server's own queue / prefill / decode split (mean ms per request), per target
-    and level; a target whose server gives no per-request account has no bar."""
+    and level: per request where the server accounts for each, else its histograms over
+    the run's window; a target whose server gives neither has no bar."""
     fig = go.Figure()
     colors = {"queue": "#e15759", "prefill": "#f28e2b", "decode": "#4e79a7"}
     for key, phase in PHASES.items():
@@ -96,6 +97,8 @@ def phase_figure(targets: Sequence[dict[str, Any]], marked: Collection[str] = ()
             for s in t.get("summaries") or []:
                 split = s.get("server_split") or {}
                 mean = (split.get(key) or {}).get("mean")
+                if mean is None:  # no per-request account: the window's histogram means
+                    mean = (s.get("server_window") or {}).get(f"{phase}_ms_mean")
                 if mean is not None:
                     xs.append(f"{_label(t['name'], marked)} @ {s['level']:g}")
                     ys.append(mean)

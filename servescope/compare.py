@@ -22,7 +22,7 @@ from servescope.analysis.sweep import analyze
 from servescope.collectors.loop import Collector, TargetSpec
 from servescope.collectors.manifest import fetch_manifest
 from servescope.core.store import Store
-from servescope.loadgen.run import run_load
+from servescope.loadgen.run import LoadError, run_load
 from servescope.loadgen.scenario import Scenario
 from servescope.loadgen.tokenizer import LocalTokenizer
 
@@ -135,6 +135,15 @@ def run_target(base: Scenario, spec: TargetSpec, settings: CompareSettings, stor
     }
 
 
+def failed_target(spec: TargetSpec, error: str) -> dict[str, Any]:
+    """A target that could not be measured keeps its place (and its error) in the report."""
+    return {"name": spec.name, "runtime": spec.runtime, "url": spec.url, "model": None,
+            "manifest": {"runtime": spec.runtime, "url": spec.url}, "sweep_id": None,
+            "run_ids": [], "status": "failed", "error": error, "curve": [],
+            "saturation_level": None, "max_level_meeting_slos": None, "summaries": [],
+            "tokens": token_stats([])}
+
+
 def _token_row(r: Any) -> dict[str, Any]:
     return {"prompt_tokens": r.prompt_tokens, "target_prompt_tokens": r.target_prompt_tokens,
             "output_tokens": r.output_tokens, "target_output_tokens": r.target_output_tokens,
@@ -156,17 +165,25 @@ def _level_summary(level: float, s: dict[str, Any]) -> dict[str, Any]:
 
 def run_compare(base: Scenario, specs: list[TargetSpec], settings: CompareSettings,
                 store: Store, say: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run the comparison; returns compare.json's content (also for a partial result when a
-    target fails: its error is kept and the others still run)."""
+    """Run the comparison; returns compare.json's content, also when a target could not be
+    measured (its error is kept, the others still run) or Ctrl-C stopped it (what was
+    measured is kept, no further target runs)."""
     say = say or (lambda line: print(line, file=sys.stderr))
     if len(specs) < 2:
         raise CompareError(f"compare needs two or more targets, got {len(specs)}")
     targets: list[dict[str, Any]] = []
     for spec in specs:
-        targets.append(run_target(base, spec, settings, store, say))
-    manifests = {t["name"]: t["manifest"] for t in targets}
-    curves = {t["name"]: t["curve"] for t in targets}
-    stats = {t["name"]: t["tokens"] for t in targets}
+        try:
+            targets.append(run_target(base, spec, settings, store, say))
+        except LoadError as exc:  # this target could not be measured: say so, go on
+            say(f"-- {spec.name}: not measured: {exc}")
+            targets.append(failed_target(spec, str(exc)))
+        if targets[-1]["status"] == "interrupted":  # Ctrl-C: keep what was measured, stop
+            break
+    measured = [t for t in targets if not t.get("error")]
+    manifests = {t["name"]: t["manifest"] for t in measured}
+    curves = {t["name"]: t["curve"] for t in measured}
+    stats = {t["name"]: t["tokens"] for t in measured}
     return {
         "schema": SCHEMA, "scenario": base.name, "kind": settings.kind,
         "levels": settings.levels, "duration_s": settings.duration,

@@ -13,53 +13,9 @@ from typing import Any
 
 import plotly.io as pio
 
+from servescope.analysis.compare import fmt as _fmt
+from servescope.analysis.compare import manifest_table
 from servescope.dashboard.figures_compare import MARK, all_figures
-
-MANIFEST_ROWS = (
-    ("runtime", "runtime"), ("runtime_version", "version"), ("model", "model id"),
-    ("weights_format", "weights format"), ("weights_digest", "weights digest"),
-    ("quantization", "quantization"), ("parameters", "parameters"),
-    ("context_configured", "context (configured)"),
-    ("context_effective", "context per request (effective)"),
-    ("context_train", "context (trained)"), ("kv_capacity_tokens", "KV capacity (tokens)"),
-    ("chat_template_sha256", "chat template sha256"), ("tokenizer", "tokenizer"),
-    ("sampling_defaults", "sampling defaults"), ("concurrency_knob", "concurrency knob"),
-    ("concurrency_value", "concurrency (as reported)"),
-)
-
-
-def _fmt(v: Any, digits: int = 1) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
-    if isinstance(v, dict):
-        return ", ".join(f"{k}={_fmt(x, 2)}" for k, x in v.items()) or "–"
-    return str(v)
-
-
-def differing_fields(manifests: dict[str, dict[str, Any]]) -> set[str]:
-    """Manifest rows whose values are not all the same (highlighted in both reports)."""
-    out = set()
-    for key, _ in MANIFEST_ROWS:
-        values = {json.dumps(m.get(key), sort_keys=True, default=str) for m in manifests.values()}
-        if len(values) > 1:
-            out.add(key)
-    return out
-
-
-def manifest_table(manifests: dict[str, dict[str, Any]]) -> list[list[str]]:
-    """Rows [field, value per target, "≠" when they differ]."""
-    diff = differing_fields(manifests)
-    rows = []
-    for key, label in MANIFEST_ROWS:
-        rows.append([label, *[_fmt(m.get(key)) for m in manifests.values()],
-                     "≠" if key in diff else ""])
-    host = [m.get("host") or {} for m in manifests.values()]
-    rows.append(["host", *[f"{h.get('cores_logical')} cores, "
-                           f"{(h.get('memory_bytes') or 0) / 2**30:.0f} GiB, "
-                           f"{len(h.get('gpus') or [])} GPU" for h in host], ""])
-    return rows
 
 
 def level_rows(result: dict[str, Any]) -> list[list[str]]:
@@ -75,12 +31,21 @@ def level_rows(result: dict[str, Any]) -> list[list[str]]:
                          _fmt(s.get("output_tokens_per_s")) + mark,
                          p("ttft_ms", "p50"), p("ttft_ms", "p95"), p("itl_ms", "p95"),
                          p("e2e_ms", "p95"), _fmt(c.get("goodput_per_s"), 2) + mark,
+                         _kv(s.get("server_window")),
                          {True: "met", False: "MISS", None: "–"}[c.get("slos_met")]])
     return rows
 
 
+def _kv(window: dict[str, Any] | None) -> str:
+    """KV headroom and queueing as the collector saw them during the level."""
+    if not window:
+        return "–"
+    kv = window.get("kv_usage_max")
+    return (f"{kv:.0%}" if kv is not None else "–") + " / " + _fmt(window.get("waiting_max"), 0)
+
+
 LEVEL_HEAD = ["target", "level", "ok", "out tok/s", "TTFT p50", "TTFT p95", "ITL p95",
-              "E2E p95", "goodput/s", "SLOs"]
+              "E2E p95", "goodput/s", "KV used max / waiting max", "SLOs"]
 TOKEN_HEAD = ["target", "intended prompt", "server prompt", "intended output",
               "server output", "short prompts", "short outputs", "counted from"]
 
@@ -110,12 +75,15 @@ def render_markdown(result: dict[str, Any]) -> str:
                   "affect.", ""]
     else:
         lines += ["No manifest difference that changes the result was found.", ""]
+    failed = [t for t in result["targets"] if t.get("error")]
+    lines += [f"**{t['name']} was not measured**: {t['error']}" for t in failed]
+    lines += [""] if failed else []
     lines += ["## Verdict", ""]
     for case, label in (("interactive", "Interactive"), ("batch", "Batch"),
                         ("many_users", "Many users")):
         lines.append(f"- **{label}**: {result['verdicts'][case]['text']}")
     lines += ["", "Where each stops scaling:", ""]
-    lines += [f"- {n}: {result['scaling'][n]['text']}" for n in names]
+    lines += [f"- {n}: {result['scaling'][n]['text']}" for n in names if n in result["scaling"]]
     lines += ["", "## Artifact manifests", ""]
     manifests = {t["name"]: t["manifest"] for t in result["targets"]}
     lines += _md_table(["field", *names, ""], manifest_table(manifests))
@@ -156,11 +124,15 @@ def render_html(result: dict[str, Any]) -> str:
         parts.append(f"<div class='warn' id='warnings'><h2>Not like for like</h2><ul>{items}"
                      f"</ul><p>Numbers marked {MARK.strip()} belong to a target these "
                      "warnings affect.</p></div>")
+    for t in result["targets"]:
+        if t.get("error"):
+            parts.append(f"<p class='warn'><b>{html.escape(t['name'])} was not measured</b>: "
+                         f"{html.escape(t['error'])}</p>")
     verdict = "".join(f"<li><b>{label}</b>: {html.escape(result['verdicts'][c]['text'])}</li>"
                       for c, label in (("interactive", "Interactive"), ("batch", "Batch"),
                                        ("many_users", "Many users")))
     scaling = "".join(f"<li>{html.escape(n)}: {html.escape(result['scaling'][n]['text'])}</li>"
-                      for n in names)
+                      for n in names if n in result["scaling"])
     parts.append(f"<h2>Verdict</h2><ul>{verdict}</ul><p>Where each stops scaling:</p>"
                  f"<ul>{scaling}</ul>")
     manifests = {t["name"]: t["manifest"] for t in result["targets"]}

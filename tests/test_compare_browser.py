@@ -1,0 +1,84 @@
+"""`servescope compare` end to end against two scheduled streaming servers (one fast, one
+slow: no engine needed), then its Compare page in a REAL headless Chromium: the manifests
+side by side, the figures drawn by plotly, no exception."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from browser import Browser
+from helpers import REPO_ROOT, servescope
+from test_dashboard_browser import NO_EXCEPTION, free_port, wait_http
+
+from testsupport.streaming_server import StreamingServer
+
+pytestmark = pytest.mark.browser  # test tier (a real headless Chromium): see pyproject.toml
+
+SCENARIO = ("name: cmp\nseed: 2\nprompt_tokens: 24\noutput_tokens: 8\n"
+            "stages:\n  - {concurrency: 1, duration: 60s}\n")
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("compare-browser")
+    db, out, scenario = tmp / "cmp.db", tmp / "out", tmp / "cmp.yaml"
+    scenario.write_text(SCENARIO)
+    with StreamingServer(first_token_ms=5, gap_ms=2) as fast, \
+            StreamingServer(first_token_ms=60, gap_ms=10) as slow:
+        res = servescope("compare", str(scenario), "--target", f"fast={fast.url}",
+                         "--target", f"slow={slow.url}", "--concurrency", "1,2",
+                         "--requests", "6", "--out", str(out), "--quiet", db=db)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return db, out, res
+
+
+def test_compare_cli_writes_the_report(compared):
+    _, out, _ = compared
+    result = json.loads((out / "compare.json").read_text())
+    assert [t["name"] for t in result["targets"]] == ["fast", "slow"]
+    assert result["verdicts"]["interactive"]["target"] == "fast"  # 5 ms vs 60 ms to first
+    for t in result["targets"]:
+        assert t["tokens"]["output_usage_total"] == 2 * 6 * 8  # the servers' usage
+        assert t["manifest"]["schema"] == "servescope.manifest/1"
+    assert (out / "report.html").stat().st_size > 1_000_000  # plotly.js is inside
+
+
+def test_one_target_is_refused_with_exit_2(tmp_path):
+    res = servescope("compare", "chat", "--target", "a=http://127.0.0.1:9",
+                     "--concurrency", "1", db=tmp_path / "x.db")
+    assert res.returncode == 2 and "two or more" in res.stderr
+
+
+def test_the_compare_page_shows_both_sides(compared):
+    db, _, _ = compared
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "servescope.cli", "--db", str(db), "dashboard", "--port",
+         str(port)], cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "SERVESCOPE_DB": str(db)})
+    browser = None
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/_stcore/health")
+        browser = Browser(free_port())
+        browser.goto(f"{url}/compare")
+        text = browser.wait_for("document.body.innerText.includes('context per request') && "
+                                "document.body.innerText")
+        # both targets' sweeps side by side, each with its manifest (the servers' answers)
+        assert "sweep 1 (openai-compatible)" in text and "sweep 2 (openai-compatible)" in text
+        assert "stream-test" in text and "manifests agree" in text
+        plots = "Array.from(document.querySelectorAll('.js-plotly-plot'))"
+        drawn = f"{plots}.filter(p => p.querySelector('.trace .point, .trace .js-line')).length"
+        assert browser.wait_for(f"{drawn} >= 3 && {drawn}") >= 3
+        time.sleep(1)
+        assert browser.evaluate(NO_EXCEPTION), text[:2000]
+    finally:
+        if browser is not None:
+            browser.close()
+        server.terminate()
+        server.wait(10)
