@@ -91,7 +91,8 @@ def stream_chat(
                 rec.error_class = "malformed_event"
                 rec.error = f"event data is not JSON: {event.data[:120]!r}"
                 continue
-            note_event(rec, info.error, info.content, arrived, answer, info.reasoning)
+            note_event(rec, info.error, info.content, arrived, answer, info.reasoning,
+                       info.token)
             if info.usage:
                 usage = info.usage
             if info.timings:  # llama.cpp: the server's own phases of this request
@@ -114,21 +115,22 @@ def new_record(request_id: str, intended_ns: int, max_tokens: int) -> RequestRec
 
 
 def note_event(rec: RequestRecord, error: str | None, content: str, arrived: int,
-               answer: list[str] | None, reasoning: str = "") -> None:
+               answer: list[str] | None, reasoning: str = "", token: bool = False) -> None:
     """What one parsed event (an SSE event or an NDJSON line) adds to its record: a server
     error, or generated text. Reasoning counts as generated: the first event carrying
     either kind is the first token (TTFT, as `vllm bench serve` counts it). An event with
     answer text goes to `event_offsets_ns` (its text to `answer`: a conversation's history
     holds no reasoning); one with reasoning only to `reasoning_event_offsets_ns`, so each
-    event is in exactly one list."""
+    event is in exactly one list. `token` marks an event that carried a generated token
+    with no text of its own (see sse.ChunkInfo.token): timed like an answer event."""
     if error:
         rec.error_class = "server_error_event"
         rec.error = error[:300]
-    if content or reasoning:
+    if content or reasoning or token:
         if rec.first_token_ns is None:
             rec.first_token_ns = arrived
         rec.last_token_ns = arrived
-    if content:
+    if content or (token and not reasoning):
         rec.event_offsets_ns.append(arrived - rec.send_ns)
         if answer is not None:
             answer.append(content)

@@ -83,13 +83,18 @@ class ChunkInfo:
     finish_reason: str | None = None
     error: str | None = None
     timings: dict[str, Any] | None = None  # llama.cpp's per-response prompt_ms, predicted_ms
+    # A generated token arrived, even one that decoded to no text yet (half of a multi-byte
+    # character: vLLM then sends `"content": ""`). Dropping those would merge two gaps into
+    # one and inflate ITL's tail; `vllm bench serve` times them too.
+    token: bool = False
 
 
 def parse_openai_chunk(data: str) -> ChunkInfo:
     """Classify a chunk: generated content, reasoning, usage, or none of them.
 
-    A role-only, empty-content or usage-only chunk is not a token; a reasoning-only chunk
-    is one (of the reasoning).
+    A role-only, usage-only or finish-only chunk is not a token; a reasoning-only chunk is
+    one (of the reasoning), and so is a chunk whose `content` is an empty string outside the
+    role announcement (a token with no text of its own yet).
     Raises ValueError for data that is not a JSON object.
     """
     obj = json.loads(data)
@@ -102,11 +107,15 @@ def parse_openai_chunk(data: str) -> ChunkInfo:
     for choice in obj.get("choices") or []:
         delta = choice.get("delta")
         if delta is None:  # /v1/completions streams `text`
-            info.content += choice.get("text") or ""
+            text = choice.get("text")
+            info.content += text or ""
+            info.token |= isinstance(text, str) and not choice.get("finish_reason")
         else:
             info.content += delta.get("content") or ""
             info.reasoning += next(
                 (text for name in REASONING_FIELDS
                  if isinstance(text := delta.get(name), str) and text), "")
+            info.token |= "role" not in delta and isinstance(delta.get("content"), str)
         info.finish_reason = choice.get("finish_reason") or info.finish_reason
+    info.token |= bool(info.content or info.reasoning)
     return info

