@@ -98,3 +98,23 @@ def test_token_counts_are_each_servers_usage(compared):
             # Each run stored the target's manifest.
             assert all(store.run_manifest(run)["runtime"] == t["runtime"]
                        for run in t["run_ids"])
+
+
+def test_a_prompt_cut_by_ollamas_context_is_flagged(vllm_server, ollama_server, tmp_path):
+    """Ollama's tiny model has num_ctx 512: a 900-token prompt is cut silently, and its own
+    usage (prompt_eval_count) says so; vLLM (2048) takes it whole."""
+    scenario, out = tmp_path / "long.yaml", tmp_path / "out"
+    scenario.write_text("name: long\nseed: 3\nprompt_tokens: 900\noutput_tokens: 4\n"
+                        "stages:\n  - {concurrency: 1, duration: 5m}\nrequest_timeout: 120s\n")
+    res = servescope("compare", str(scenario), "--target", f"v=vllm:{vllm_server.url}",
+                     "--target", f"o=ollama:{ollama_server.url}", "--concurrency", "1",
+                     "--requests", "2", "--out", str(out), "--quiet", db=tmp_path / "l.db",
+                     timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    result = json.loads((out / "compare.json").read_text())
+    cut = [w for w in result["warnings"] if w["kind"] == "truncated"]
+    assert [w["targets"] for w in cut] == [["o"]], result["warnings"]
+    assert "truncated by the server" in cut[0]["message"]
+    tokens = {t["name"]: t["tokens"] for t in result["targets"]}
+    assert tokens["o"]["prompt_usage_mean"] <= 512 < tokens["v"]["prompt_usage_mean"]
+    assert "truncated" in res.stderr  # printed as a warning too
