@@ -17,6 +17,8 @@ from servescope.analysis.sweep import saturation_level
 # A prompt the server counted shorter than this share of the intended length was cut
 # (by the server's context limit) or sized wrongly: either way the runs differ.
 PROMPT_SHORT_RATIO = 0.9
+# ... and longer than this share: sized without the server's tokenizer (an estimate).
+PROMPT_LONG_RATIO = 1.1
 # Serial service: throughput grows less than this much over the sweep ...
 SERIAL_MAX_THROUGHPUT_GAIN = 0.25
 # ... while TTFT p95 grows by at least this share of the concurrency's growth.
@@ -67,6 +69,9 @@ def manifest_mismatches(manifests: dict[str, dict[str, Any]]) -> list[dict[str, 
     out: list[dict[str, Any]] = []
     for field, label in LABELS.items():
         values = {name: _field_value(m, field) for name, m in manifests.items()}
+        if field == "chat_template_sha256" and _template_formats(manifests, values) > 1:
+            out.append(_templates_apart(manifests, values))
+            continue
         known = {n: v for n, v in values.items() if v is not None}
         if len(set(map(str, known.values()))) > 1:
             shown = ", ".join(f"{n}: {_short(field, v)}" for n, v in values.items())
@@ -82,6 +87,34 @@ def manifest_mismatches(manifests: dict[str, dict[str, Any]]) -> list[dict[str, 
                         "message": f"{label}: not exposed by {', '.join(unknown)}; cannot be "
                                    "shown equal to the others'"})
     return out
+
+
+def _template_formats(manifests: dict[str, dict[str, Any]], values: dict[str, Any]) -> int:
+    return len({manifests[n].get("chat_template_format") for n, v in values.items() if v})
+
+
+def _templates_apart(manifests: dict[str, dict[str, Any]], values: dict[str, Any]
+                     ) -> dict[str, Any]:
+    """Templates in different languages (Ollama's Go template, a Jinja one) can't be shown
+    equal by their hashes; within one language they still must match."""
+    groups: dict[str, set[str]] = {}
+    for n, v in values.items():
+        if v:
+            groups.setdefault(str(manifests[n].get("chat_template_format")), set()).add(v)
+    differs = [f for f, hashes in groups.items() if len(hashes) > 1]
+    shown = ", ".join(f"{n}: {manifests[n].get('chat_template_format')} "
+                      f"{_short('chat_template_sha256', v)}" for n, v in values.items())
+    if differs:
+        return {"field": "chat_template_sha256", "kind": "differs",
+                "targets": sorted(n for n, v in values.items() if v), "values": values,
+                "affects": AFFECTS["chat_template_sha256"],
+                "message": f"chat template differs ({shown}): "
+                           f"{', '.join(AFFECTS['chat_template_sha256'])} are not like for like"}
+    return {"field": "chat_template_sha256", "kind": "unverified",
+            "targets": sorted(n for n, v in values.items() if v), "values": values,
+            "affects": AFFECTS["chat_template_sha256"],
+            "message": f"chat templates in different languages ({shown}): their hashes "
+                       "can't show them equal; compare the prompt tokens below"}
 
 
 def _short(field: str, value: Any) -> str:
@@ -105,6 +138,9 @@ def token_stats(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
     short_prompts = sum(1 for r in rows if r.get("prompt_tokens") is not None
                         and r.get("target_prompt_tokens")
                         and r["prompt_tokens"] < PROMPT_SHORT_RATIO * r["target_prompt_tokens"])
+    long_prompts = sum(1 for r in rows if r.get("prompt_tokens") is not None
+                       and r.get("target_prompt_tokens")
+                       and r["prompt_tokens"] > PROMPT_LONG_RATIO * r["target_prompt_tokens"])
     short_outputs = sum(1 for r in rows if r.get("output_tokens") is not None
                         and r.get("target_output_tokens")
                         and r["output_tokens"] < r["target_output_tokens"])
@@ -120,6 +156,7 @@ def token_stats(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
         "prompt_usage_total": sum(r.get("prompt_tokens") or 0 for r in rows),
         "output_usage_total": sum(r.get("output_tokens") or 0 for r in rows),
         "short_prompts": short_prompts,
+        "long_prompts": long_prompts,
         "short_outputs": short_outputs,
         "long_outputs": long_outputs,
         "count_sources": sorted({str(r.get("token_count_source")) for r in rows}),
@@ -142,6 +179,15 @@ def token_warnings(stats: dict[str, dict[str, Any]],
                         "message": f"{name}: {s['short_prompts']} of {s['requests']} prompts "
                                    f"counted by the server below {PROMPT_SHORT_RATIO:.0%} of "
                                    f"the intended length{why}"})
+        if s.get("long_prompts"):
+            out.append({"field": "prompt_tokens", "kind": "long", "targets": [name],
+                        "affects": ["prompt tokens", "TTFT", "throughput"],
+                        "message": f"{name}: {s['long_prompts']} of {s['requests']} prompts "
+                                   f"counted by the server above {PROMPT_LONG_RATIO:.0%} of the "
+                                   f"intended length (mean {s['prompt_usage_mean']:.0f} vs "
+                                   f"{s['prompt_intended_mean']:.0f}): sized without this "
+                                   "server's tokenizer; give --tokenizer, or compare TTFT "
+                                   "knowing its prompts are longer"})
         if s["short_outputs"]:
             out.append({"field": "output_tokens", "kind": "short", "targets": [name],
                         "affects": ["output tokens", "tokens/s", "E2E"],

@@ -73,6 +73,16 @@ class Hardware:
         return self.arch == "cpu"
 
 
+def driver_reserve(total: int) -> int:
+    """ESTIMATE of what CUDA's total (torch.cuda.mem_get_info, vLLM's total_gpu_memory)
+    falls short of nvidia-smi's: about 0.44 GiB on 16-24 GB cards and 0.75-0.85 GiB on 80 GB
+    ones in vLLM start-up logs quoted in public issues (14.56 GiB of a 15360 MiB T4, 23.55
+    and 23.57 GiB of a 24564 MiB RTX 4090, 79.15 and 79.25 GiB of 80 GB cards). Taken as
+    the larger of 0.5 GiB and 1% of the memory, so that the planner errs on the side of
+    less memory."""
+    return max(2**29, total // 100)
+
+
 def hardware(name: str) -> Hardware:
     table = hardware_table()
     index = _index(table)
@@ -82,9 +92,15 @@ def hardware(name: str) -> Hardware:
                           f"{_closest(name, list(index))})")
     e = table[key]
     if e.get("reported_mib"):
-        memory, origin = int(e["reported_mib"]) * 2**20, f"{e['reported_mib']} MiB as reported"
+        nominal, origin = int(e["reported_mib"]) * 2**20, f"nvidia-smi's {e['reported_mib']} MiB"
     else:
-        memory, origin = int(e["memory_gb"] * 1e9), f"{e['memory_gb']} GB nominal"
+        nominal, origin = int(e["memory_gb"] * 1e9), f"the nominal {e['memory_gb']} GB"
+    if e["arch"] in {"cpu", "apple"}:
+        memory = nominal
+    else:
+        reserve = driver_reserve(nominal)
+        memory = nominal - reserve
+        origin += f" less {reserve / 2**30:.2f} GiB the driver keeps (estimate)"
     return Hardware(key=key, name=e["name"], memory_bytes=memory, memory_from=origin,
                     bandwidth_gbs=float(e["bandwidth_gbs"]), bf16_tflops=float(e["bf16_tflops"]),
                     fp8_tflops=e.get("fp8_tflops"), arch=e["arch"], source=e["source"],

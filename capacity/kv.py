@@ -105,12 +105,15 @@ class Group:
     layers: int
     page_bytes: int  # one layer's page (block) in this group, padded
     window: int | None = None
+    # linear attention: states a request holds; 2 with prefix caching (vLLM's "align" mamba
+    # cache mode, its default then: the running state and the last block-aligned one)
+    state_blocks: int = 2
 
     def blocks_per_request(self, block_size: int, max_model_len: int,
                            max_in_flight_tokens: int) -> int:
         """Blocks one request may need at most (vLLM's max_memory_usage_bytes / page)."""
         if self.kind == LINEAR:
-            return 1
+            return self.state_blocks
         if self.kind == SLIDING and self.window:
             tokens = min(self.window - 1 + max_in_flight_tokens, max_model_len)
             # +1: the window need not start on a block boundary
@@ -121,7 +124,7 @@ class Group:
         """Blocks a request of `tokens` holds at its end (sliding layers free blocks that
         left the window; `chunk` tokens may be in flight)."""
         if self.kind == LINEAR:
-            return 1
+            return self.state_blocks
         if self.kind == SLIDING and self.window and tokens > self.window:
             return math.ceil(min(self.window - 1 + chunk, tokens) / block_size) + 1
         return math.ceil(tokens / block_size)
@@ -146,7 +149,8 @@ class KVLayout:
 
 
 def vllm_layout(model: ModelSpec, kv_bytes: int, block_size: int, tp: int = 1,
-                conv_bytes: int = 2, ssm_bytes: int = 2) -> KVLayout:
+                conv_bytes: int = 2, ssm_bytes: int = 2,
+                prefix_caching: bool = True) -> KVLayout:
     """The groups vLLM builds for this model (one rank). All-alike layers form one group.
     Hybrids are split by kind into groups of equal layer counts (the smallest kind's count,
     or the largest's when within 1.5x: vLLM's _get_kv_cache_groups_uniform_page_size);
@@ -159,13 +163,14 @@ def vllm_layout(model: ModelSpec, kv_bytes: int, block_size: int, tp: int = 1,
     if state and attn_token:  # whole multiples of the block size the backend already chose
         block_size *= max(1, math.ceil(state / (block_size * attn_token)))
     page = attn_token * block_size
+    states = 2 if prefix_caching else 1
     buckets: dict[tuple[str, int | None], int] = {}
     for kind in kinds:
         key = (kind, model.sliding_window if kind == SLIDING else None)
         buckets[key] = buckets.get(key, 0) + 1
     if len(buckets) == 1:
         (kind, window), n = next(iter(buckets.items()))
-        return KVLayout(block_size, (Group(kind, n, page or state, window),))
+        return KVLayout(block_size, (Group(kind, n, page or state, window, states),))
     counts = list(buckets.values())
     size = max(counts) if max(counts) < 1.5 * min(counts) else min(counts)
     groups = []
@@ -173,7 +178,7 @@ def vllm_layout(model: ModelSpec, kv_bytes: int, block_size: int, tp: int = 1,
         parts = math.ceil(n / size)
         for i in range(parts):
             members = len(range(i, n, parts))
-            groups.append(Group(kind, members, page, window))
+            groups.append(Group(kind, members, page, window, states))
     return KVLayout(block_size, tuple(groups))
 
 

@@ -452,6 +452,7 @@ def _assumptions(inp: PlanInput, s: Setup) -> list[str]:
         out.append("needed concurrency from --rate by Little's law at the latency bounds: a "
                    "lower bound")
     if LINEAR in inp.model.spec.layer_kinds:
-        out.append("linear-attention layers: one fixed state per sequence (conv + recurrent "
-                   "state in the model dtype), padded to an attention page as vLLM does")
+        out.append("linear-attention layers: a fixed state per sequence (conv + recurrent "
+                   "state in the model dtype), padded to an attention page as vLLM does; two "
+                   "per request and layer with prefix caching on (vLLM's default)")
     return out

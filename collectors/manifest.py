@@ -34,6 +34,18 @@ GGUF_FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0
                    15: "Q4_K_M", 16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K", 32: "BF16"}
 
 
+# GGUF tokenizer.ggml.model (Ollama's /api/show) in llama.cpp's vocab_type order (1..5).
+GGUF_TOKENIZERS = {"llama": "llama (SPM)", "gpt2": "gpt2 (BPE)", "bert": "bert (WPM)",
+                   "t5": "t5 (UGM)", "rwkv": "rwkv"}
+
+
+def tokenizer_name(kind: str | None, vocab: int | None) -> str | None:
+    """One spelling for every runtime, so equal tokenizers compare equal."""
+    if kind is None:
+        return None
+    return f"{kind}, {vocab} tokens" if vocab else kind
+
+
 def sha256_text(text: str | None) -> str | None:
     """The hash of a chat template: equal hashes, the same prompt formatting."""
     return hashlib.sha256(text.encode()).hexdigest() if text else None
@@ -46,6 +58,7 @@ def _empty(runtime: str) -> dict[str, Any]:
         "quantization": None, "parameters": None, "architecture": None,
         "context_configured": None, "context_effective": None, "context_train": None,
         "kv_capacity_tokens": None, "kv_cache_dtype": None, "chat_template_sha256": None,
+        "chat_template_format": None,
         "tokenizer": None, "sampling_defaults": {}, "concurrency_knob": None,
         "concurrency_value": None, "sources": [], "notes": [],
     }
@@ -124,8 +137,14 @@ def _vllm_checkpoint(m: dict[str, Any]) -> None:
         tok = root / "tokenizer_config.json"
         if tok.is_file():
             tcfg = json.loads(tok.read_text())
-            m["tokenizer"] = tcfg.get("tokenizer_class") or "tokenizer.json"
+            m["tokenizer"] = tokenizer_name(tcfg.get("tokenizer_class") or "tokenizer.json",
+                                            _int(cfg.get("vocab_size")))
             m["chat_template_sha256"] = sha256_text(tcfg.get("chat_template"))
+        jinja = root / "chat_template.jinja"  # where newer transformers save it
+        if m["chat_template_sha256"] is None and jinja.is_file():
+            m["chat_template_sha256"] = sha256_text(jinja.read_text())
+        if m["chat_template_sha256"]:
+            m["chat_template_format"] = "jinja"
 
 
 # -- Ollama -----------------------------------------------------------------------------
@@ -161,8 +180,13 @@ def ollama_manifest(version: dict[str, Any] | None, tags: dict[str, Any] | None,
         ftype = _int(info.get("general.file_type"))
         if ftype is not None and m["quantization"] in (None, "unknown"):
             m["quantization"] = GGUF_FILE_TYPES.get(ftype, f"file_type {ftype}")
-        m["tokenizer"] = info.get("tokenizer.ggml.model")
+        m["tokenizer"] = tokenizer_name(GGUF_TOKENIZERS.get(str(info.get(
+            "tokenizer.ggml.model"))) or info.get("tokenizer.ggml.model"),
+            _int(info.get(f"{arch}.vocab_size")) if arch else None)
         m["chat_template_sha256"] = sha256_text(show.get("template"))
+        # Ollama keeps a Go template (converted from the GGUF's Jinja one): its hash is
+        # comparable with other Ollamas' only.
+        m["chat_template_format"] = "go" if m["chat_template_sha256"] else None
         params = str(show.get("parameters") or "")
         found = _NUM_CTX.search(params)
         m["context_configured"] = int(found.group(1)) if found else None
@@ -221,6 +245,7 @@ def llamacpp_manifest(props: dict[str, Any] | None, slots: list[dict[str, Any]] 
         ftype = str(props.get("model_ftype") or "")
         m["quantization"] = ftype.removeprefix("all ").removeprefix("mostly ") or None
         m["chat_template_sha256"] = sha256_text(props.get("chat_template"))
+        m["chat_template_format"] = "jinja" if m["chat_template_sha256"] else None
         m["context_effective"] = _int(gen.get("n_ctx"))
         m["sampling_defaults"] = {k: params[k] for k in ("temperature", "top_k", "top_p",
                                                          "min_p", "repeat_penalty", "seed")
@@ -243,8 +268,9 @@ def llamacpp_manifest(props: dict[str, Any] | None, slots: list[dict[str, Any]] 
         meta = data[0].get("meta") or {}
         m["parameters"] = _int(meta.get("n_params"))
         m["context_train"] = _int(meta.get("n_ctx_train"))
-        m["tokenizer"] = {1: "llama (SPM)", 2: "gpt2 (BPE)", 3: "bert (WPM)",
-                          4: "t5 (UGM)", 5: "rwkv"}.get(_int(meta.get("vocab_type")) or -1)
+        kind = list(GGUF_TOKENIZERS.values())[(_int(meta.get("vocab_type")) or 0) - 1] \
+            if 1 <= (_int(meta.get("vocab_type")) or 0) <= len(GGUF_TOKENIZERS) else None
+        m["tokenizer"] = tokenizer_name(kind, _int(meta.get("n_vocab")))
         m["notes"].append(f"weights file size {meta.get('size')} bytes; llama.cpp exposes "
                           "no weights digest")
     return m

@@ -47,13 +47,15 @@ def _kv(window: dict[str, Any] | None) -> str:
 LEVEL_HEAD = ["target", "level", "ok", "out tok/s", "TTFT p50", "TTFT p95", "ITL p95",
               "E2E p95", "goodput/s", "KV used max / waiting max", "SLOs"]
 TOKEN_HEAD = ["target", "intended prompt", "server prompt", "intended output",
-              "server output", "short prompts", "short outputs", "counted from"]
+              "server output", "short prompts", "long prompts", "short outputs", "counted from"]
 
 
 def token_rows(result: dict[str, Any]) -> list[list[str]]:
     return [[t["name"], _fmt(k["prompt_intended_mean"]), _fmt(k["prompt_usage_mean"]),
              _fmt(k["output_intended_mean"]), _fmt(k["output_usage_mean"]),
-             f"{k['short_prompts']}/{k['requests']}", f"{k['short_outputs']}/{k['requests']}",
+             f"{k['short_prompts']}/{k['requests']}",
+             f"{k.get('long_prompts', 0)}/{k['requests']}",
+             f"{k['short_outputs']}/{k['requests']}",
              ", ".join(k["count_sources"])] for t in result["targets"]
             for k in [t["tokens"]]]
 

@@ -211,6 +211,11 @@ def test_linear_attention_raises_the_block_size_to_hold_a_state():
     assert {g.page_bytes for g in layout.groups} == {544 * 2048}
     assert sorted((g.kind, g.layers) for g in layout.groups) == \
         [("full", 12), ("linear", 12), ("linear", 12), ("linear", 12)]
+    # with prefix caching (vLLM's default) a request keeps 2 states per linear group: at
+    # max_model_len 32768, 32768 / 544 = 61 blocks of the full group + 3 x 2
+    assert layout.blocks_per_request(32768, 8192) == math.ceil(32768 / 544) + 3 * 2
+    no_cache = vllm_layout(spec("qwen3-next-80b-a3b"), BF16, 16, prefix_caching=False)
+    assert no_cache.blocks_per_request(32768, 8192) == math.ceil(32768 / 544) + 3
 
 
 def test_scheduler_defaults_follow_vllm():
@@ -373,3 +378,42 @@ def test_cli_plan_bad_input_exits_2_naming_the_value(argv, wanted, capsys):
     assert main(["plan", *argv]) == 2
     err = capsys.readouterr().err
     assert wanted in err and err.startswith("servescope plan: error:")
+
+
+# -- catalogs --------------------------------------------------------------------------------
+def test_every_catalog_value_names_its_source():
+    for name, entry in catalog.models().items():
+        assert entry["source"].startswith("https://huggingface.co/"), name
+        assert entry["verified"] and entry["parameters_source"], name
+        from_hf_config(entry["config"], name)  # parses
+    for name, entry in catalog.hardware_table().items():
+        assert name == name.lower() and " " not in name and "_" not in name, name
+        assert entry["source"] and entry["bandwidth_gbs"] > 0 and entry["bf16_tflops"] > 0
+    formats = catalog.quantization_table()
+    for name, entry in {**formats["weights"], **formats["kv_cache"]}.items():
+        assert entry["source"], name
+
+
+def test_hardware_names_and_aliases():
+    assert catalog.hardware("h100-80gb").key == catalog.hardware("H100").key == "h100-sxm"
+    # nvidia-smi's total less the estimated driver reserve (1%, at least 0.5 GiB)
+    h100 = 81559 * 2**20
+    assert catalog.hardware("h100-80gb").memory_bytes == h100 - h100 // 100
+    l4 = 23034 * 2**20
+    assert catalog.hardware("l4").memory_bytes == l4 - 2**29
+    assert catalog.hardware("cpu-server").memory_bytes == 512 * 10**9
+    with pytest.raises(catalog.UnknownName, match="closest: rtx-4090"):
+        catalog.hardware("rtx4090")
+
+
+def test_a_conversation_resends_its_history():
+    from servescope.capacity.workload import scenario_workload
+    from servescope.loadgen.scenario import Scenario
+
+    scenario = Scenario.model_validate({
+        "name": "three-turns", "prompt_tokens": 100, "output_tokens": 20, "turns": 3,
+        "stages": [{"concurrency": 1, "duration": "1s"}]})
+    w = scenario_workload(scenario, samples=3000)
+    # turns see 100, 100 + 120 = 220 and 100 + 240 = 340 prompt tokens
+    assert w.prompt_mean == pytest.approx((100 + 220 + 340) / 3)
+    assert (w.prompt_p95, w.total_p95, w.output_p95) == (340, 360, 20)

@@ -62,6 +62,8 @@ def test_manifests_come_from_the_servers(compared, vllm_server):
     assert m["v"]["runtime"] == "vllm" and m["v"]["weights_format"] == "safetensors"
     assert m["v"]["context_effective"] == 2048 and m["v"]["kv_capacity_tokens"] > 0
     assert m["v"]["quantization"] == "float32"  # the served folder's config.json
+    assert m["v"]["chat_template_sha256"] and m["v"]["chat_template_format"] == "jinja"
+    assert m["o"]["chat_template_format"] == "go"
     assert m["o"]["runtime_version"].startswith("0.5.4")
     assert m["o"]["weights_format"] == "gguf" and m["o"]["weights_digest"].startswith("sha256:")
     assert m["o"]["quantization"] == "F32" and m["o"]["chat_template_sha256"]
@@ -81,7 +83,15 @@ def test_known_differences_raise_warnings(compared):
     # All three tiny models are 32-bit floats: F32 GGUF and a float32 checkpoint are the
     # same precision, so no quantization warning may fire.
     assert "quantization" not in fields
+    # The GGUF vocabulary (SPM, 402 tokens) is the same model's on Ollama and llama.cpp,
+    # spelled alike; vLLM's Qwen2 has its own BPE tokenizer.
+    assert set(fields["tokenizer"]["values"].values()) == {
+        "llama (SPM), 402 tokens", result["targets"][0]["manifest"]["tokenizer"]}
     assert set(result["marked"]) == {"v", "o", "l"}
+    # Ollama has no /tokenize: its prompts were sized by an estimate, and its own usage
+    # shows them longer than intended; the report says so (the others are exact).
+    long = [w["targets"] for w in result["warnings"] if w["kind"] == "long"]
+    assert long == [["o"]], result["warnings"]
 
 
 def test_token_counts_are_each_servers_usage(compared):

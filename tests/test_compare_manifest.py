@@ -39,7 +39,7 @@ def test_vllm_manifest_from_models_and_cache_config():
 
 def test_vllm_manifest_reads_a_local_checkpoint_folder(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(
-        {"torch_dtype": "bfloat16", "architectures": ["Qwen2ForCausalLM"],
+        {"torch_dtype": "bfloat16", "architectures": ["Qwen2ForCausalLM"], "vocab_size": 1024,
          "max_position_embeddings": 4096}))
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(
         {"tokenizer_class": "PreTrainedTokenizerFast", "chat_template": "{{ x }}"}))
@@ -50,6 +50,7 @@ def test_vllm_manifest_reads_a_local_checkpoint_folder(tmp_path):
     assert m["context_train"] == 4096 and m["context_effective"] == 1024
     assert m["chat_template_sha256"] == hashlib.sha256(b"{{ x }}").hexdigest()
     assert m["weights_digest"].startswith("sha256:")
+    assert m["tokenizer"] == "PreTrainedTokenizerFast, 1024 tokens"
 
 
 def test_ollama_manifest_from_version_tags_show_ps():
@@ -68,6 +69,7 @@ def test_ollama_manifest_from_version_tags_show_ps():
     assert m["context_train"] == 2048
     assert m["chat_template_sha256"] == hashlib.sha256(show["template"].encode()).hexdigest()
     assert m["sampling_defaults"] == {"stop": "<|im_end|>"}
+    assert m["tokenizer"] == "llama (SPM), 402 tokens"  # spelled as llama.cpp's below
     assert m["concurrency_knob"] == "OLLAMA_NUM_PARALLEL" and m["concurrency_value"] is None
     assert m["kv_capacity_tokens"] is None  # unknown without OLLAMA_NUM_PARALLEL
 
@@ -94,6 +96,7 @@ def test_llamacpp_manifest_from_props_slots_models():
     assert m["chat_template_sha256"] == hashlib.sha256(
         props["chat_template"].encode()).hexdigest()
     assert m["sampling_defaults"]["top_k"] == 40
+    assert m["tokenizer"] == "llama (SPM), 402 tokens"  # vocab_type 1, n_vocab 402
 
 
 @pytest.mark.parametrize("builder", ["vllm", "ollama", "llamacpp"])

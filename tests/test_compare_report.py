@@ -141,3 +141,21 @@ def test_without_slos_verdicts_read_failures_and_say_so():
     assert v["interactive"]["target"] == "a" and "sets no SLOs" in v["interactive"]["text"]
     assert v["many_users"] == {"target": "a", "level": 2,
                                "text": v["many_users"]["text"]}
+
+
+def test_prompts_longer_than_intended_are_flagged():
+    s = token_stats([{"prompt_tokens": 279, "target_prompt_tokens": 64, "output_tokens": 16,
+                      "target_output_tokens": 16, "token_count_source": "usage"}])
+    assert s["long_prompts"] == 1 and s["short_prompts"] == 0
+    (w,) = token_warnings({"o": s}, {"o": {}})
+    assert w["kind"] == "long" and "--tokenizer" in w["message"] and "279 vs 64" in w["message"]
+
+
+def test_templates_in_different_languages_are_unverified_not_different():
+    go = manifest(chat_template_sha256="g1", chat_template_format="go")
+    jinja = manifest(chat_template_sha256="j1", chat_template_format="jinja")
+    (w,) = manifest_mismatches({"o": go, "l": jinja})
+    assert w["kind"] == "unverified" and "different languages" in w["message"]
+    other = manifest(chat_template_sha256="j2", chat_template_format="jinja")
+    (w,) = manifest_mismatches({"o": go, "l": jinja, "v": other})
+    assert w["kind"] == "differs"  # two Jinja templates that are not the same text

@@ -180,7 +180,7 @@ def capture_llamacpp(out: Path) -> None:
                       status=metrics.status_code, note="first /metrics poll showing "
                       "requests_deferred > 0 while 6 concurrent /completion run on 2 slots")
 
-        bodies = [{"prompt": f"why is the sky blue {i} " * (1 + i % 3), "n_predict": 48,
+        bodies = [{"prompt": f"concurrent request {i}", "n_predict": 480, "ignore_eos": True,
                    "seed": i} for i in range(6)]
         cap.concurrent("completion-concurrent.ndjson", "/completion", bodies, busy_pages,
                        "6 concurrent POST /completion bodies (re-serialised one per line)")
