@@ -7,14 +7,16 @@ import re
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
-from servescope.collectors.mappings import MAPPINGS
 from servescope.collectors.normalize import Snapshot
 from servescope.collectors.ollama import OllamaSnapshot, poll_ollama
 from servescope.collectors.scrape import ScrapeError, scrape
 
-# Every runtime a target may name: those with a /metrics mapping, Ollama (polled through its
-# JSON API), and "auto" (detected on the first scrape).
-RUNTIMES: tuple[str, ...] = ("auto", *MAPPINGS, "ollama")
+from servescope.core import concepts
+from servescope.core.concepts import AUTO
+
+# Every runtime a target may name: the concept table's runtimes and "auto" (detected on the
+# first scrape).
+RUNTIMES: tuple[str, ...] = (AUTO, *concepts.RUNTIMES)
 
 _USERINFO = re.compile(r"(?<=://)[^/?#\s]*@")
 
