@@ -8,7 +8,7 @@ Three sources, normalized into one shape (`ServerPhases`):
   client's record by request id (the span's ``gen_ai.request.id`` is ``chatcmpl-`` + the
   X-Request-Id the client sent) and by time;
 - llama.cpp: the ``timings`` block of each response (prompt_ms, predicted_ms);
-- Ollama's native API: its durations (collectors.ollama.phases_from_response).
+- Ollama's native API: its durations (analysis.ollama_phases.phases_from_response).
 The last two ride on the record itself (`RequestRecord.server_timings`).
 
 Pure functions: no store, no I/O (analysis/join.py reads the spans).

@@ -8,7 +8,7 @@ content event; one with only `thinking` (generate) or `message.thinking` (chat) 
 reasoning event (upstream Ollama 0.9.0 and later, with `"think": true`; api/types.go). The
 final line (``"done": true``) carries the token counts
 (prompt_eval_count, eval_count) and the server's own nanosecond timings, which are kept on
-the record as `server_timings` (collectors.ollama.phases_from_response). Every failure
+the record as `server_timings` (analysis.ollama_phases.phases_from_response). Every failure
 becomes an error class on the record; nothing here raises for a bad server.
 """
 
@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from servescope.collectors.ollama import phases_from_response
+from servescope.analysis.ollama_phases import phases_from_response
 from servescope.loadgen.openai_chat import count_events, flatten_messages, new_record, note_event
 from servescope.loadgen.wire import Wire
 

@@ -37,7 +37,7 @@ class RequestRecord:
     reused an open one). Every latency metric is derived from
     these stamps afterwards.
     `server_timings` is the server's own account of the request where its API reports one
-    (Ollama's native API: collectors.ollama.phases_from_response of the final line, e.g.
+    (Ollama's native API: analysis.ollama_phases.phases_from_response of the final line, e.g.
     total_s, load_s, prefill_s, decode_s, queue_and_overhead_s; llama.cpp: its raw
     `timings` block, prompt_ms, predicted_ms ...; analysis/phases.py reads both).
     """
