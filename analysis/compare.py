@@ -216,8 +216,8 @@ def stops_scaling(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
                   and ttft_growth >= SERIAL_MIN_TTFT_GROWTH * level_growth)
     sat = saturation_level(list(rows))
     if serial:
-        text = ("flat throughput while TTFT grows with concurrency: serves one request at a "
-                "time")
+        text = ("no gain from concurrency: throughput flat while TTFT grows with it, as when "
+                "requests are served one at a time (or the host's CPU is saturated)")
     elif sat is not None:
         text = f"stops scaling after level {sat:g}"
     else:
@@ -256,6 +256,8 @@ def verdicts(curves: dict[str, list[dict[str, Any]]], kind: str = "concurrency"
             best = r["level"]
         if best is not None and (many is None or best > many[0]):
             many = (best, name)
+        elif best is not None and best == many[0]:  # a tie: name every target that reached it
+            many = (best, f"{many[1]}, {name}")
     none = {"target": None, "level": None, "text": f"no target served any level {within}"}
     return {
         "interactive": {"target": interactive[1], "level": interactive[2],

@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from servescope.capacity.plan import Workload
+from servescope.capacity.setup import Workload
 
 SAMPLES = 20_000
 

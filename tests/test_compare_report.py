@@ -78,7 +78,7 @@ def test_serial_server_is_named_and_scaling_one_is_not():
     serial = [row(1, 100.0, 50.0), row(2, 104.0, 110.0), row(4, 103.0, 230.0)]
     scaling = [row(1, 100.0, 50.0), row(2, 190.0, 55.0), row(4, 350.0, 60.0)]
     assert stops_scaling(serial)["serial"] is True
-    assert "one request at a time" in stops_scaling(serial)["text"]
+    assert "one at a time" in stops_scaling(serial)["text"]
     s = stops_scaling(scaling)
     assert s["serial"] is False and s["saturation_level"] is None
 
@@ -125,7 +125,7 @@ def test_report_files_warn_first_and_mark_numbers(tmp_path):
     warn_at, verdict_at = md.index("Not like for like"), md.index("## Verdict")
     assert warn_at < verdict_at  # the warnings come first
     assert "weights format differs" in md and "†" in md
-    assert "o: flat throughput while TTFT grows" in md
+    assert "o: no gain from concurrency" in md
     paths = write_report(r, tmp_path / "out")
     assert sorted(p.name for p in paths) == ["compare.json", "report.html", "report.md"]
     html = (tmp_path / "out" / "report.html").read_text()
