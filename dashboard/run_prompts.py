@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 import streamlit as st
-from servescope.loadgen.prompt_lengths import SOURCE_LABELS, prompt_length_summary
+from servescope.analysis.prompt_lengths import SOURCE_LABELS, prompt_length_summary
 
 from servescope.core.records import RequestRecord
 

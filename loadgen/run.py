@@ -23,11 +23,11 @@ from locust.env import Environment
 from locust.runners import STATE_STOPPED
 from servescope.analysis.join import server_section
 from servescope.analysis.latency import send_lag_ms, summarize
+from servescope.analysis.prompt_lengths import prompt_length_summary
 from servescope.analysis.slo import evaluate_slos
 from servescope.collectors.scrape import ScrapeError, scrape, server_info
 from servescope.loadgen.health import ClientHealth
 from servescope.loadgen.prepare import prepare_prompts, prepared_line
-from servescope.loadgen.prompt_lengths import prompt_length_summary
 from servescope.loadgen.prompts import PromptBuilder
 from servescope.loadgen.scenario import Scenario
 from servescope.loadgen.tokenizer import LocalTokenizer, TokenizerError

@@ -333,7 +333,7 @@ def _print_summary(run_id: int, s: dict, out: Path | None) -> None:
               f"{fmt(g['requests_per_s'])} req/s")
     for line in server_lines(s.get("server")):  # per request, and over the run's window
         print(line)
-    from servescope.loadgen.prompt_lengths import prompt_length_line
+    from servescope.analysis.prompt_lengths import prompt_length_line
 
     if line := prompt_length_line(s.get("prompt_lengths")):  # how each length was obtained
         print(line)
