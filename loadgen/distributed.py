@@ -57,11 +57,13 @@ from servescope.loadgen import health as client_health
 from servescope.loadgen.health import ClientHealth
 from servescope.loadgen.prepare import prepare_prompts
 from servescope.loadgen.run import (
+    DescribeTarget,
     LoadError,
     Progress,
     StopOnInterrupt,
     build_summary,
     create_run,
+    describe,
     discover_model,
     finish_run,
     freeze_heap,
@@ -70,7 +72,6 @@ from servescope.loadgen.run import (
     progress_line,
     run_time_limit,
     stop_timeout,
-    target_config,
     user_class,
 )
 from servescope.loadgen.scenario import Scenario
@@ -431,6 +432,7 @@ def run_master(
     show_progress: bool = True,
     connect_timeout: float = 60.0,
     tokenizer: str | None = None,
+    describe_target: DescribeTarget | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """Run `scenario` with Locust workers; returns (run id, summary) like run_load.
     `tokenizer` (a path or Hugging Face id) goes to the workers, which prepare their prompts
@@ -445,8 +447,7 @@ def run_master(
     expect = workers if local else expect_workers
     with httpx.Client(timeout=10) as probe:
         model = model or discover_model(probe, base_url, headers)
-        config = target_config(base_url, probe)
-    config["model"] = model
+        config, manifest = describe(describe_target, base_url, probe, model)
     master = Master(scenario, store, "127.0.0.1" if local else bind_host,
                     (port or 0) if local else (port or DEFAULT_MASTER_PORT))
     where = f"{'127.0.0.1' if local else bind_host}:{master.port}"
@@ -469,6 +470,8 @@ def run_master(
             master.set_up(ids, setup, connect_timeout, interrupt, progress)
             master.turn_away_latecomers()
             master.run_id = create_run(store, scenario, base_url, config)
+            if manifest is not None:
+                store.set_run_manifest(master.run_id, manifest)
             status = _drive(master, scenario, interrupt, progress)
     except KeyboardInterrupt:  # a second Ctrl-C: stop now, keep what arrived
         if master.run_id is None:

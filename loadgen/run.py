@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
-import logging
 import signal
 import sys
 import time
@@ -25,7 +24,6 @@ from servescope.analysis.join import server_section
 from servescope.analysis.latency import send_lag_ms, summarize
 from servescope.analysis.prompt_lengths import prompt_length_summary
 from servescope.analysis.slo import evaluate_slos
-from servescope.collectors.scrape import ScrapeError, scrape, server_info
 from servescope.loadgen.health import ClientHealth
 from servescope.loadgen.prepare import prepare_prompts, prepared_line
 from servescope.loadgen.prompts import PromptBuilder
@@ -66,26 +64,18 @@ def discover_model(client: httpx.Client, base_url: str, headers: dict[str, str])
     return str(models[0]["id"])
 
 
-def target_config(base_url: str, client: httpx.Client) -> dict[str, Any]:
-    """What the server tells about its configuration, stored with the run."""
-    config: dict[str, Any] = {"url": base_url}
-    config.update(server_info(base_url, "vllm", client))
-    with contextlib.suppress(ScrapeError):  # not a vLLM, or no /metrics: fine
-        config.update(scrape(base_url, "vllm", client=client).info)
-    return config
+# What a run records about its target before the measured window: (configuration, artifact
+# manifest). The application layer passes collectors.describe.describe_target; without one a
+# run records only the URL.
+DescribeTarget = Callable[[str, httpx.Client, str], tuple[dict[str, Any], dict[str, Any] | None]]
 
 
-def artifact_manifest(base_url: str, client: httpx.Client, model: str) -> dict[str, Any] | None:
-    """What the target serves (collectors/manifest.py), asked before the measured window and
-    stored with every run; None (and a log line) when the server answers nothing usable."""
-    from servescope.collectors.manifest import fetch_manifest
-
-    try:
-        return fetch_manifest(base_url, "auto", model, client)
-    except Exception as exc:  # a manifest is extra: never the reason a run fails
-        logging.getLogger("servescope.load").warning("%s: no artifact manifest (%s)",
-                                                     base_url, exc)
-        return None
+def describe(describe_target: DescribeTarget | None, base_url: str, client: httpx.Client,
+             model: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    if describe_target is None:
+        return {"url": base_url, "model": model}, None
+    config, manifest = describe_target(base_url, client, model)
+    return {**config, "model": model}, manifest
 
 
 class StopOnInterrupt:
@@ -216,6 +206,7 @@ def run_load(
     show_progress: bool = True,
     on_record: Callable[[RequestRecord], None] | None = None,
     tokenizer: LocalTokenizer | None = None,
+    describe_target: DescribeTarget | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """Run `scenario` against `base_url`; returns (run id, summary). Every prompt is built
     first (loadgen/prepare.py; with `tokenizer` the server's is never asked), then the run
@@ -228,12 +219,10 @@ def run_load(
     wire, client, peak = open_clients(scenario, base_url)
     try:
         model = model or discover_model(client, base_url, headers)
-        config = target_config(base_url, client)
-        manifest = artifact_manifest(base_url, client, model)
+        config, manifest = describe(describe_target, base_url, client, model)
     except BaseException:
         client.close()
         raise
-    config["model"] = model
 
     def record(rec: RequestRecord) -> None:
         writer.add(rec)  # the writer exists once the run does, before any request

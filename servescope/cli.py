@@ -200,6 +200,9 @@ def cmd_load(args: argparse.Namespace) -> int:
     from servescope.loadgen.run import LoadError, run_load
     from servescope.loadgen.scenario import ScenarioError, load_scenario, scenario_path
 
+    # isort: split
+    from servescope.collectors.describe import describe_target  # httpx and ssl after Locust
+
     def flag(dest: str) -> str:
         return "--" + dest.replace("_", "-")
 
@@ -291,12 +294,13 @@ def cmd_load(args: argparse.Namespace) -> int:
                 headers=headers, api_key_env=args.api_key_env,
                 ignore_eos=not args.no_ignore_eos, show_progress=not args.quiet,
                 connect_timeout=args.connect_timeout, tokenizer=args.tokenizer,
+                describe_target=describe_target,
             )
         else:
             run_id, summary = run_load(
                 scenario, args.target, store, model=args.model, out=args.out, headers=headers,
                 ignore_eos=not args.no_ignore_eos, show_progress=not args.quiet,
-                tokenizer=tokenizer,
+                tokenizer=tokenizer, describe_target=describe_target,
             )
     except LoadError as exc:
         raise CliError(str(exc)) from None
@@ -447,6 +451,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from servescope.loadgen.run import LoadError, run_load  # noqa: I001 - Locust first (module docstring)
     from servescope.loadgen.scenario import ScenarioError, load_scenario, scenario_path
     from servescope.analysis.sweep import analyze
+    from servescope.collectors.describe import describe_target
 
     try:
         base = load_scenario(scenario_path(args.scenario))
@@ -478,7 +483,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         try:
             run_id, summary = run_load(scenario, args.target, store, model=args.model,
                                        headers=headers, show_progress=not args.quiet,
-                                       tokenizer=tokenizer)
+                                       tokenizer=tokenizer, describe_target=describe_target)
         except LoadError as exc:
             store.finish_sweep(sweep_id, "failed", analyze(done_levels, summaries))
             raise CliError(str(exc)) from None

@@ -19,6 +19,7 @@ import httpx
 
 from servescope.analysis.compare import comparison, token_stats
 from servescope.analysis.sweep import analyze
+from servescope.collectors.describe import describe_target
 from servescope.collectors.loop import Collector, TargetSpec
 from servescope.collectors.manifest import fetch_manifest
 from servescope.core.store import Store
@@ -110,7 +111,8 @@ def run_target(base: Scenario, spec: TargetSpec, settings: CompareSettings, stor
             run_id, summary = run_load(scenario_at(base, settings, level), spec.url, store,
                                        model=model, headers=settings.headers,
                                        show_progress=settings.show_progress,
-                                       tokenizer=settings.tokenizer)
+                                       tokenizer=settings.tokenizer,
+                                       describe_target=describe_target)
             store.set_run_manifest(run_id, manifest)
             store.add_run_to_sweep(run_id, sweep_id)
             levels.append(level)
