@@ -88,6 +88,9 @@ class PlanInput:
     block_size: int | None = None
     enforce_eager: bool = False
     kv_cache_space_gib: int | None = None  # CPU: VLLM_CPU_KVCACHE_SPACE
+    # linear-attention recurrent state dtype (None: the model's, vLLM's "auto"; vLLM's CPU
+    # build keeps it in float32 on CPUs with AVX512-BF16: platforms/cpu.py)
+    mamba_ssm_dtype: str | None = None
     assumptions: list[str] = field(default_factory=list)
 
 
@@ -151,10 +154,11 @@ def setup(inp: PlanInput, tp: int, fmt: WeightFormat | None = None,
     fmt = fmt or resolve_format(inp.model, inp.quantization, dtype)
     model_bytes = dtype_bytes(dtype)
     kv_bytes = kv_cache_dtype_bytes(inp.kv_cache_dtype, model_bytes)
-    state = linear_state_bytes(spec, model_bytes, model_bytes, tp) if LINEAR in spec.layer_kinds \
-        else 0
+    ssm_bytes = dtype_bytes(inp.mamba_ssm_dtype) if inp.mamba_ssm_dtype else model_bytes
+    state = linear_state_bytes(spec, model_bytes, ssm_bytes, tp) \
+        if LINEAR in spec.layer_kinds else 0
     block = inp.block_size or default_block_size(spec, hw.arch)
-    layout = vllm_layout(spec, kv_bytes, block, tp, model_bytes, model_bytes)
+    layout = vllm_layout(spec, kv_bytes, block, tp, model_bytes, ssm_bytes)
     length = max_model_len or inp.max_model_len or spec.max_position_embeddings or 4096
     defaults = scheduler_defaults(hw.memory_bytes, hw.arch, hw.key, tp, length)
     seqs = inp.max_num_seqs or defaults.max_num_seqs

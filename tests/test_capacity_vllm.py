@@ -29,14 +29,15 @@ KV_GIB = 1
 LOG_LINE = re.compile(r"CPU KV cache size: ([\d,]+) tokens, Maximum concurrency for "
                       r"([\d,]+) tokens per request: ([\d.]+)x")
 
-# name -> vLLM --dtype (the CPU MLA kernel runs in bfloat16 only)
+# name -> vLLM --dtype (float32 runs faster on AVX2; the CPU MLA and gated-delta-net
+# kernels run in bfloat16 only: "CPU GDN attention requires BF16.")
 ARCHITECTURES = {
     "qwen3": "float32",
     "mistral-sw": "float32",
     "qwen3-moe": "float32",
     "deepseek-v2": "bfloat16",
     "gemma3": "float32",
-    "qwen3-next": "float32",
+    "qwen3-next": "bfloat16",
 }
 
 
@@ -58,10 +59,19 @@ def tiny_models() -> tuple[Path, Path]:
     return python, out
 
 
+def _cpu_has_avx512_bf16() -> bool:
+    try:
+        return " avx512_bf16" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
 def _predicted(model_dir: Path, dtype: str) -> tuple[int, str, int]:
+    # vLLM's CPU build keeps linear-attention states in float32 where AVX512-BF16 exists
     inp = PlanInput(model=catalog.model(str(model_dir)), hardware=catalog.hardware("cpu-server"),
                     dtype=dtype, max_model_len=MAX_MODEL_LEN, max_num_seqs=MAX_NUM_SEQS,
-                    kv_cache_space_gib=KV_GIB)
+                    kv_cache_space_gib=KV_GIB,
+                    mamba_ssm_dtype="float32" if _cpu_has_avx512_bf16() else None)
     s = setup(inp, 1)
     return s.cap.tokens, f"{s.cap.max_concurrency:.2f}", s.layout.block_size
 

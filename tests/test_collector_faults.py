@@ -24,6 +24,8 @@ def test_faulty_targets_do_not_disturb_healthy_ones(store, page, caplog):
     servers = {
         "healthy": PageServer(page),
         "slow": PageServer(page, delay=30),  # answers after 30 s
+        "slow2": PageServer(page, delay=30),
+        "slow3": PageServer(page, delay=30),
         "html": PageServer(b"<html><body><h1>502 Bad Gateway</h1></body></html>"),
         "truncated": PageServer(page, truncate=True),
         "error500": PageServer(b"internal error", status=500),
@@ -35,7 +37,7 @@ def test_faulty_targets_do_not_disturb_healthy_ones(store, page, caplog):
     try:
         with Collector(specs, store, interval=INTERVAL):
             started = time.time()
-            time.sleep(5)
+            time.sleep(8)
             elapsed = time.time() - started
     finally:
         for s in servers.values():
@@ -43,13 +45,18 @@ def test_faulty_targets_do_not_disturb_healthy_ones(store, page, caplog):
 
     targets = {t["name"]: t for t in store.targets()}
     healthy = store.samples(targets["healthy"]["id"], ["running"])["ts"].to_numpy()
-    # Every interval of the healthy target was scraped and stored, on schedule.
-    assert len(healthy) >= int(elapsed / INTERVAL) - 1
-    assert np.diff(healthy).max() < 3 * INTERVAL
+    # The healthy target keeps its own schedule. Collected one after another, the three
+    # slow targets' timeouts (0.5 s each) would space its scrapes 2 s apart or more: at most
+    # 4 in the window and a median gap of 2 s. Bounds at half the schedule leave room for a
+    # busy 2-core machine (seen: 6-7 of 10 scrapes at load average 9-16).
+    assert len(healthy) >= int(elapsed / INTERVAL) // 2
+    assert np.median(np.diff(healthy)) < 3 * INTERVAL
     assert targets["healthy"]["status"] == "up"
 
     expected_errors = {
         "slow": "timed out",
+        "slow2": "timed out",
+        "slow3": "timed out",
         "html": "not Prometheus text format",
         "truncated": "RemoteProtocolError",
         "error500": "HTTP 500",
