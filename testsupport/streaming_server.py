@@ -17,7 +17,8 @@ its write; ``--no-tx-stamps`` does the latter for events on plain TCP too (for b
 transmit stamps about double this server's cost per event).
 
 Per chat request, after a first-token delay D0 the server sends its optional lead events
-(``role``: a role-only chunk, ``empty``: an empty-content chunk), then N content chunks
+(``role``: a role-only chunk; ``empty``: vLLM's role announcement, the role with an empty
+``content``, as in the captured vLLM stream; neither is a token), then N content chunks
 (N = ``max_tokens``), one per gap G, then a usage-only chunk (choices [] and
 ``completion_tokens`` N) one gap later, then ``data: [DONE]``. Event j of the stream is due
 at receive + D0 + j x G. With D0 = G = 0 every event yields to the loop once, so many
@@ -438,7 +439,8 @@ class StreamServer:
         usage = {"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n}
         content = _chunk(rid, {"content": "tok"})
         events: list[tuple[str, bytes]] = [
-            (k, _chunk(rid, {"role": "assistant"} if k == "role" else {"content": ""}))
+            (k, _chunk(rid, {"role": "assistant"} if k == "role"
+                        else {"role": "assistant", "content": ""}))
             for k in lead
         ]
         if reasoning:
