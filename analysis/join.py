@@ -31,7 +31,6 @@ from servescope.analysis.phases import (
 )
 from servescope.analysis.promql import increase
 from servescope.analysis.series import HistogramWindow, gauge_series, histogram_window
-
 from servescope.core.records import RequestRecord
 from servescope.core.store import Store
 

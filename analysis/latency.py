@@ -12,9 +12,9 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
+
 from servescope.analysis.intervals import PERCENTILES, percentile_ci, request_cis
 from servescope.analysis.intervals import key as _key
-
 from servescope.core.records import RequestRecord
 
 METRICS = (

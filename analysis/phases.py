@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from servescope.analysis.latency import distribution, e2e_ms, ttft_ms
-
 from servescope.core.records import RequestRecord, ServerSpan
 
 VLLM_SPAN = "vllm-otlp"

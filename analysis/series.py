@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+
 from servescope.analysis.promql import (
     Buckets,
     histogram_delta,

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
+
 from servescope.collectors.mappings import VLLM
 from servescope.collectors.normalize import normalize
-
 from servescope.core.store import Store
 from servescope.engines.process import free_port
 

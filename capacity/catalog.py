@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from servescope.capacity.model import ConfigError, ModelSpec, from_hf_config
 
 

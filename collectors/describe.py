@@ -10,6 +10,7 @@ import logging
 from typing import Any
 
 import httpx
+
 from servescope.collectors.manifest import fetch_manifest
 from servescope.collectors.scrape import ScrapeError, scrape, server_info
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 import httpx
+
 from servescope.collectors.exporter import SnapshotExporter
 from servescope.collectors.gpu import GpuCollector
 from servescope.collectors.host import HostCollector, find_serving_pids
@@ -30,7 +31,6 @@ from servescope.collectors.sources import (
     snapshot,
     split_credentials,
 )
-
 from servescope.core.concepts import is_counter
 from servescope.core.store import Store, StoreError
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import psutil
+
 from servescope.collectors.scrape import ScrapeError, scrape
 
 SCHEMA = "servescope.manifest/1"

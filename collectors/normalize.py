@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
+
 from servescope.analysis.promql import merge_buckets
 from servescope.collectors.mappings import RuntimeMapping
-
 from servescope.core.concepts import BY_NAME, SCALAR_CONCEPTS, capacity_tokens
 from servescope.core.records import Sample
 

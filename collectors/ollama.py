@@ -21,7 +21,6 @@ import httpx
 # Re-exported: the collector's callers and tests read phases from here too.
 from servescope.analysis.ollama_phases import METRIC_FIELDS, phases_from_response  # noqa: F401
 from servescope.collectors.scrape import ScrapeError, describe_http_error
-
 from servescope.core.records import Sample
 
 

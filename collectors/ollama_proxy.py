@@ -19,9 +19,9 @@ import time
 from typing import Any
 
 import uvicorn
+
 from servescope.collectors.ollama_proxy_app import DEFAULT_MAX_BODY, build_app
 from servescope.collectors.ollama_proxy_metrics import ProxyMetrics, phase_samples
-
 from servescope.core.store import Store
 
 # Kept for the callers that imported them from here.

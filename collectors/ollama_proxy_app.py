@@ -23,6 +23,13 @@ import anyio
 import httpx
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.applications import Starlette
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
 from servescope.collectors.ollama_proxy_metrics import (
     OBSERVED_PATHS,
     FinalObject,
@@ -30,12 +37,6 @@ from servescope.collectors.ollama_proxy_metrics import (
     endpoint_label,
     model_of,
 )
-from starlette.applications import Starlette
-from starlette.datastructures import Headers
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
 
 log = logging.getLogger("servescope.proxy")
 

@@ -9,8 +9,8 @@ import re
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from servescope.analysis.ollama_phases import phases_from_response
 
+from servescope.analysis.ollama_phases import phases_from_response
 from servescope.core.records import Sample
 
 OBSERVED_PATHS = ("/api/generate", "/api/chat")

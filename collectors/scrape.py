@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
 from servescope.collectors.llamacpp import props_info, slots_samples
 from servescope.collectors.mappings import MAPPINGS, PREFIXES
 from servescope.collectors.normalize import ParseError, Snapshot, normalize, parse_families

@@ -7,10 +7,10 @@ import re
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
+
 from servescope.collectors.normalize import Snapshot
 from servescope.collectors.ollama import OllamaSnapshot, poll_ollama
 from servescope.collectors.scrape import ScrapeError, scrape
-
 from servescope.core import concepts
 from servescope.core.concepts import AUTO
 

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import streamlit as st
-from servescope.dashboard import compare, live, run, sweep
 
 from servescope.core.store import Store, StoreError, default_db_path
+from servescope.dashboard import compare, live, run, sweep
 
 
 def db_path(argv: Sequence[str]) -> Path:

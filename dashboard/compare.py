@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 import streamlit as st
+
 from servescope.analysis.compare import (
     MANIFEST_ROWS,
     differing_fields,
@@ -16,10 +17,9 @@ from servescope.analysis.compare import (
     stops_scaling,
 )
 from servescope.analysis.sweep import curve
+from servescope.core.store import Store
 from servescope.dashboard.figures import redact_urls
 from servescope.dashboard.figures_compare import all_figures
-
-from servescope.core.store import Store
 
 EMPTY_STATE = (
     "Nothing to compare yet: the store needs two runs or sweeps. Run "

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+
 from servescope.dashboard.figures import (
     COLORS,
     clock_axis,

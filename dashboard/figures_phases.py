@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import plotly.graph_objects as go
+
 from servescope.analysis.phases import (
     AFTER,
     BEFORE,

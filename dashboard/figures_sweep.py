@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 import pandas as pd
 import plotly.graph_objects as go
+
 from servescope.dashboard.figures import COLORS, layout, note_if_empty
 
 LATENCIES = {"ttft_p95_ms": "TTFT p95", "itl_p95_ms": "ITL p95", "e2e_p95_ms": "E2E p95"}

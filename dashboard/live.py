@@ -12,16 +12,13 @@ from typing import Any
 
 import pandas as pd
 import streamlit as st
+
 from servescope.analysis.series import (
     counter_rate_series,
     gauge_series,
     histogram_quantile_series,
     kv_usage_series,
 )
-from servescope.dashboard import figures, live_host, live_ollama
-from servescope.dashboard.figures import ago, local_clock, redact_urls
-from servescope.dashboard.widgets import Chart, chart_grid, last_sample_caption
-
 from servescope.core.concepts import (
     HOST_RUNTIME,
     OLLAMA,
@@ -30,6 +27,9 @@ from servescope.core.concepts import (
     names,
 )
 from servescope.core.store import Store
+from servescope.dashboard import figures, live_host, live_ollama
+from servescope.dashboard.figures import ago, local_clock, redact_urls
+from servescope.dashboard.widgets import Chart, chart_grid, last_sample_caption
 
 REFRESH_S = 5
 TIME_RANGES: dict[str, float | None] = {

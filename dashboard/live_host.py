@@ -7,6 +7,7 @@ from typing import Any
 
 import pandas as pd
 import streamlit as st
+
 from servescope.analysis.series import (
     counter_rate_series,
     gauge_series,
@@ -15,11 +16,10 @@ from servescope.analysis.series import (
     latest_value,
     split_by_label,
 )
+from servescope.core.concepts import names
 from servescope.dashboard import figures, figures_host
 from servescope.dashboard.figures import GIB
 from servescope.dashboard.widgets import Chart
-
-from servescope.core.concepts import names
 
 # `servescope collect` stores its own machine as a target of this runtime (off: --no-host).
 # The card reads the host and GPU concepts the concept table marks live.

@@ -13,13 +13,13 @@ from typing import Any
 
 import pandas as pd
 import streamlit as st
+
 from servescope.analysis.series import gauge_series, latest_value, samples_table, split_by_label
+from servescope.core.concepts import names
+from servescope.core.store import Store
 from servescope.dashboard import figures, figures_ollama
 from servescope.dashboard.figures import GIB, local_clock
 from servescope.dashboard.widgets import chart_grid, last_sample_caption
-
-from servescope.core.concepts import names
-from servescope.core.store import Store
 
 MODEL_CONCEPTS = names("ollama", live=True)  # models_loaded first, then per-model figures
 PROXY_CONCEPTS = names("ollama-proxy", live=True)

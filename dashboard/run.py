@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 import streamlit as st
+
 from servescope.analysis.join import joined_phases, run_window, server_split
 from servescope.analysis.latency import (
     metric_values,
@@ -18,12 +19,11 @@ from servescope.analysis.latency import (
 )
 from servescope.analysis.phases import RequestPhases
 from servescope.analysis.slo import evaluate_slos
+from servescope.core.records import RequestRecord
+from servescope.core.store import Store
 from servescope.dashboard import figures, run_checks, run_phases, run_prompts
 from servescope.dashboard.figures import local_clock, redact_urls
 from servescope.dashboard.widgets import header_caption
-
-from servescope.core.records import RequestRecord
-from servescope.core.store import Store
 
 EMPTY_STATE = (
     "No load runs in the store yet. Run one with "

@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 import streamlit as st
+
 from servescope.analysis.latency import distribution
 from servescope.analysis.phases import PHASE_METRICS, SOURCE_LABELS, RequestPhases
 from servescope.dashboard import figures, figures_phases

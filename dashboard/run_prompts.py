@@ -9,8 +9,8 @@ from typing import Any
 
 import pandas as pd
 import streamlit as st
-from servescope.analysis.prompt_lengths import SOURCE_LABELS, prompt_length_summary
 
+from servescope.analysis.prompt_lengths import SOURCE_LABELS, prompt_length_summary
 from servescope.core.records import RequestRecord
 
 

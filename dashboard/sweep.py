@@ -8,12 +8,12 @@ from typing import Any
 
 import pandas as pd
 import streamlit as st
+
 from servescope.analysis.sweep import MIN_LATENCY_GROWTH, MIN_THROUGHPUT_GAIN
+from servescope.core.store import Store
 from servescope.dashboard import figures, figures_sweep
 from servescope.dashboard.figures import local_clock, redact_urls
 from servescope.dashboard.widgets import header_caption
-
-from servescope.core.store import Store
 
 EMPTY_STATE = (
     "No sweeps in the store yet. Run one with "

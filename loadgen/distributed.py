@@ -30,6 +30,8 @@ from typing import Any
 
 import gevent
 import httpx
+
+from servescope.core.store import Store
 from servescope.loadgen.distributed_health import combine_health
 from servescope.loadgen.distributed_local import start_local_workers, stop_local_workers
 from servescope.loadgen.distributed_master import Master, drive
@@ -56,8 +58,6 @@ from servescope.loadgen.run import (
     progress_line,
 )
 from servescope.loadgen.scenario import Scenario
-
-from servescope.core.store import Store
 
 __all__ = ["DEFAULT_MASTER_PORT", "WORKER_KEY_NEEDS_TARGET", "run_master", "run_worker"]
 

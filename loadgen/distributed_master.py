@@ -17,6 +17,9 @@ from locust.env import Environment
 from locust.exception import RPCError
 from locust.rpc import Message
 from locust.runners import STATE_MISSING, MasterRunner
+
+from servescope.core.records import RequestRecord
+from servescope.core.store import Store
 from servescope.loadgen.distributed_local import worker_tail
 from servescope.loadgen.distributed_protocol import (
     ACK,
@@ -42,9 +45,6 @@ from servescope.loadgen.run import (
 )
 from servescope.loadgen.scenario import Scenario
 from servescope.loadgen.users import ChatUser, ScheduleShape, ScheduleUser, StagesShape
-
-from servescope.core.records import RequestRecord
-from servescope.core.store import Store
 
 
 @dataclass

@@ -20,7 +20,9 @@ from locust.env import Environment
 from locust.exception import RPCError, StopUser
 from locust.rpc import Message
 from locust.runners import WorkerRunner
+
 from servescope.analysis.latency import send_lag_ms
+from servescope.core.records import RequestRecord
 from servescope.loadgen.distributed_protocol import (
     ACK,
     DONE,
@@ -44,8 +46,6 @@ from servescope.loadgen.prepare import prepare_prompts
 from servescope.loadgen.run import LoadError, load_context, open_clients, stop_timeout, user_class
 from servescope.loadgen.tokenizer import TokenizerError, load_tokenizer
 from servescope.loadgen.users import LoadContext
-
-from servescope.core.records import RequestRecord
 
 
 def _unassigned_user() -> type[User]:

@@ -17,6 +17,7 @@ from statistics import NormalDist
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
+
 from servescope.loadgen.fields import Strict, resolve_path
 
 _STD_NORMAL = NormalDist()

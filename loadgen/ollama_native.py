@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from servescope.analysis.ollama_phases import phases_from_response
+from servescope.core.records import RequestRecord
 from servescope.loadgen.openai_chat import count_events, flatten_messages, new_record, note_event
 from servescope.loadgen.wire import Wire
-
-from servescope.core.records import RequestRecord
 
 OllamaApi = Literal["generate", "chat"]
 

@@ -14,10 +14,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from servescope.core.records import RequestRecord
 from servescope.loadgen.sse import SSEParser, parse_openai_chunk
 from servescope.loadgen.wire import Wire
-
-from servescope.core.records import RequestRecord
 
 
 @dataclass

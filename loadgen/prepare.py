@@ -19,6 +19,7 @@ from typing import Any
 
 import gevent
 from gevent.pool import Pool
+
 from servescope.loadgen.prompts import Conversation
 from servescope.loadgen.tokenizer import LOCAL, SERVER
 from servescope.loadgen.users import LoadContext, schedule_for

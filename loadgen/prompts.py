@@ -29,10 +29,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import httpx
-from servescope.loadgen.scenario import Scenario, Workload
-from servescope.loadgen.tokenizer import ESTIMATE, LocalTokenizer, ServerTokenizer
 
 from servescope.core.records import RequestRecord
+from servescope.loadgen.scenario import Scenario, Workload
+from servescope.loadgen.tokenizer import ESTIMATE, LocalTokenizer, ServerTokenizer
 
 _WORDS = (
     "the contract shall remain in force until either party gives written notice of "

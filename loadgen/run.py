@@ -20,10 +20,13 @@ import gevent
 import httpx
 from locust.env import Environment
 from locust.runners import STATE_STOPPED
+
 from servescope.analysis.join import server_section
 from servescope.analysis.latency import send_lag_ms, summarize
 from servescope.analysis.prompt_lengths import prompt_length_summary
 from servescope.analysis.slo import evaluate_slos
+from servescope.core.records import RequestRecord
+from servescope.core.store import Store
 from servescope.loadgen.health import ClientHealth
 from servescope.loadgen.prepare import prepare_prompts, prepared_line
 from servescope.loadgen.prompts import PromptBuilder
@@ -39,9 +42,6 @@ from servescope.loadgen.users import (
 )
 from servescope.loadgen.wire import Wire
 from servescope.loadgen.writer import RecordWriter
-
-from servescope.core.records import RequestRecord
-from servescope.core.store import Store
 
 
 class LoadError(RuntimeError):

@@ -22,6 +22,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from servescope.core.durations import parse_duration
 from servescope.loadgen.arrivals import UserStage
 from servescope.loadgen.fields import Strict
 from servescope.loadgen.lengths import (
@@ -40,8 +42,6 @@ from servescope.loadgen.shapes import (
     fit_stages,
     parse_rate,
 )
-
-from servescope.core.durations import parse_duration
 
 # The public names, some defined in lengths.py and shapes.py and re-exported for the modules
 # and tests that import them from here.

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
-from servescope.loadgen.arrivals import RateStage, TraceEntry, parse_trace, replay_times
-from servescope.loadgen.fields import Strict, duration_or_zero, resolve_path
 
 from servescope.core.durations import parse_duration
+from servescope.loadgen.arrivals import RateStage, TraceEntry, parse_trace, replay_times
+from servescope.loadgen.fields import Strict, duration_or_zero, resolve_path
 
 # A run bounded by request count alone still stops after this long.
 REQUESTS_ONLY_TIME_CAP = 3600.0

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
 from servescope.loadgen.openai_chat import flatten_messages
 
 Message = dict[str, str]

@@ -26,15 +26,15 @@ from gevent.event import Event
 from gevent.pool import Group
 from locust import LoadTestShape, User, task
 from locust.exception import StopUser
+
+from servescope.core.clock import now_ns
+from servescope.core.records import RequestRecord
 from servescope.loadgen.arrivals import arrival_times, users_at
 from servescope.loadgen.ollama_native import OllamaRequest, stream_ollama
 from servescope.loadgen.openai_chat import ChatRequest, CompletionRequest, stream_chat
 from servescope.loadgen.prompts import Conversation, PromptBuilder, Turn
 from servescope.loadgen.scenario import Scenario
 from servescope.loadgen.wire import Wire
-
-from servescope.core.clock import now_ns
-from servescope.core.records import RequestRecord
 
 # Open loop: a request's greenlet starts this long before its arrival, so taking its prompt
 # (prepared before the run, or a later turn built locally) does not make it late.

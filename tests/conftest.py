@@ -65,7 +65,6 @@ class SpanSink:
 @pytest.fixture(scope="session")
 def vllm_spans(tmp_path_factory) -> Iterator[SpanSink]:
     from servescope.collectors.otlp import OTLPReceiver
-
     from servescope.core.store import Store
 
     with Store(tmp_path_factory.mktemp("otlp") / "spans.db") as store:

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import servescope
 
+from helpers import servescope
 from servescope.core.records import RequestRecord
 from servescope.core.store import Store
 from testsupport.streaming_server import StreamingServer

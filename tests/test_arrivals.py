@@ -8,6 +8,7 @@ import math
 import statistics
 
 import pytest
+
 from servescope.loadgen.arrivals import (
     RateStage,
     TraceEntry,

@@ -7,6 +7,7 @@ import json
 import math
 
 import pytest
+
 from servescope.capacity import catalog, perf
 from servescope.capacity.kv import (
     kv_bytes_per_token,
@@ -18,7 +19,6 @@ from servescope.capacity.kv import (
 from servescope.capacity.model import FULL, LINEAR, MLA, SLIDING, ConfigError, from_hf_config
 from servescope.capacity.plan import PlanError, PlanInput, Workload, plan, setup
 from servescope.capacity.vllm_budget import GIB, scheduler_defaults
-
 from servescope.cli import main
 
 BF16 = 2

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from servescope.capacity import catalog
 from servescope.capacity.plan import PlanInput, setup
-
 from servescope.engines.process import run_build, servescope_home
 from servescope.engines.vllm_cpu import VLLMServer, ensure_env
 

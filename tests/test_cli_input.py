@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import PageServer, servescope
 
+from helpers import PageServer, servescope
 from servescope.core.store import Store
 
 GOOD = """\

@@ -3,6 +3,7 @@
 import time
 
 import gevent
+
 from servescope.loadgen.health import ClientHealth
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from servescope.core import clock
 
+from servescope.core import clock
 from servescope.core.clock import from_wall_ns, now_ns
 
 MS = 1_000_000

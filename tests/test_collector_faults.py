@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+
 from helpers import PageServer
 from servescope.analysis.promql import increase, rates
 from servescope.collectors.loop import Collector, TargetSpec

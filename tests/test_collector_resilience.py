@@ -11,11 +11,11 @@ import time
 from collections.abc import Callable
 
 import pytest
-from helpers import PageServer
 from prometheus_client import CollectorRegistry, generate_latest
+
+from helpers import PageServer
 from servescope.collectors.exporter import SnapshotExporter
 from servescope.collectors.loop import Collector, TargetSpec
-
 from servescope.core.store import Store
 
 INTERVAL = 0.2

@@ -11,10 +11,10 @@ import sys
 import time
 
 import pytest
-from browser import Browser
-from helpers import REPO_ROOT, servescope
 from test_dashboard_browser import NO_EXCEPTION, free_port, wait_http
 
+from browser import Browser
+from helpers import REPO_ROOT, servescope
 from testsupport.streaming_server import StreamingServer
 
 pytestmark = pytest.mark.browser  # test tier (a real headless Chromium): see pyproject.toml

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import servescope
 from test_dashboard_browser import free_port
 
+from helpers import servescope
 from testsupport.streaming_server import StreamingServer
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import servescope
 
+from helpers import servescope
 from servescope.core.store import Store
 
 OUTPUT_TOKENS = 16

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from servescope.collectors.manifest import (
     llamacpp_manifest,
     ollama_manifest,

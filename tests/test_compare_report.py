@@ -15,7 +15,6 @@ from servescope.analysis.compare import (
     token_warnings,
     verdicts,
 )
-
 from servescope.compare_report import render_markdown, write_report
 
 

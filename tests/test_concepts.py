@@ -10,18 +10,18 @@ import time
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from test_gpu import fake_nvml  # noqa: F401  (a fixture: a fake NVIDIA GPU)
+
 from servescope.collectors.exporter import SnapshotExporter
 from servescope.collectors.host import MIN_CPU_WINDOW_S, HostCollector
 from servescope.collectors.llamacpp import slots_samples
 from servescope.collectors.mappings import MAPPINGS, mapping_for
 from servescope.collectors.normalize import normalize
 from servescope.collectors.ollama import phases_from_response, snapshot_from_payloads
-from servescope.dashboard import live, live_host, live_ollama
-from test_gpu import fake_nvml  # noqa: F401  (a fixture: a fake NVIDIA GPU)
-
 from servescope.core import concepts
 from servescope.core.concepts import BY_NAME, CONCEPTS, COUNTERS, RUNTIMES, is_counter
 from servescope.core.records import Sample
+from servescope.dashboard import live, live_host, live_ollama
 
 # The page each runtime's /metrics sources are checked on: captured (vLLM, llama.cpp) or
 # written from source (SGLang, TGI); see tests/fixtures/README.md.
@@ -190,7 +190,6 @@ def test_reset_detection_reads_the_table(tmp_path):
 
     from servescope.collectors.loop import TargetCollector, TargetSpec
     from servescope.collectors.normalize import Snapshot
-
     from servescope.core.store import Store
 
     with Store(tmp_path / "s.db") as store:

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from helpers import REPO_ROOT, servescope
 from servescope.collectors.loop import Collector, TargetSpec
-
 from servescope.core.store import Store
 
 USER, PASSWORD = "alice", "pa=ss@w:rd"  # "=", "@" and ":" in the password, percent-encoded

@@ -13,20 +13,20 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+from streamlit.testing.v1 import AppTest
+from test_gpu import FakeNvml
+
 from servescope.analysis.join import same_server
 from servescope.analysis.slo import evaluate_slos
 from servescope.collectors.gpu import GpuCollector
 from servescope.collectors.host import MIN_CPU_WINDOW_S, HostCollector
 from servescope.collectors.mappings import VLLM
 from servescope.collectors.normalize import normalize
+from servescope.core.records import RequestRecord, Sample
+from servescope.core.store import Store
 from servescope.dashboard.app import db_path
 from servescope.dashboard.figures import GIB, redact_urls
 from servescope.dashboard.run import latency_table, slo_table
-from streamlit.testing.v1 import AppTest
-from test_gpu import FakeNvml
-
-from servescope.core.records import RequestRecord, Sample
-from servescope.core.store import Store
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 APP = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
@@ -35,17 +35,15 @@ MS = 1_000_000
 
 
 def live_page() -> None:
-    from servescope.dashboard import live
-
     from servescope.core.store import Store
+    from servescope.dashboard import live
 
     live.render(Store())  # SERVESCOPE_DB names the store
 
 
 def run_page() -> None:
-    from servescope.dashboard import run
-
     from servescope.core.store import Store
+    from servescope.dashboard import run
 
     run.render(Store())
 

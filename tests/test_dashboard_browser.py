@@ -13,9 +13,9 @@ import time
 import urllib.request
 
 import pytest
+
 from browser import Browser
 from helpers import REPO_ROOT, servescope
-
 from testsupport.streaming_server import StreamingServer
 
 pytestmark = pytest.mark.browser  # test tier (a real headless Chromium): see pyproject.toml

@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
-from servescope.collectors.ollama import model_events, phases_from_response, snapshot_from_payloads
-from servescope.collectors.ollama_proxy import _phase_samples
 from streamlit.testing.v1 import AppTest
 from test_dashboard import TIMEOUT_S, chart_specs, frame_with, texts, trace_names, ys
 
+from servescope.collectors.ollama import model_events, phases_from_response, snapshot_from_payloads
+from servescope.collectors.ollama_proxy import _phase_samples
 from servescope.core.store import Store
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -23,9 +23,8 @@ MIB = 1024**2
 
 
 def live_page() -> None:
-    from servescope.dashboard import live
-
     from servescope.core.store import Store
+    from servescope.dashboard import live
 
     live.render(Store())  # SERVESCOPE_DB names the store
 

@@ -6,22 +6,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from servescope.analysis.phases import BEFORE, request_phases
-from servescope.dashboard import figures_phases
 from streamlit.testing.v1 import AppTest
 from test_dashboard import TIMEOUT_S, chart_specs, frame_with, texts, trace_names, ys
 
+from servescope.analysis.phases import BEFORE, request_phases
 from servescope.core.records import RequestRecord, ServerSpan
 from servescope.core.store import Store
+from servescope.dashboard import figures_phases
 
 S, MS = 1_000_000_000, 1_000_000
 REQUESTS = 12
 
 
 def run_page() -> None:
-    from servescope.dashboard import run
-
     from servescope.core.store import Store
+    from servescope.dashboard import run
 
     run.render(Store())
 

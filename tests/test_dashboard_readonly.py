@@ -13,10 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 import streamlit as st
-from helpers import REPO_ROOT
 from streamlit.testing.v1 import AppTest
 from test_store_schema import folder_state, newer_store
 
+from helpers import REPO_ROOT
 from servescope.core.store import SCHEMA_VERSION, Store
 
 APP = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"

@@ -7,12 +7,12 @@ import time
 from pathlib import Path
 
 import pytest
-from servescope.analysis.latency import summarize
-from servescope.analysis.slo import evaluate_slos
-from servescope.analysis.sweep import analyze
 from streamlit.testing.v1 import AppTest
 from test_dashboard import TIMEOUT_S, chart_specs, frame_with, texts, trace_names, ys
 
+from servescope.analysis.latency import summarize
+from servescope.analysis.slo import evaluate_slos
+from servescope.analysis.sweep import analyze
 from servescope.core.records import RequestRecord
 from servescope.core.store import Store
 
@@ -26,17 +26,15 @@ SLOS = {"e2e_ms": {"p95": 450.0}, "ttft_ms": {"p95": 1000.0}}
 
 
 def sweep_page() -> None:
-    from servescope.dashboard import sweep
-
     from servescope.core.store import Store
+    from servescope.dashboard import sweep
 
     sweep.render(Store())  # SERVESCOPE_DB names the store
 
 
 def run_page() -> None:
-    from servescope.dashboard import run
-
     from servescope.core.store import Store
+    from servescope.dashboard import run
 
     run.render(Store())
 

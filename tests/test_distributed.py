@@ -12,9 +12,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from helpers import servescope
 from test_loadgen_modes import ChatServer
 
+from helpers import servescope
 from servescope.core.store import Store
 
 MS = 1_000_000

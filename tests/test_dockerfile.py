@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 from packaging.specifiers import SpecifierSet
-from servescope.collectors.loop import TargetSpec
 
 from servescope.cli import build_parser
+from servescope.collectors.loop import TargetSpec
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())

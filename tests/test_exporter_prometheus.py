@@ -10,12 +10,12 @@ import time
 
 import httpx
 import pytest
+
 from helpers import PageServer
 from servescope.collectors.exporter import SnapshotExporter, serve
 from servescope.collectors.loop import Collector, TargetSpec
 from servescope.collectors.mappings import VLLM
 from servescope.collectors.normalize import normalize
-
 from servescope.engines.process import free_port
 
 pytestmark = pytest.mark.engine  # test tier (a real Prometheus server): see pyproject.toml

@@ -8,8 +8,8 @@ from typing import Any
 
 import pynvml
 import pytest
-from servescope.collectors.gpu import GpuCollector
 
+from servescope.collectors.gpu import GpuCollector
 from servescope.core.records import Sample
 
 GIB = 1024**3

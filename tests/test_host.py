@@ -10,13 +10,13 @@ import sys
 import time
 
 import psutil
+
 from servescope.collectors.host import (
     MIN_CPU_WINDOW_S,
     HostCollector,
     collect_host,
     find_serving_pids,
 )
-
 from servescope.core.records import Sample
 
 

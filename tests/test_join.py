@@ -1,10 +1,10 @@
 """The server's account of a run window, joined to the run by host:port."""
 
 import pytest
+
 from servescope.analysis.join import server_side, window_check
 from servescope.collectors.mappings import VLLM
 from servescope.collectors.normalize import normalize
-
 from servescope.core.records import Sample
 
 

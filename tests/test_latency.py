@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+
 from helpers import servescope
 from servescope.analysis import intervals
 from servescope.analysis.intervals import (
@@ -28,7 +29,6 @@ from servescope.analysis.latency import (
     ttfo_ms,
     ttft_ms,
 )
-
 from servescope.core.records import RequestRecord
 from servescope.core.store import Store
 

@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 import httpx
+
 from helpers import servescope
 from servescope.collectors.llamacpp import props_info
 from servescope.collectors.scrape import scrape
-
 from servescope.core.store import Store
 
 # Long enough that the watcher sees the run (the tiny model decodes thousands of tokens/s),

@@ -9,12 +9,12 @@ import random
 from pathlib import Path
 
 import pytest
-from helpers import servescope
-from servescope.loadgen.ollama_native import NDJSONParser, OllamaRequest, parse_ollama_line
-from servescope.loadgen.openai_chat import CompletionRequest
 
+from helpers import servescope
 from servescope.core.records import RequestRecord
 from servescope.core.store import Store
+from servescope.loadgen.ollama_native import NDJSONParser, OllamaRequest, parse_ollama_line
+from servescope.loadgen.openai_chat import CompletionRequest
 
 MODEL = "tiny"
 OUTPUT_TOKENS = 16
@@ -81,10 +81,9 @@ def test_openai_completions_api(ollama_server, tmp_path):
 
 
 def test_ollama_http_error_becomes_an_error_class(ollama_server):
+    from servescope.core.clock import now_ns
     from servescope.loadgen.ollama_native import stream_ollama
     from servescope.loadgen.wire import Wire
-
-    from servescope.core.clock import now_ns
 
     req = OllamaRequest("no-such-model", [{"role": "user", "content": "hi"}], 4)
     wire = Wire(ollama_server.url)

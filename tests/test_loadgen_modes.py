@@ -13,12 +13,12 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+
 from helpers import servescope
 from servescope.analysis.latency import e2e_from_intended_ms, e2e_ms, send_lag_ms
-from servescope.loadgen.arrivals import RateStage, schedule
-
 from servescope.core.records import RequestRecord
 from servescope.core.store import Store
+from servescope.loadgen.arrivals import RateStage, schedule
 
 # Test tier: real load runs of seconds each, and sends checked against their schedule.
 pytestmark = pytest.mark.timing

@@ -9,6 +9,7 @@ import threading
 
 import httpx
 import pytest
+
 from servescope.collectors.ollama import (
     model_events,
     parse_parameters,

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
+
 from servescope.collectors.ollama import model_events, phases_from_response, poll_ollama
 
 MODEL = "tiny"

@@ -21,14 +21,14 @@ import h11
 import httpx
 import pytest
 import uvicorn
-from helpers import REPO_ROOT
 from prometheus_client.parser import text_string_to_metric_families
-from servescope.collectors.ollama_proxy import OllamaProxy
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from helpers import REPO_ROOT
+from servescope.collectors.ollama_proxy import OllamaProxy
 from servescope.engines.process import free_port
 
 WAIT_S = 60  # how long a condition may take to come true on a busy machine

@@ -11,9 +11,9 @@ import time
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
 from servescope.collectors.loop import Collector, TargetSpec
 from servescope.collectors.ollama_proxy import OllamaProxy
-
 from servescope.engines.process import free_port
 
 MODEL = "tiny"

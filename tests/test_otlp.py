@@ -11,15 +11,15 @@ import time
 
 import httpx
 import pytest
-from helpers import REPO_ROOT
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
-from servescope.collectors.otlp import OTLPReceiver, parse_listen
 
+from helpers import REPO_ROOT
+from servescope.collectors.otlp import OTLPReceiver, parse_listen
 from servescope.core.store import Store
 
 PROTOBUF = {"Content-Type": "application/x-protobuf"}

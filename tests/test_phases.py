@@ -7,6 +7,7 @@ import json
 import math
 
 import pytest
+
 from servescope.analysis.join import WINDOW_PAD_S, run_window, server_section
 from servescope.analysis.phases import (
     LLAMACPP_TIMINGS,
@@ -18,7 +19,6 @@ from servescope.analysis.phases import (
     summarize_phases,
 )
 from servescope.collectors.ollama import phases_from_response
-
 from servescope.core.records import RequestRecord, Sample, ServerSpan
 
 S = 1_000_000_000  # ns per second

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from helpers import REPO_ROOT, servescope
+from servescope.core.store import Store
 from servescope.loadgen.prompts import Conversation, PromptBuilder
 from servescope.loadgen.scenario import Scenario
 from servescope.loadgen.tokenizer import LocalTokenizer, TokenizerError, load_tokenizer
-
-from servescope.core.store import Store
 from testsupport.streaming_server import StreamingServer
 
 CHAT = "/v1/chat/completions"
@@ -360,9 +360,8 @@ def test_past_the_preparation_prompts_are_planned_without_asking_the_server():
 
 
 def run_page() -> None:
-    from servescope.dashboard import run
-
     from servescope.core.store import Store
+    from servescope.dashboard import run
 
     run.render(Store())
 

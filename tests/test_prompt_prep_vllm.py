@@ -15,7 +15,6 @@ import subprocess
 from pathlib import Path
 
 from helpers import servescope
-
 from servescope.core.store import Store
 
 CHAT = "/v1/chat/completions"

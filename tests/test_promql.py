@@ -3,6 +3,7 @@
 import math
 
 import pytest
+
 from servescope.analysis.promql import (
     histogram_delta,
     histogram_quantile,

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from helpers import servescope
 from servescope.analysis.latency import (
     e2e_ms,
@@ -24,14 +25,13 @@ from servescope.analysis.latency import (
     ttfo_ms,
     ttft_ms,
 )
+from servescope.core.clock import now_ns
+from servescope.core.records import RequestRecord
+from servescope.core.store import Store
 from servescope.loadgen.ollama_native import OllamaRequest, stream_ollama
 from servescope.loadgen.openai_chat import ChatRequest, stream_chat
 from servescope.loadgen.sse import parse_openai_chunk
 from servescope.loadgen.wire import Wire
-
-from servescope.core.clock import now_ns
-from servescope.core.records import RequestRecord
-from servescope.core.store import Store
 from testsupport.streaming_server import StreamingServer
 
 TOKENS, REASONING = 8, 3

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from helpers import PageServer, servescope
 from servescope.collectors.llamacpp import props_info, slots_samples
 from servescope.collectors.mappings import LLAMACPP, SGLANG, TGI

@@ -9,7 +9,6 @@ import time
 
 from helpers import PageServer, servescope
 from servescope.collectors.loop import Retention
-
 from servescope.core.records import Sample
 from servescope.core.store import Store
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+
 from servescope.loadgen.arrivals import schedule
 from servescope.loadgen.prompts import Conversation, PromptBuilder
 from servescope.loadgen.scenario import (

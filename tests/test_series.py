@@ -1,4 +1,4 @@
-"""servescope.analysis.series: stored samples -> time series, checked against hand-computed values."""
+"""analysis.series: stored samples -> time series, checked against hand-computed values."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
 from servescope.analysis.series import (
     counter_rate_series,
     gauge_series,

@@ -10,7 +10,6 @@ from pathlib import Path
 from helpers import servescope
 from servescope.analysis.join import joined_phases
 from servescope.analysis.phases import LLAMACPP_TIMINGS, OLLAMA_NATIVE
-
 from servescope.core.records import RequestRecord
 from servescope.core.store import Store
 

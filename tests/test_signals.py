@@ -12,8 +12,8 @@ import time
 
 import psutil
 import pytest
-from helpers import REPO_ROOT
 
+from helpers import REPO_ROOT
 from servescope.core.store import Store
 from servescope.engines.vllm_cpu import split_cpus
 from testsupport.streaming_server import StreamingServer

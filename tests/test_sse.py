@@ -4,6 +4,7 @@ import random
 from pathlib import Path
 
 import pytest
+
 from servescope.loadgen.sse import SSEParser, parse_openai_chunk
 
 

@@ -10,8 +10,8 @@ from dataclasses import fields
 from pathlib import Path
 
 import pytest
-from helpers import servescope
 
+from helpers import servescope
 from servescope.core.records import RequestRecord, Sample
 from servescope.core.store import (
     MIGRATIONS,

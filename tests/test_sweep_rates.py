@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import servescope
 from test_loadgen_modes import ChatServer
 
+from helpers import servescope
 from servescope.core.store import Store
 
 SCENARIO = """\

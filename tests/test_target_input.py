@@ -5,12 +5,12 @@ runtimes accepted are the one list collectors/sources.py keeps."""
 from __future__ import annotations
 
 import pytest
+
 from helpers import servescope
+from servescope.cli import main
 from servescope.collectors.loop import TargetSpec
 from servescope.collectors.mappings import MAPPINGS
 from servescope.collectors.sources import RUNTIMES
-
-from servescope.cli import main
 
 
 def test_the_runtimes_are_the_mapped_ones_plus_ollama_and_auto():

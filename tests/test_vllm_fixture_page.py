@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from servescope.collectors.mappings import VLLM
 from servescope.collectors.normalize import normalize
 

@@ -7,12 +7,12 @@ import json
 import math
 
 import pytest
+
 from helpers import servescope
 from servescope.analysis.latency import ttft_ms
 from servescope.analysis.promql import histogram_delta
 from servescope.collectors.loop import Collector, TargetSpec
 from servescope.collectors.scrape import scrape
-
 from servescope.core.store import Store
 from servescope.engines.vllm_cpu import split_cpus
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from helpers import servescope
 from servescope.analysis.join import joined_phases, run_records, server_lines
 from servescope.analysis.phases import VLLM_SPAN, span_ids
 from servescope.collectors.loop import Collector, TargetSpec
-
 from servescope.core.store import Store
 
 LEVELS = (2, 12)  # the second above the server's max-num-seqs 8: some requests queue

@@ -34,9 +34,9 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
-from servescope.collectors.sources import snapshot
 from uv import find_uv_bin
 
+from servescope.collectors.sources import snapshot
 from testsupport.streaming_server import StreamingServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import gevent
 import pytest
-from helpers import servescope
-from servescope.loadgen.openai_chat import ChatRequest, stream_chat
-from servescope.loadgen.wire import KERNEL_STAMPS, HeaderError, Wire
 
+from helpers import servescope
 from servescope.core.clock import now_ns
 from servescope.core.records import RequestRecord
+from servescope.loadgen.openai_chat import ChatRequest, stream_chat
+from servescope.loadgen.wire import KERNEL_STAMPS, HeaderError, Wire
 from testsupport.streaming_server import StreamingServer
 
 pytestmark = pytest.mark.timing  # test tier (stamps against the server's): see pyproject.toml

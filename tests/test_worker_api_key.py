@@ -12,8 +12,9 @@ import sys
 import time
 
 import pytest
-from helpers import REPO_ROOT, servescope
 from test_loadgen_modes import ChatServer
+
+from helpers import REPO_ROOT, servescope
 
 KEY = "sk-worker-secret-123"
 SCENARIO = """\
