@@ -192,7 +192,8 @@ def test_app_has_a_sweep_page_linking_its_runs(
     monkeypatch.setattr("sys.argv", ["app.py"])
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT_S).run()
     pages = {info["page_name"]: h for h, info in at._registered_pages.items()}
-    assert list(pages) == ["servescope", "Live", "Run", "Sweep"]  # the first: "/", hidden
+    # the first: "/", hidden
+    assert list(pages) == ["servescope", "Live", "Run", "Sweep", "Compare"]
     # Function pages have no file for AppTest.switch_page: go by the page's hash.
     at._page_hash = pages["Sweep"]
     at.run()
