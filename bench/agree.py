@@ -98,16 +98,11 @@ def warm_up(url: str, model: str, n: int = 2) -> None:
 
 
 # -- the tools ---------------------------------------------------------------------------
-def has_tokenizer_flag() -> bool:
-    """Whether `servescope load` takes --tokenizer (a local tokenizer sizes the prompts
-    without asking the measured server)."""
-    proc = subprocess.run([sys.executable, "-m", "servescope.cli", "load", "--help"],
-                          capture_output=True, text=True, cwd=REPO_ROOT)
-    return "--tokenizer" in proc.stdout
-
-
-def run_ours(url: str, model: str, cfg: Config, run: Run, tmp: Path, cpus: list[int],
-             tokenizer_flag: bool) -> None:
+def run_ours(url: str, model: str, cfg: Config, run: Run, tmp: Path, cpus: list[int]) -> None:
+    """servescope sizes its prompts with the server's own tokenizer before the measured
+    window (loadgen/prepare.py), so nothing but the measured requests reach it during the run.
+    Not --tokenizer: the tiny model's raw tokenizer.json counts digits differently from the
+    tokenizer vLLM builds from it (transformers' Qwen2 pre-tokenizer)."""
     from servescope.core.store import Store
 
     scenario = tmp / f"ours-{run.index}.yaml"
@@ -120,8 +115,6 @@ def run_ours(url: str, model: str, cfg: Config, run: Run, tmp: Path, cpus: list[
     db, out = tmp / f"ours-{run.index}.db", tmp / f"ours-{run.index}.json"
     cmd = [sys.executable, "-m", "servescope.cli", "load", str(scenario), "--target", url,
            "--model", model, "--out", str(out), "--quiet"]
-    if tokenizer_flag:
-        cmd += ["--tokenizer", str(TINY_MODEL)]
     proc = subprocess.run(cmd, env={**os.environ, "SERVESCOPE_DB": str(db)}, cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=3600, preexec_fn=pin(cpus))
     if proc.returncode != 0 or not out.exists():
@@ -240,14 +233,13 @@ def measured(url: str, fn: Callable[[Run], None], run: Run) -> Run:
 
 def rounds(url: str, model: str, cfg: Config, cpus: list[int]) -> list[Run]:
     """cfg.runs rounds; each tool once per round, the order rotating, a fresh seed per run."""
-    tokenizer_flag = has_tokenizer_flag()
     tools: list[tuple[str, Callable[[Run, Path], None]]] = [
-        (OURS, lambda r, t: run_ours(url, model, cfg, r, t, cpus, tokenizer_flag)),
+        (OURS, lambda r, t: run_ours(url, model, cfg, r, t, cpus)),
         (VLLM, lambda r, t: run_vllm(url, model, cfg, r, t, cpus)),
     ]
     if cfg.guidellm:
         tools.append((GUIDE, lambda r, t: run_guidellm(url, model, cfg, r, t, cpus)))
-    print(f"servescope load --tokenizer: {'passed' if tokenizer_flag else 'not available'}")
+    print("servescope sizes prompts with the server's tokenizer before the measured window")
     runs: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="servescope-agree-") as tmpdir:
         tmp = Path(tmpdir)
