@@ -7,17 +7,25 @@ gets a fresh profile in a temporary folder. One page, one websocket, plain JSON 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import websocket
 
 from servescope.engines.process import stop_group
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run",
@@ -87,3 +95,48 @@ class Browser:
         finally:
             stop_group(self.proc, 10.0)  # renderers and helpers too, before the profile goes
             self.profile.cleanup()
+
+
+NO_EXCEPTION = "document.querySelectorAll('[data-testid=\"stException\"]').length === 0"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} did not answer within {timeout:g}s")
+        time.sleep(0.25)
+
+
+@contextlib.contextmanager
+def dashboard_in_browser(db: Path) -> Iterator[tuple[str, Browser]]:
+    """`servescope dashboard` on the store `db` and a headless Chromium beside it: (its URL,
+    the browser); both stopped at the end."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "servescope.cli", "--db", str(db), "dashboard", "--port",
+         str(port)], cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "SERVESCOPE_DB": str(db)})
+    browser = None
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/_stcore/health")
+        browser = Browser(free_port())
+        yield url, browser
+    finally:
+        if browser is not None:
+            browser.close()
+        server.terminate()
+        server.wait(10)

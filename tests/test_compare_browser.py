@@ -5,16 +5,12 @@ side by side, the figures drawn by plotly, no exception."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 
 import pytest
-from test_dashboard_browser import NO_EXCEPTION, free_port, wait_http
 
-from browser import Browser
-from helpers import REPO_ROOT, servescope
+from browser import NO_EXCEPTION, Browser, dashboard_in_browser, free_port
+from helpers import servescope
 from testsupport.streaming_server import StreamingServer
 
 pytestmark = pytest.mark.browser  # test tier (a real headless Chromium): see pyproject.toml
@@ -50,16 +46,7 @@ def test_compare_cli_writes_the_report(compared):
 
 def test_the_compare_page_shows_both_sides(compared):
     db, _, _ = compared
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "servescope.cli", "--db", str(db), "dashboard", "--port",
-         str(port)], cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        env={**os.environ, "SERVESCOPE_DB": str(db)})
-    browser = None
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_http(f"{url}/_stcore/health")
-        browser = Browser(free_port())
+    with dashboard_in_browser(db) as (url, browser):
         browser.goto(f"{url}/compare")
         text = browser.wait_for("document.body.innerText.includes('context per request') && "
                                 "document.body.innerText")
@@ -71,11 +58,6 @@ def test_the_compare_page_shows_both_sides(compared):
         assert browser.wait_for(f"{drawn} >= 3 && {drawn}") >= 3
         time.sleep(1)
         assert browser.evaluate(NO_EXCEPTION), text[:2000]
-    finally:
-        if browser is not None:
-            browser.close()
-        server.terminate()
-        server.wait(10)
 
 
 def test_report_html_draws_its_plots_offline(compared):

@@ -5,45 +5,17 @@ no page shows an exception."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 
 import pytest
 
-from browser import Browser
-from helpers import REPO_ROOT, servescope
+from browser import NO_EXCEPTION, dashboard_in_browser
+from helpers import servescope
 from testsupport.streaming_server import StreamingServer
 
 pytestmark = pytest.mark.browser  # test tier (a real headless Chromium): see pyproject.toml
 
 REQUESTS = 24
-NO_EXCEPTION = "document.querySelectorAll('[data-testid=\"stException\"]').length === 0"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{url} did not answer within {timeout:g}s")
-        time.sleep(0.25)
-
-
 @pytest.fixture(scope="module")
 def dashboard(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("browser")
@@ -55,22 +27,8 @@ def dashboard(tmp_path_factory):
     with StreamingServer(first_token_ms=20, gap_ms=5) as srv:
         res = servescope("load", str(scenario), "--target", srv.url, "--quiet", db=db)
     assert res.returncode == 0, res.stdout + res.stderr
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "servescope.cli", "--db", str(db), "dashboard", "--port",
-         str(port)], cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        env={**os.environ, "SERVESCOPE_DB": str(db)})
-    browser = None
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_http(f"{url}/_stcore/health")
-        browser = Browser(free_port())
+    with dashboard_in_browser(db) as (url, browser):
         yield url, browser
-    finally:
-        if browser is not None:
-            browser.close()
-        server.terminate()
-        server.wait(10)
 
 
 def test_the_run_page_shows_the_run_and_draws_its_figures(dashboard):
