@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_dashboard_browser import free_port
 
+from browser import free_port
 from helpers import servescope
 from testsupport.streaming_server import StreamingServer
 
