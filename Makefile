@@ -38,7 +38,7 @@ test: $(STAMP) apt-deps
 # The quick loop while editing: no engines, no browser, no timing runs (the markers are in
 # pyproject.toml), so nothing to install with apt. `make test` and CI still run everything.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not engine and not browser and not timing"
+	$(BIN)/python -m pytest -m "not engine and not browser and not timing and not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -117,7 +117,18 @@ def store(tmp_path):
 ENGINE_FIXTURES = frozenset({"vllm_server", "ollama_server", "llamacpp_server"})
 
 
+# Modules whose tests run whole commands in several processes (master and workers, a fresh
+# virtual environment, signals, a proxy under uvicorn): seconds each, so `slow`.
+SLOW_MODULES = frozenset({
+    "test_distributed", "test_worker_api_key", "test_wheel", "test_sweep_rates",
+    "test_prompt_prep", "test_ollama_proxy_edges", "test_signals", "test_collector_faults",
+    "test_compare_cli",
+})
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if ENGINE_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.engine)
+        if item.module is not None and item.module.__name__ in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
