@@ -44,7 +44,13 @@ from servescope.loadgen.run import (
     stop_timeout,
 )
 from servescope.loadgen.scenario import Scenario
-from servescope.loadgen.users import ChatUser, ScheduleShape, ScheduleUser, StagesShape
+from servescope.loadgen.users import (
+    ChatUser,
+    ScheduleShape,
+    ScheduleUser,
+    StagesShape,
+    count_record,
+)
 
 
 @dataclass
@@ -103,12 +109,7 @@ class Tally:
 
     def count(self, records: list[RequestRecord]) -> None:
         for rec in records:
-            self.completed += 1
-            if rec.ok:
-                self.ok += 1
-                self.output_tokens += rec.output_tokens or 0
-            else:
-                self.failed += 1
+            count_record(self, rec)
 
 
 class SplitScheduleShape(ScheduleShape):

@@ -43,6 +43,17 @@ PREPARE_LEAD_S = 0.5
 Arrival = tuple[float, tuple[int, int] | None]  # (seconds from start, fixed lengths or None)
 
 
+def count_record(counts: Any, rec: RequestRecord) -> None:
+    """One finished request in a run's counts: a LoadContext's, or the distributed master's
+    Tally (both have completed, ok, failed and output_tokens)."""
+    counts.completed += 1
+    if rec.ok:
+        counts.ok += 1
+        counts.output_tokens += rec.output_tokens or 0
+    else:
+        counts.failed += 1
+
+
 @dataclass
 class LoadContext:
     """Everything the users of one run share."""
@@ -117,13 +128,8 @@ class LoadContext:
 
     def finished(self, rec: RequestRecord) -> None:
         with self._lock:
-            self.completed += 1
-            if rec.ok:
-                self.ok += 1
-                self.output_tokens += rec.output_tokens or 0
-            else:
-                self.failed += 1
-                self.dropped += rec.error_class == "client_overload"
+            count_record(self, rec)
+            self.dropped += rec.error_class == "client_overload"
         self.record(rec)
 
     @property
