@@ -1,18 +1,25 @@
-"""Run the benchmarks: python -m bench [scrape] [loadgen], or python -m bench agree [flags]
-(agree takes its own flags: python -m bench agree --help)."""
+"""Run the benchmarks: `python -m bench` runs scrape and loadgen; `python -m bench NAME
+[flags]` runs one (scrape, loadgen, agree, simulator, tune ...; NAME --help for its flags)."""
 
+import importlib
+import inspect
 import sys
 
-from bench import agree, loadgen, scrape
+DEFAULT = ("scrape", "loadgen")
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["agree"]:
-        agree.main(sys.argv[2:])
+    if len(sys.argv) < 2:
+        for name in DEFAULT:
+            importlib.import_module(f"bench.{name}").main()
         return
-    which = sys.argv[1:] or ["scrape", "loadgen"]
-    for name in which:
-        {"scrape": scrape.main, "loadgen": loadgen.main}[name]()
+    name, argv = sys.argv[1], sys.argv[2:]
+    try:
+        module = importlib.import_module(f"bench.{name}")
+    except ModuleNotFoundError:
+        sys.exit(f"python -m bench: no benchmark named {name!r}")
+    run = module.main
+    run(argv) if inspect.signature(run).parameters else run()
 
 
 main()

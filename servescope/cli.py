@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from servescope.commands import advise, simulate
 from servescope.commands.collect import cmd_collect, cmd_proxy, cmd_scrape
 from servescope.commands.compare import cmd_compare
 from servescope.commands.load import cmd_load, cmd_sweep
@@ -280,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--json", action="store_true", help="print the plan as JSON")
     pl.set_defaults(func=cmd_plan)
     add_compare_parser(sub)
+    advise.add_parsers(sub)  # advise, tune
+    simulate.add_parsers(sub)  # simulate, calibrate, sim-server
     return p
 
 
