@@ -171,3 +171,28 @@ def test_a_refused_target_is_named_with_its_credentials_masked(tmp_path, target)
     assert "://***@127.0.0.1:1" in res.stderr
     assert_no_secret(res.stdout + res.stderr, "the refusal")
     assert not Path(tmp_path / "s.db").exists()
+
+
+def test_load_and_sweep_never_show_or_store_credentials(tmp_path):
+    """A load target with ``user:password@`` (sent as basic auth by the HTTP client): the
+    runs, the sweep, the summaries and the manifests in the store, and the printed output,
+    carry the URL with ``***`` in place of the credentials."""
+    from testsupport.streaming_server import StreamingServer
+
+    db = tmp_path / "s.db"
+    with StreamingServer(first_token_ms=1, gap_ms=1) as stream:
+        target = stream.url.replace("://", f"://{USERINFO}@", 1)
+        load = servescope("load", "chat", "--target", target, "--requests", "3", db=db)
+        sweep = servescope("sweep", "chat", "--target", target, "--concurrency", "1,2",
+                           "--requests", "2", db=db)
+    for res in (load, sweep):
+        assert res.returncode == 0, res.stderr
+        assert "://***@127.0.0.1" in res.stderr
+        assert_no_secret(res.stdout + res.stderr, "the load output")
+    store = Store(db)
+    runs = store.runs()
+    assert len(runs) == 3 and all(r["status"] == "finished" for r in runs)
+    assert all(r["target_url"].startswith("http://***@127.0.0.1") for r in runs)
+    del store
+    for path in tmp_path.glob("s.db*"):
+        assert_no_secret(path.read_bytes(), path.name)

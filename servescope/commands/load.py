@@ -12,6 +12,7 @@ from pathlib import Path
 
 from servescope.commands.common import _auth_headers, _store, _tokenizer
 from servescope.core.errors import EXIT_BAD_INPUT, CliError
+from servescope.core.urls import redact_credentials
 
 
 def cmd_load(args: argparse.Namespace) -> int:
@@ -109,7 +110,8 @@ def cmd_load(args: argparse.Namespace) -> int:
         if bind_host not in ("127.0.0.1", "localhost", "::1"):
             print(f"warning: Locust workers connect without authentication: anyone who can "
                   f"reach {bind_host}:{port} can join this run", file=sys.stderr)
-    print(f"run {scenario.name} against {args.target}{how}: {scenario.describe()}; "
+    shown = redact_credentials(args.target)
+    print(f"run {scenario.name} against {shown}{how}: {scenario.describe()}; "
           f"store {store.path}", file=sys.stderr)
     try:
         if args.workers or args.master:
@@ -189,7 +191,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     levels = args.concurrency or args.rates
     sweep_id = store.create_sweep(f"{base.name}-sweep", base.name, args.target, kind, levels)
     print(f"sweep {sweep_id}: {base.name} at {kind} {levels}, {args.duration:g}s each, "
-          f"against {args.target}", file=sys.stderr)
+          f"against {redact_credentials(args.target)}", file=sys.stderr)
     done_levels: list[float] = []
     summaries: list[dict] = []
     status = "finished"

@@ -28,6 +28,7 @@ from servescope.core.schema import (  # noqa: F401 - re-exported for the store's
     record_from_row,
     request_row,
 )
+from servescope.core.urls import redact_credentials
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -304,7 +305,8 @@ class Store:
             cur = conn.execute(
                 "INSERT INTO runs(name, scenario_name, scenario, target_url, target, "
                 "started_at, status) VALUES (?,?,?,?,?,?, 'running')",
-                (name, scenario_name, json.dumps(scenario), target_url, json.dumps(target),
+                (name, scenario_name, redact_credentials(json.dumps(scenario)),
+                 redact_credentials(target_url), redact_credentials(json.dumps(target)),
                  time.time()),
             )
             return int(cur.lastrowid)
@@ -313,7 +315,8 @@ class Store:
         with self._write() as conn:
             conn.execute(
                 "UPDATE runs SET ended_at=?, status=?, summary=? WHERE id=?",
-                (time.time(), status, json.dumps(summary) if summary else None, run_id),
+                (time.time(), status,
+                 redact_credentials(json.dumps(summary)) if summary else None, run_id),
             )
 
     # -- sweeps -------------------------------------------------------------------
@@ -323,7 +326,8 @@ class Store:
             cur = conn.execute(
                 "INSERT INTO sweeps(name, scenario_name, target_url, kind, levels, started_at, "
                 "status) VALUES (?,?,?,?,?,?, 'running')",
-                (name, scenario_name, target_url, kind, json.dumps(levels), time.time()),
+                (name, scenario_name, redact_credentials(target_url), kind, json.dumps(levels),
+                 time.time()),
             )
             return int(cur.lastrowid)
 
@@ -334,7 +338,8 @@ class Store:
     def finish_sweep(self, sweep_id: int, status: str, result: dict[str, Any]) -> None:
         with self._write() as conn:
             conn.execute("UPDATE sweeps SET ended_at=?, status=?, result=? WHERE id=?",
-                         (time.time(), status, json.dumps(result), sweep_id))
+                         (time.time(), status, redact_credentials(json.dumps(result)),
+                          sweep_id))
 
     def sweeps(self) -> list[dict[str, Any]]:
         rows = self._query("SELECT * FROM sweeps ORDER BY id DESC")
@@ -360,7 +365,8 @@ class Store:
     def set_run_manifest(self, run_id: int, manifest: dict[str, Any]) -> None:
         """Store what the target served during the run (its artifact manifest)."""
         with self._write() as conn:
-            conn.execute("UPDATE runs SET manifest=? WHERE id=?", (json.dumps(manifest), run_id))
+            conn.execute("UPDATE runs SET manifest=? WHERE id=?",
+                         (redact_credentials(json.dumps(manifest)), run_id))
 
     def run_manifest(self, run_id: int) -> dict[str, Any] | None:
         rows = self._query("SELECT manifest FROM runs WHERE id=?", (run_id,))
