@@ -21,8 +21,10 @@ $(STAMP): pyproject.toml
 	@$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $@
 
+# ENGINE=sim: the simulated engine (servescope sim-server), instant and nothing to install
+ENGINE ?= vllm
 run: $(STAMP)
-	$(BIN)/servescope demo
+	$(BIN)/servescope demo --engine $(ENGINE)
 
 apt-deps:
 	@missing=""; for p in $(APT_PACKAGES); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

@@ -74,7 +74,9 @@ def manifest_mismatches(manifests: dict[str, dict[str, Any]]) -> list[dict[str, 
             continue
         known = {n: v for n, v in values.items() if v is not None}
         if len(set(map(str, known.values()))) > 1:
-            shown = ", ".join(f"{n}: {_short(field, v)}" for n, v in values.items())
+            # compared normalized (F32 = float32), shown as each server spelled it
+            shown = ", ".join(f"{n}: {_short(field, manifests[n].get(field))}"
+                              for n in values)
             out.append({"field": field, "kind": "differs", "targets": sorted(known),
                         "values": values, "affects": AFFECTS[field],
                         "message": f"{label} differs ({shown}): {', '.join(AFFECTS[field])} "

@@ -98,6 +98,11 @@ def hardware(name: str) -> Hardware:
         nominal, origin = int(e["memory_gb"] * 1e9), f"the nominal {e['memory_gb']} GB"
     if e["arch"] in {"cpu", "apple"}:
         memory = nominal
+    elif e.get("cuda_total_gib"):
+        # the total vLLM logs for this card: exact where a log shows it (to its 0.01 GiB)
+        memory = int(float(e["cuda_total_gib"]) * 2**30)
+        origin = (f"CUDA's total as vLLM logs it, {e['cuda_total_gib']} GiB "
+                  f"({e['cuda_total_source']})")
     else:
         reserve = driver_reserve(nominal)
         memory = nominal - reserve

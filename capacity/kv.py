@@ -191,22 +191,31 @@ class Capacity:
     bytes_per_block: int
     blocks_per_request: int
     max_model_len: int
+    # V0 and V1 before 0.10 report whole blocks: N x block_size tokens, and a concurrency
+    # of that over max_model_len (vllm_budget.accounting)
+    block_size: int = 0
+    tokens_from_blocks: bool = False
 
     @property
     def max_concurrency(self) -> float:
+        if self.tokens_from_blocks:
+            return self.num_blocks * self.block_size / self.max_model_len
         return self.num_blocks / self.blocks_per_request
 
     @property
     def tokens(self) -> int:
+        if self.tokens_from_blocks:
+            return self.num_blocks * self.block_size
         # the same float arithmetic as vLLM's get_kv_cache_capacity
         return int(self.max_concurrency * self.max_model_len)
 
 
 def capacity(layout: KVLayout, budget_bytes: int, max_model_len: int,
-             max_in_flight_tokens: int) -> Capacity:
+             max_in_flight_tokens: int, tokens_from_blocks: bool = False) -> Capacity:
     """vLLM's num_blocks (budget // bytes per block) and the capacity it reports."""
     per_block = layout.bytes_per_block
     return Capacity(num_blocks=budget_bytes // per_block, bytes_per_block=per_block,
                     blocks_per_request=layout.blocks_per_request(max_model_len,
                                                                  max_in_flight_tokens),
-                    max_model_len=max_model_len)
+                    max_model_len=max_model_len, block_size=layout.block_size,
+                    tokens_from_blocks=tokens_from_blocks)

@@ -21,7 +21,7 @@ from servescope.capacity.setup import (
 )
 from servescope.capacity.vllm_budget import GIB, scheduler_defaults
 
-__all__ = ["PlanError", "PlanInput", "Setup", "Workload", "plan", "setup"]
+__all__ = ["PlanError", "PlanInput", "Setup", "Workload", "plan", "setup", "sizing"]
 
 
 class PlanError(ValueError):
@@ -109,19 +109,59 @@ def _replica_rate(inp: PlanInput, s: Setup, batch: int, work: Workload) -> float
     return 1 / (ttft + work.output_mean * _step_seconds(inp, s, batch, work) / batch)
 
 
-def _sizing(inp: PlanInput, work: Workload) -> dict[str, Any]:
+def slo_batch(inp: PlanInput, s: Setup, work: Workload, slos: dict[str, dict[str, float]],
+              most: int) -> tuple[int, str | None]:
+    """The most sequences (up to `most`) one replica may decode together and still meet
+    the ITL/TPOT SLOs at the physical bound on its step time; 0 when no batch does, or
+    when the prefill bound alone breaks the TTFT SLO. Returns (batch, why it is capped)."""
+    step_ms = min([t for m in ("itl_ms", "tpot_ms") for t in (slos.get(m) or {}).values()],
+                  default=None)
+    ttft_ms = min((slos.get("ttft_ms") or {}).values(), default=None)
+    if ttft_ms is not None:
+        prefill = perf.prefill_bound(inp.model.spec, s.fmt, inp.hardware, s.tp,
+                                     max(1, round(work.prompt_mean))).seconds * 1e3
+        if prefill > ttft_ms:
+            return 0, (f"TTFT SLO {ttft_ms:g} ms < the prefill bound {prefill:.1f} ms on "
+                       f"{s.tp} x {inp.hardware.key}")
+    if step_ms is None:
+        return most, None
+    lo, hi = 0, most
+    while lo < hi:  # the step time grows with the batch
+        mid = (lo + hi + 1) // 2
+        if _step_seconds(inp, s, mid, work) * 1e3 <= step_ms:
+            lo = mid
+        else:
+            hi = mid - 1
+    if lo == 0:
+        return 0, (f"ITL SLO {step_ms:g} ms < the decode bound "
+                   f"{_step_seconds(inp, s, 1, work) * 1e3:.2f} ms of one sequence on "
+                   f"{s.tp} x {inp.hardware.key}")
+    return lo, (f"ITL SLO {step_ms:g} ms caps the batch at {lo}" if lo < most else None)
+
+
+def _sizing(inp: PlanInput, work: Workload,
+            slos: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
     """Fewest GPUs of this kind for the traffic: for each tensor-parallel size that fits
     the weights and one max_model_len request, the replicas needed for --concurrency at the
     workload's p95 length, or for --rate at the physical bounds (each replica running as
-    many sequences as its KV holds); the size needing the fewest GPUs wins (the smaller on
-    a tie). With --rate, the concurrency the traffic keeps in flight follows by Little's
-    law: rate x (time to first token + output tokens x time per token)."""
+    many sequences as its KV holds, and no more than the latency SLOs allow at the bound
+    on the step time); the size needing the fewest GPUs wins (the smaller on a tie). With
+    --rate, the concurrency the traffic keeps in flight follows by Little's law: rate x
+    (time to first token + output tokens x time per token). `output_tokens_per_s` is what
+    the chosen GPUs serve: the traffic's, or one replica's at its full batch."""
     best: dict[str, Any] | None = None
+    why_not: list[str] = []
     for t in tp_choices(inp.model.spec):
         s = setup(inp, t)
         if not s.fits:
             continue
         per_replica = max(1, min(s.sequences_fitting(work.total_p95), s.max_num_seqs))
+        capped = None
+        if slos:
+            per_replica, capped = slo_batch(inp, s, work, slos, per_replica)
+            if per_replica == 0:
+                why_not.append(capped or "")
+                continue
         needed = inp.concurrency
         replicas = math.ceil((needed or 1) / per_replica)
         if inp.rate:
@@ -133,22 +173,42 @@ def _sizing(inp: PlanInput, work: Workload) -> dict[str, Any]:
                 batch = min(per_replica, math.ceil(c / replicas))
                 c = inp.rate * (ttft + work.output_mean * _step_seconds(inp, s, batch, work))
             needed = max(1, math.ceil(c))
+            served = inp.rate * work.output_mean
+        else:
+            batch = min(per_replica, math.ceil((needed or per_replica) / replicas))
+            served = replicas * _replica_rate(inp, s, batch, work) * work.output_mean
         option = {"gpus_needed": t * replicas, "tensor_parallel": t, "replicas": replicas,
-                  "sequences_per_replica": per_replica, "needed_concurrency": needed}
+                  "sequences_per_replica": per_replica, "needed_concurrency": needed,
+                  "output_tokens_per_s": served, "slo_cap": capped}
         if best is None or option["gpus_needed"] < best["gpus_needed"]:
             best = option
         if not (inp.rate or inp.concurrency):
             break  # no traffic given: the smallest size that fits
     return best or {"gpus_needed": None, "tensor_parallel": None, "replicas": None,
-                    "sequences_per_replica": 0, "needed_concurrency": inp.concurrency}
+                    "sequences_per_replica": 0, "needed_concurrency": inp.concurrency,
+                    "output_tokens_per_s": None,
+                    "slo_cap": "; ".join(w for w in why_not if w) or None}
+
+
+def sizing(inp: PlanInput, slos: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
+    """GPUs of `inp.hardware`'s kind for the traffic under `slos` ({metric: {stat: ms}},
+    as a scenario's), whatever tensor-parallel size it takes: gpus_needed (None: nothing
+    up to 16 GPUs fits or meets the SLOs; slo_cap says why), tensor_parallel, replicas,
+    sequences_per_replica, needed_concurrency, output_tokens_per_s, slo_cap."""
+    first = setup(inp, 1)
+    work = inp.workload or Workload(first.max_model_len, first.max_model_len, 0, 0,
+                                    first.max_model_len, first.max_model_len,
+                                    "no workload given: max_model_len")
+    return _sizing(inp, work, slos)
 
 
 def _next_pow2(n: int) -> int:
     return 1 << max(0, math.ceil(math.log2(max(1, n))))
 
 
-def plan(inp: PlanInput) -> dict[str, Any]:
-    """The plan as a JSON-able dict (raises PlanError, naming the flag at fault)."""
+def plan(inp: PlanInput, slos: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
+    """The plan as a JSON-able dict (raises PlanError, naming the flag at fault); `slos`
+    ({metric: {stat: ms}}) caps the batch per replica at the physical latency bounds."""
     spec, hw = inp.model.spec, inp.hardware
     if not 0 < inp.gpu_memory_utilization <= 1:
         raise PlanError(f"--gpu-memory-utilization {inp.gpu_memory_utilization} is not in "
@@ -179,7 +239,7 @@ def plan(inp: PlanInput) -> dict[str, Any]:
     model_bytes = dtype_bytes(s.dtype)
     fit_p95 = s.sequences_fitting(work.total_p95)
     fit_mean = s.sequences_fitting(max(1, round(work.total_mean)))
-    sizing = _sizing(inp, work)
+    sizing = _sizing(inp, work, slos)
     needed = sizing.pop("needed_concurrency")
     # as many sequences as the KV pool holds at p95 length, within vLLM's default cap
     default_seqs = scheduler_defaults(hw.memory_bytes, hw.arch, hw.key, tp,
@@ -240,6 +300,7 @@ def plan(inp: PlanInput) -> dict[str, Any]:
         "recommended_max_num_batched_tokens": rec_tokens,
         "gpus_needed": sizing["gpus_needed"],
         "sizing": sizing,
+        "slos": slos or {},
         "decode": {"batch": batch, "context": decode.context,
                    "time_per_output_token_ms_min": round(decode.seconds_per_step * 1e3, 3),
                    "tokens_per_second_max": round(decode.tokens_per_second, 1),

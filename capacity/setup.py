@@ -25,10 +25,14 @@ from servescope.capacity.kv import (
 )
 from servescope.capacity.model import LINEAR, ModelSpec
 from servescope.capacity.vllm_budget import (
+    Accounting,
+    accounting,
     activation_peak_bytes,
     cpu_budget,
     default_block_size,
     gpu_budget,
+    mxfp4_padding_bytes,
+    rope_cache_bytes,
     scheduler_defaults,
 )
 
@@ -92,6 +96,11 @@ class PlanInput:
     # build keeps it in float32 on CPUs with AVX512-BF16: platforms/cpu.py)
     mamba_ssm_dtype: str | None = None
     assumptions: list[str] = field(default_factory=list)
+    # the vLLM release to size for (None: the current one) and, for 0.8-0.10, which engine
+    # ran ("v0" with VLLM_USE_V1=0): older releases leave CUDA graphs out of the KV budget,
+    # V0 picks other batch defaults and reports whole blocks (vllm_budget.accounting)
+    vllm_version: str | None = None
+    vllm_engine: str | None = None
 
 
 def resolve_dtype(spec: ModelSpec, dtype: str) -> str:
@@ -128,6 +137,7 @@ class Setup:
     weights: int
     budget: dict[str, int]
     cap: Capacity
+    acct: Accounting = field(default_factory=accounting)
 
     @property
     def kv_budget(self) -> int:
@@ -136,8 +146,13 @@ class Setup:
     @property
     def fits(self) -> bool:
         """vLLM starts only when the KV pool holds one max_model_len request (plus the null
-        block it keeps)."""
-        return self.kv_budget > 0 and self.cap.num_blocks - 1 >= self.cap.blocks_per_request
+        block V1 keeps; V0 checks max_model_len against blocks x block size, worker.py
+        raise_if_cache_size_invalid)."""
+        if self.kv_budget <= 0:
+            return False
+        if self.acct.engine == "v0":
+            return self.cap.num_blocks * self.layout.block_size >= self.max_model_len
+        return self.cap.num_blocks - 1 >= self.cap.blocks_per_request
 
     def sequences_fitting(self, tokens: int) -> int:
         """Requests of `tokens` tokens the pool holds at once (null block excluded)."""
@@ -160,28 +175,34 @@ def setup(inp: PlanInput, tp: int, fmt: WeightFormat | None = None,
     block = inp.block_size or default_block_size(spec, hw.arch)
     layout = vllm_layout(spec, kv_bytes, block, tp, model_bytes, ssm_bytes)
     length = max_model_len or inp.max_model_len or spec.max_position_embeddings or 4096
-    defaults = scheduler_defaults(hw.memory_bytes, hw.arch, hw.key, tp, length)
+    acct = accounting(inp.vllm_version, inp.vllm_engine)
+    defaults = scheduler_defaults(hw.memory_bytes, hw.arch, hw.key, tp, length, acct)
     seqs = inp.max_num_seqs or defaults.max_num_seqs
     batched = inp.max_num_batched_tokens or defaults.max_num_batched_tokens
     weights = perf.weights_bytes(spec, fmt, model_bytes)
-    per_gpu = math.ceil(weights / tp)
+    # every rank holds its share of the parameters, a whole rotary table and the padding
+    # vLLM's kernels add to some weight layouts
+    per_gpu = math.ceil(weights / tp) + rope_cache_bytes(spec, model_bytes) \
+        + mxfp4_padding_bytes(spec, fmt.key, fmt.bits, hw.arch, tp)
     if hw.is_cpu and inp.kv_cache_space_gib is not None:
         budget = {"kv": cpu_budget(inp.kv_cache_space_gib), "weights": per_gpu}
     else:
-        act = activation_peak_bytes(spec, batched, seqs, tp, model_bytes)
+        act = activation_peak_bytes(spec, batched, seqs, tp, model_bytes,
+                                    acct.sampler_bytes_per_logit)
         g = gpu_budget(hw.memory_bytes, inp.gpu_memory_utilization, per_gpu, act, tp,
-                       enforce_eager=inp.enforce_eager or hw.is_cpu)
+                       enforce_eager=inp.enforce_eager or hw.is_cpu, acct=acct)
         budget = {"kv": g.kv, "total": g.total, "requested": g.requested,
                   "weights": g.weights, "activation_peak": g.activation_peak,
                   "non_torch": g.non_torch, "cuda_graphs": g.cuda_graphs}
     # Sliding-window blocks stay held while a step is in flight: one step on CPU, two on
     # GPUs with async scheduling (VllmConfig.max_in_flight_tokens).
     in_flight = batched * (1 if hw.is_cpu else 2)
-    cap = capacity(layout, max(budget["kv"], 0), length, in_flight)
+    cap = capacity(layout, max(budget["kv"], 0), length, in_flight,
+                   tokens_from_blocks=acct.tokens_from_blocks and not hw.is_cpu)
     return Setup(tp=tp, fmt=fmt, dtype=dtype, kv_bytes=kv_bytes, state_bytes=state,
                  layout=layout, max_model_len=length, max_num_seqs=seqs,
                  max_num_batched_tokens=batched, defaults_why=defaults.why, weights=weights,
-                 budget=budget, cap=cap)
+                 budget=budget, cap=cap, acct=acct)
 
 
 def tp_choices(spec: ModelSpec) -> list[int]:

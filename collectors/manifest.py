@@ -73,11 +73,20 @@ def _int(v: Any) -> int | None:
 
 
 # -- vLLM -------------------------------------------------------------------------------
+VLLM_MAX_NUM_SEQS_UNKNOWN = (
+    "max_num_seqs: unknown. vLLM 0.32 shows it on no production endpoint (not in /v1/models, "
+    "/version or the vllm:cache_config_info labels); only the development endpoint "
+    "/server_info does, when the server runs with VLLM_SERVER_DEV_MODE=1 (read when it "
+    "answers); else see the server's --max-num-seqs (its default depends on the device)")
+
+
 def vllm_manifest(models: dict[str, Any] | None, cache_config: dict[str, str] | None,
-                  version: dict[str, Any] | None = None, model: str | None = None
-                  ) -> dict[str, Any]:
-    """From /v1/models, the `vllm:cache_config_info` labels of /metrics and /version.
-    vLLM serves a Hugging Face folder (safetensors) unless its root names a .gguf file."""
+                  version: dict[str, Any] | None = None, model: str | None = None,
+                  server_info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """From /v1/models, the `vllm:cache_config_info` labels of /metrics, /version and,
+    where the server answers it, /server_info?config_format=json (the whole engine config;
+    vLLM serves it only with VLLM_SERVER_DEV_MODE=1). vLLM serves a Hugging Face folder
+    (safetensors) unless its root names a .gguf file."""
     m = _empty("vllm")
     data = [d for d in (models or {}).get("data") or [] if isinstance(d, dict)]
     entry = next((d for d in data if d.get("id") == model), data[0] if data else None)
@@ -106,8 +115,12 @@ def vllm_manifest(models: dict[str, Any] | None, cache_config: dict[str, str] | 
         seqs = _int(cache_config.get("max_num_seqs"))
         m["concurrency_value"] = seqs
     m["concurrency_knob"] = "max_num_seqs"
+    scheduler = ((server_info or {}).get("vllm_config") or {}).get("scheduler_config")
+    if isinstance(scheduler, dict) and _int(scheduler.get("max_num_seqs")) is not None:
+        m["concurrency_value"] = _int(scheduler["max_num_seqs"])
+        m["sources"].append("/server_info")
     if m["concurrency_value"] is None:
-        m["notes"].append("max_num_seqs: not exposed by this vLLM (see its start-up flags)")
+        m["notes"].append(VLLM_MAX_NUM_SEQS_UNKNOWN)
     _vllm_checkpoint(m)
     return m
 
@@ -367,7 +380,9 @@ def fetch_manifest(base: str, runtime: str = "auto", model: str | None = None,
                 info = scrape(base, "vllm", client=client).info.get("cache_config") or {}
                 cache = next(iter(info.values()), None)
             models = _get(client, f"{base}/v1/models")
-            m = vllm_manifest(models, cache, _get(client, f"{base}/version"), model)
+            m = vllm_manifest(models, cache, _get(client, f"{base}/version"), model,
+                              _get(client, f"{base}/server_info",
+                                   params={"config_format": "json"}))
             if detected and cache is None and not _owned_by_vllm(models):
                 m = _openai_compatible(m)
             elif runtime != "vllm":

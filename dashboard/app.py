@@ -15,7 +15,7 @@ from pathlib import Path
 import streamlit as st
 
 from servescope.core.store import Store, StoreError, default_db_path
-from servescope.dashboard import compare, live, run, sweep
+from servescope.dashboard import capacity, compare, live, run, sweep
 
 
 def db_path(argv: Sequence[str]) -> Path:
@@ -56,6 +56,9 @@ def main() -> None:
     def compare_page() -> None:
         compare.render(store)
 
+    def capacity_page() -> None:
+        capacity.render(store)
+
     lives = st.Page(live_page, title="Live", icon=":material/monitoring:", url_path="live")
 
     def home() -> None:
@@ -74,6 +77,8 @@ def main() -> None:
             ),
             st.Page(compare_page, title="Compare", icon=":material/compare:",
                     url_path="compare"),
+            st.Page(capacity_page, title="Capacity", icon=":material/memory:",
+                    url_path="capacity"),
         ]
     )
     st.sidebar.caption(f"Store: `{store.path}`")

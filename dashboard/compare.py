@@ -16,6 +16,7 @@ from servescope.analysis.compare import (
     manifest_table,
     stops_scaling,
 )
+from servescope.analysis.host_use import HOST_HEAD, combine, host_cells, run_host_use
 from servescope.analysis.sweep import curve
 from servescope.core.store import Store
 from servescope.dashboard.figures import redact_urls
@@ -35,19 +36,27 @@ def run_level(run: dict[str, Any]) -> float:
     return float(max((s.get("concurrency") or 0 for s in stages), default=0) or 1)
 
 
-def _level_summary(level: float, s: dict[str, Any]) -> dict[str, Any]:
+def _level_summary(store: Store, run_id: int, level: float, s: dict[str, Any]
+                   ) -> dict[str, Any]:
     keep = ("requests_ok", "output_tokens_per_s", "ttft_ms", "itl_ms", "e2e_ms")
     return {"level": level, **{k: s.get(k) for k in keep},
-            "server_split": (s.get("server") or {}).get("per_request")}
+            "server_split": (s.get("server") or {}).get("per_request"),
+            "host_use": run_host_use(store, run_id)}
+
+
+def _host_use(summaries: list[dict[str, Any]]) -> dict[str, Any] | None:
+    uses = [s["host_use"] for s in summaries if s.get("host_use")]
+    return combine(uses) if uses else None
 
 
 def run_target(store: Store, run: dict[str, Any]) -> dict[str, Any]:
     manifest = store.run_manifest(run["id"]) or {}
     level, summary = run_level(run), run.get("summary") or {}
+    summaries = [_level_summary(store, run["id"], level, summary)] if summary else []
     return {"name": f"run {run['id']} ({manifest.get('runtime') or '?'})",
             "url": redact_urls(run.get("target_url") or ""), "manifest": manifest,
             "curve": curve([level], [summary]) if summary else [],
-            "summaries": [_level_summary(level, summary)] if summary else []}
+            "summaries": summaries, "host_use": _host_use(summaries)}
 
 
 def sweep_target(store: Store, sweep: dict[str, Any], runs: list[dict[str, Any]]
@@ -55,11 +64,11 @@ def sweep_target(store: Store, sweep: dict[str, Any], runs: list[dict[str, Any]]
     mine = sorted((r for r in runs if r.get("sweep_id") == sweep["id"]), key=lambda r: r["id"])
     manifest = (store.run_manifest(mine[0]["id"]) if mine else None) or {}
     rows = (sweep.get("result") or {}).get("curve") or []
-    summaries = [_level_summary(row["level"], r.get("summary") or {})
+    summaries = [_level_summary(store, r["id"], row["level"], r.get("summary") or {})
                  for row, r in zip(rows, mine, strict=False)]
     return {"name": f"sweep {sweep['id']} ({manifest.get('runtime') or '?'})",
             "url": redact_urls(sweep.get("target_url") or ""), "manifest": manifest,
-            "curve": rows, "summaries": summaries}
+            "curve": rows, "summaries": summaries, "host_use": _host_use(summaries)}
 
 
 def render(store: Store) -> None:
@@ -97,6 +106,16 @@ def render(store: Store) -> None:
             st.caption(f"{t['name']}: {stops_scaling(t['curve'])['text']}")
     for fig in all_figures(targets, "concurrency", marked):
         st.plotly_chart(fig, use_container_width=True)
+    _host_table(targets)
+
+
+def _host_table(targets: list[dict[str, Any]]) -> None:
+    """CPU, memory and GPU use per target over its levels (analysis/host_use.py)."""
+    st.subheader("Host use: CPU, memory, GPU")
+    rows = {t["name"]: host_cells(t.get("host_use")) for t in targets}
+    st.table(pd.DataFrame(list(rows.values()), index=list(rows), columns=HOST_HEAD))
+    st.caption("Over each target's load windows, from the host collector (psutil, NVML): "
+               "`servescope compare` runs it; a dash where no host samples were stored.")
 
 
 def _manifest_table(manifests: dict[str, dict[str, Any]]) -> None:

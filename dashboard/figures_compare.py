@@ -110,7 +110,41 @@ def phase_figure(targets: Sequence[dict[str, Any]], marked: Collection[str] = ()
     return _layout(fig, "Server-side split (mean ms per request)", "target @ level", "ms")
 
 
+HOST_PANELS = ("host CPU % (mean solid, peak dotted)", "memory GiB (host solid, server dotted)",
+               "GPU util % (mean solid, peak dotted)")
+
+
+def host_figure(targets: Sequence[dict[str, Any]], kind: str = "concurrency",
+                marked: Collection[str] = ()) -> go.Figure:
+    """What each level cost the host (summaries' host_use, analysis/host_use.py): CPU %,
+    memory in use (the host's and the serving processes'), GPU utilization; a host
+    without a GPU says so in its panel."""
+    fig = make_subplots(rows=1, cols=3, subplot_titles=list(HOST_PANELS))
+    gib = 2.0 ** 30
+    panels = ((1, "cpu_mean_pct", "cpu_peak_pct", 1.0), (2, "memory_used_peak_bytes",
+              "server_rss_peak_bytes", gib), (3, "gpu_util_mean_pct", "gpu_util_peak_pct", 1.0))
+    any_gpu = False
+    for i, t in enumerate(targets):
+        uses = [(s["level"], s.get("host_use") or {}) for s in t.get("summaries") or []]
+        any_gpu = any_gpu or any(u.get("gpu") == "present" for _, u in uses)
+        for col, solid, dotted, scale in panels:
+            for key, dash in ((solid, "solid"), (dotted, "dot")):
+                ys = [u[key] / scale if u.get(key) is not None else None for _, u in uses]
+                fig.add_trace(go.Scatter(
+                    x=[lvl for lvl, _ in uses], y=ys, mode="lines+markers",
+                    name=_label(t["name"], marked), legendgroup=t["name"],
+                    showlegend=col == 1 and dash == "solid",
+                    line={"color": PALETTE[i % len(PALETTE)], "dash": dash}), row=1, col=col)
+    if not any_gpu:
+        fig.add_annotation(text="no GPU", showarrow=False, xref="x3 domain", yref="y3 domain",
+                           x=0.5, y=0.5, font={"size": 16})
+    _layout(fig, "Host use during each level", "", "")
+    fig.update_xaxes(title_text=kind)
+    return fig
+
+
 def all_figures(targets: Sequence[dict[str, Any]], kind: str = "concurrency",
                 marked: Collection[str] = ()) -> list[go.Figure]:
     return [throughput_figure(targets, kind, marked), latency_figure(targets, kind, marked),
-            goodput_figure(targets, kind, marked), phase_figure(targets, marked)]
+            goodput_figure(targets, kind, marked), phase_figure(targets, marked),
+            host_figure(targets, kind, marked)]

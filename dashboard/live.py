@@ -156,6 +156,7 @@ def _target_header(target: dict[str, Any]) -> None:
         return  # a proxy is not scraped: it has no up/down status
     else:
         title_col.caption(f"{target['runtime']} at {redact_urls(target['url'])}")
+        _simulated_badge(title_col, target)
     status, since = target.get("status"), target.get("status_since")
     when = f" since {local_clock(since)} ({ago(since)})" if since else ""
     if status == "up":
@@ -166,6 +167,20 @@ def _target_header(target: dict[str, Any]) -> None:
             status_col.caption(f"Last error: {redact_urls(target['last_error'])}")
     else:
         status_col.badge("never scraped", color="gray")
+
+
+# -- a simulated engine (servescope sim-server) says so in its served model's name -----------
+SIMULATED_MARK = "(simulated on "
+
+
+def is_simulated(target: dict[str, Any]) -> bool:
+    return SIMULATED_MARK in str((target.get("info") or {}).get("model") or "")
+
+
+def _simulated_badge(col: Any, target: dict[str, Any]) -> None:
+    if is_simulated(target):
+        col.badge("simulated: every number comes from servescope's simulator, no real engine",
+                  icon=":material/science:", color="violet")
 
 
 def _server_facts(info: dict[str, Any]) -> None:

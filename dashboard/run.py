@@ -80,6 +80,7 @@ def render(store: Store) -> None:
     if warmup:
         st.caption(f"The first {warmup:,} requests (the warm-up) are left out of every figure.")
     run_checks.show_warnings(run_checks.merged_warnings(summary, stored))
+    run_checks.decode_physics(store, run, {**summary, "server": stored.get("server")})
     _slo_section(run, summary)
     st.subheader("Latency (client)")
     st.dataframe(latency_table(summary), hide_index=True, column_config=_ms_columns())

@@ -61,3 +61,39 @@ def merged_warnings(*sources: Mapping[str, Any] | None) -> list[str]:
 def show_warnings(texts: Sequence[str]) -> None:
     if texts:
         st.warning("\n".join(f"- {t}" for t in texts))
+
+
+# -- physics: decode's memory-bandwidth use (capacity/physics.py) -------------------------
+def physics_check(summary: Mapping[str, Any], manifest: Mapping[str, Any] | None,
+                  gpu_names: Sequence[str], bandwidth_gbs: float | None = None
+                  ) -> dict[str, Any] | None:
+    """capacity.physics.summary_check of the run where the model (the served folder, when
+    it is on this machine) and the hardware (the GPU NVML named, or a CPU's given
+    bandwidth) are known; None otherwise."""
+    from servescope.capacity.physics import resolve, summary_check
+
+    info, hw, _ = resolve(None, (manifest or {}).get("model_path"), None, bandwidth_gbs,
+                          list(gpu_names))
+    if info is None or hw is None:
+        return None
+    try:
+        return summary_check(dict(summary), info, hw)
+    except (ValueError, KeyError):
+        return None
+
+
+def decode_physics(store: Any, run: Mapping[str, Any], summary: Mapping[str, Any]) -> None:
+    """One line on the memory bandwidth decode achieved; a warning when the run beats the
+    physical bound (prefix caching, speculative decoding, or a measurement error)."""
+    from servescope.analysis.sweep_evidence import host_gpu_names
+
+    end = run.get("ended_at") or run["started_at"]
+    check = physics_check(summary, store.run_manifest(run["id"]),
+                          host_gpu_names(store, run["started_at"] - 60, end + 60))
+    if check is None:
+        return
+    text = f"Physics: {check['line']}."
+    if check["beats_bound"]:
+        st.warning(text)
+    else:
+        st.caption(text)

@@ -238,8 +238,14 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--format", choices=["jsonl", "csv", "parquet"])
     x.set_defaults(func=cmd_export)
 
-    m = sub.add_parser("demo", help="local vLLM + collector + a scenario + the dashboard")
+    m = sub.add_parser("demo", help="local vLLM (or a simulated engine) + collector + a "
+                       "scenario + the dashboard")
     m.add_argument("--target", help="use this running server instead of starting vLLM")
+    m.add_argument("--engine", choices=["vllm", "sim"], default="vllm",
+                   help="vllm: the real vLLM CPU engine (installed on first use); sim: the "
+                   "SIMULATED engine (servescope sim-server: instant, nothing to install)")
+    m.add_argument("--sim-model", default="llama-3.1-8b", help="--engine sim: catalog model")
+    m.add_argument("--sim-gpu", default="h100-80gb", help="--engine sim: catalog GPU")
     m.add_argument("--scenario", default="chat")
     m.add_argument("--host", default="127.0.0.1")
     m.add_argument("--port", type=int, default=8501)
@@ -253,9 +259,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "sequences that fit, settings and GPUs for a model on some hardware")
     pl.add_argument("--model", required=True,
                     help="catalog name (llama-3.1-8b, qwen3-32b ...), a config.json, a model "
-                    "folder, or a Hugging Face id in the local cache")
+                    "folder, a Hugging Face id in the local cache, or a running server's URL "
+                    "(vLLM, Ollama, llama.cpp: its model and reported KV capacity)")
     pl.add_argument("--gpu", required=True, help="hardware name: h100-80gb, a100-80gb, l4, "
-                    "rtx-4090, mi300x, cpu-server ... (lowercase, hyphenated)")
+                    "rtx-4090, mi300x, cpu-server ... (lowercase, hyphenated); several, "
+                    "comma-separated, compare the GPUs needed and their cost")
+    pl.add_argument("--price", action="append", default=[], metavar="GPU=USD",
+                    help="USD per GPU-hour, e.g. h100-80gb=2.49 (repeatable): cost per hour "
+                    "and per million output tokens")
+    pl.add_argument("--slo", action="append", default=[], metavar="METRIC_STAT=TIME",
+                    help="e.g. ttft_p95=2000ms or itl_p95=50ms (repeatable): caps the batch "
+                    "per replica at the physical latency bounds")
     pl.add_argument("--gpus", type=int, help="GPUs in all (default: --tp)")
     pl.add_argument("--tp", type=int, help="tensor-parallel size (default: --gpus, else 1)")
     pl.add_argument("--quantization", help="weights format: bf16, fp16, fp8, int8, awq, gptq, "
@@ -279,6 +293,14 @@ def build_parser() -> argparse.ArgumentParser:
     traffic.add_argument("--rate", type=float, help="requests per second to serve")
     traffic.add_argument("--concurrency", type=int, help="concurrent requests to serve")
     pl.add_argument("--json", action="store_true", help="print the plan as JSON")
+    # --model URL (commands/plan_live.py): the model a running server serves
+    pl.add_argument("--runtime", choices=("auto", "vllm", "ollama", "llamacpp"),
+                    default="auto", help="with --model URL: the server's runtime (default: "
+                    "detected)")
+    pl.add_argument("--served-model", help="with --model URL: which served model (default: "
+                    "the first listed)")
+    pl.add_argument("--num-parallel", type=int, help="with --model URL of an Ollama: its "
+                    "OLLAMA_NUM_PARALLEL (no API reports it)")
     pl.set_defaults(func=cmd_plan)
     add_compare_parser(sub)
     advise.add_parsers(sub)  # advise, tune

@@ -11,6 +11,7 @@ may share this machine). The load runner (loadgen/run.py) and the sweep reading
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import httpx
 
 from servescope.analysis.compare import comparison, token_stats
+from servescope.analysis.host_use import HOST_TARGET, combine, run_host_use
 from servescope.analysis.sweep import analyze
 from servescope.collectors.describe import describe_target
 from servescope.collectors.loop import Collector, TargetSpec
@@ -122,19 +124,39 @@ def run_target(base: Scenario, spec: TargetSpec, settings: CompareSettings, stor
             if summary["status"] != "finished":
                 status = summary["status"]
                 break
+        if runs:
+            wait_for_host_scrape(store, runs[-1])
     finally:
         collector.stop()
         sweep = analyze(levels, summaries)
         store.finish_sweep(sweep_id, status, sweep)
+    # After the collector stopped: every host sample of every level's window is stored.
+    host_use = [run_host_use(store, run_id, COLLECT_INTERVAL_S) for run_id in runs]
     return {
         "name": spec.name, "runtime": manifest["runtime"], "url": spec.url, "model": model,
         "manifest": manifest, "sweep_id": sweep_id, "run_ids": runs, "status": status,
         "curve": sweep["curve"], "saturation_level": sweep["saturation_level"],
         "max_level_meeting_slos": sweep["max_level_meeting_slos"],
-        "summaries": [_level_summary(level, s) for level, s in zip(levels, summaries,
-                                                                   strict=True)],
+        "summaries": [_level_summary(level, s) | {"host_use": use}
+                      for level, s, use in zip(levels, summaries, host_use, strict=True)],
         "tokens": token_stats(rows),
+        "host_use": combine([u for u in host_use if u]) if any(host_use) else None,
     }
+
+
+def wait_for_host_scrape(store: Store, run_id: int, timeout: float = 5 * COLLECT_INTERVAL_S
+                         ) -> None:
+    """Before the collector stops: wait (bounded) for the host's first scrape after the
+    last run's load, whose CPU reading covers its last interval."""
+    host = next((t for t in store.targets() if t["name"] == HOST_TARGET), None)
+    _, last_ns = store.request_bounds(run_id)
+    if host is None or last_ns is None:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not store.samples(host["id"], ["cpu_utilization_ratio"], since=last_ns / 1e9).empty:
+            return
+        time.sleep(0.2)
 
 
 def failed_target(spec: TargetSpec, error: str) -> dict[str, Any]:
@@ -143,7 +165,7 @@ def failed_target(spec: TargetSpec, error: str) -> dict[str, Any]:
             "manifest": {"runtime": spec.runtime, "url": spec.url}, "sweep_id": None,
             "run_ids": [], "status": "failed", "error": error, "curve": [],
             "saturation_level": None, "max_level_meeting_slos": None, "summaries": [],
-            "tokens": token_stats([])}
+            "tokens": token_stats([]), "host_use": None}
 
 
 def _token_row(r: Any) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import plotly.io as pio
 
 from servescope.analysis.compare import fmt as _fmt
 from servescope.analysis.compare import manifest_table
+from servescope.analysis.host_use import HOST_HEAD, host_cells
 from servescope.dashboard.figures_compare import MARK, all_figures
 
 
@@ -60,6 +61,23 @@ def token_rows(result: dict[str, Any]) -> list[list[str]]:
             for k in [t["tokens"]]]
 
 
+HOST_NOTE = ("Host use during each level's load window, from the host collector (psutil, "
+             "NVML). The host's CPU and memory include the load generator's own when it runs "
+             "on the same machine; the server columns count only the serving processes "
+             "(found by the port of a local target).")
+
+
+def host_rows(result: dict[str, Any]) -> list[list[str]]:
+    """Per target: one row per level, then one over all its levels."""
+    rows = []
+    for t in result["targets"]:
+        for s in t["summaries"]:
+            rows.append([t["name"], f"{s['level']:g}", *host_cells(s.get("host_use"))])
+        if t["summaries"]:
+            rows.append([t["name"], "all", *host_cells(t.get("host_use"))])
+    return rows
+
+
 def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     out += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
@@ -91,6 +109,8 @@ def render_markdown(result: dict[str, Any]) -> str:
     lines += _md_table(["field", *names, ""], manifest_table(manifests))
     lines += ["", f"## Results per {result['kind']}", ""]
     lines += _md_table(LEVEL_HEAD, level_rows(result))
+    lines += ["", "## Host use: CPU, memory, GPU", "", HOST_NOTE, ""]
+    lines += _md_table(["target", "level", *HOST_HEAD], host_rows(result))
     lines += ["", "## Tokens: the server's usage against the scenario's intent", ""]
     lines += _md_table(TOKEN_HEAD, token_rows(result))
     lines += ["", "## Request settings (the same for every target)", "",
@@ -144,6 +164,8 @@ def render_html(result: dict[str, Any]) -> str:
         parts.append(pio.to_html(fig, full_html=False, include_plotlyjs=(i == 0)))
     parts.append(f"<h2>Results per {html.escape(result['kind'])}</h2>"
                  + _html_table(LEVEL_HEAD, level_rows(result)))
+    parts.append(f"<h2 id='host-use'>Host use: CPU, memory, GPU</h2><p>{html.escape(HOST_NOTE)}"
+                 "</p>" + _html_table(["target", "level", *HOST_HEAD], host_rows(result)))
     parts.append("<h2>Tokens: the server's usage against the scenario's intent</h2>"
                  + _html_table(TOKEN_HEAD, token_rows(result)))
     parts.append("<h2>Request settings (the same for every target)</h2><pre>"

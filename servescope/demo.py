@@ -1,6 +1,11 @@
 """`servescope demo` (what `make run` runs): a real vLLM on this machine, the collector,
 a short scenario, and the dashboard, all on loopback. Ctrl-C stops everything it started;
-what was measured stays in the store."""
+what was measured stays in the store.
+
+`--engine sim` (`make run ENGINE=sim`) starts the SIMULATED engine instead (servescope
+sim-server: a catalog model on a catalog GPU, served in real time by the simulator): instant
+and nothing to install; its target is named "...-simulated" and its model "M (simulated on
+G)", so nothing it shows passes for a measurement of a real engine."""
 
 from __future__ import annotations
 
@@ -46,6 +51,29 @@ def _start_receiver(store: Store) -> OTLPReceiver:
     return receiver
 
 
+def _start_sim(args: argparse.Namespace):
+    """The simulated engine in its own process (a core of its own keeps its timeline real),
+    on --vllm-port when free."""
+    from servescope.engines.process import EngineError, free_port
+    from servescope.engines.sim_driver import SimConfigError, SimSpec, build_backend
+    from servescope.engines.sim_server import SimLocalServer
+
+    spec = SimSpec(model=args.sim_model, gpu=args.sim_gpu)
+    try:
+        build_backend(spec)  # a model that does not fit is refused here, in one line
+    except SimConfigError as exc:
+        raise CliError(str(exc), 2) from None
+    port = args.vllm_port if _port_free("127.0.0.1", args.vllm_port) else free_port()
+    server = SimLocalServer(spec, port=port)
+    try:
+        server.start_and_wait(progress=_say)
+    except EngineError as exc:
+        raise CliError(str(exc)) from None
+    _say(f"SIMULATED engine: {spec.model} on {spec.gpu} (no real engine runs; every number "
+         "it serves comes from the simulator)")
+    return server
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from servescope.engines.process import EngineError, free_port
     from servescope.engines.vllm_cpu import start_local_vllm
@@ -60,21 +88,28 @@ def run_demo(args: argparse.Namespace) -> int:
     collector = None
     receiver = None
     try:
-        receiver = _start_receiver(store)
+        simulated = getattr(args, "engine", "vllm") == "sim" and not args.target
+        if not simulated:  # the simulated engine sends no spans
+            receiver = _start_receiver(store)
         if args.target:
             url = args.target.rstrip("/")
             _say(f"using the running server at {url}")
+        elif simulated:
+            server = _start_sim(args)
+            url = server.url
         else:
             port = args.vllm_port
             if not _port_free("127.0.0.1", port):
                 port = free_port()
                 _say(f"port {args.vllm_port} is busy; vLLM will use {port}")
             try:
+                assert receiver is not None
                 server = start_local_vllm(port=port, otlp_traces_endpoint=receiver.endpoint)
             except EngineError as exc:
                 raise CliError(str(exc)) from None
             url = server.url
-        spec = TargetSpec(name="demo-vllm" if server else "demo-target", runtime="vllm", url=url)
+        name = "demo-simulated" if simulated else "demo-vllm" if server else "demo-target"
+        spec = TargetSpec(name=name, runtime="vllm", url=url)
         collector = Collector([spec], store, interval=2.0, host=True)
         collector.start()
         _say(f"collecting {url}/metrics every 2s into {store.path}")

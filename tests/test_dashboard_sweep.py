@@ -193,7 +193,7 @@ def test_app_has_a_sweep_page_linking_its_runs(
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT_S).run()
     pages = {info["page_name"]: h for h, info in at._registered_pages.items()}
     # the first: "/", hidden
-    assert list(pages) == ["servescope", "Live", "Run", "Sweep", "Compare"]
+    assert list(pages) == ["servescope", "Live", "Run", "Sweep", "Compare", "Capacity"]
     # Function pages have no file for AppTest.switch_page: go by the page's hash.
     at._page_hash = pages["Sweep"]
     at.run()

@@ -25,7 +25,7 @@ ALLOWED = {
     "servescope.capacity": {"servescope.core"},
     "servescope.collectors": {"servescope.core", "servescope.analysis"},
     "servescope.loadgen": {"servescope.core", "servescope.analysis"},
-    "servescope.engines": {"servescope.core"},
+    "servescope.engines": {"servescope.core", "servescope.capacity"},  # the simulated server
     "servescope.dashboard": {"servescope.core", "servescope.analysis", "servescope.capacity"},
 }
 

@@ -48,6 +48,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(f"{case:>12}: {v['text']}")
     for name, sc in result["scaling"].items():
         print(f"{name:>12}: {sc['text']}")
+    from servescope.analysis.host_use import host_line
+    for t in result["targets"]:
+        if not t.get("error"):
+            print(f"{t['name']:>12}: {host_line(t.get('host_use'))}")
     if args.out:
         for path in write_report(result, args.out):
             print(f"wrote {path}", file=sys.stderr)

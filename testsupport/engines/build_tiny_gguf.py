@@ -2,11 +2,16 @@
 
 Run with the Ollama engine's own Python (it has PyPI `gguf` and numpy), not servescope's:
 
-    python build_tiny_gguf.py OUT.gguf
+    python build_tiny_gguf.py OUT.gguf [--type Q8_0]
 
 2 layers, n_embd 64, n_ff 128, 4 heads (4 KV heads), 402 SPM tokens including <s>, </s>,
 <|im_start|> and <|im_end|>, a ChatML chat_template, all F32 (133,696 parameters, about
 0.5 MB). The text it writes is noise; the server, its scheduler and timings are real.
+
+`--type Q8_0` writes the SAME weights (same seed) with every matrix quantized to Q8_0 by
+gguf-py's reference quantizer (gguf.quants, bit-exact with ggml's), the norms kept F32 and
+general.file_type MOSTLY_Q8_0, as llama-quantize would: the same model in another
+quantization, so a comparison of the two must say that they differ.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import sys
 from pathlib import Path
 
 import gguf
+import gguf.quants
 import numpy as np
 
 N_LAYERS = 2
@@ -72,7 +78,15 @@ def output_matrix(rng: np.random.Generator, n_vocab: int) -> np.ndarray:
     return out
 
 
-def build(out: Path) -> None:
+# --type -> (the matrices' tensor type, general.file_type). Norms (1-D) stay F32 in both.
+TYPES = {
+    "F32": (gguf.GGMLQuantizationType.F32, gguf.LlamaFileType.ALL_F32),
+    "Q8_0": (gguf.GGMLQuantizationType.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
+}
+
+
+def build(out: Path, kind: str = "F32") -> None:
+    qtype, file_type = TYPES[kind]
     tokens, scores, types = vocab()
     n_vocab = len(tokens)
     rng = np.random.default_rng(SEED)
@@ -95,7 +109,7 @@ def build(out: Path) -> None:
     w.add_head_count_kv(N_HEAD_KV)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_rope_freq_base(10000.0)
-    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_file_type(file_type)
     w.add_vocab_size(n_vocab)
     w.add_tokenizer_model("llama")
     w.add_token_list(tokens)
@@ -108,22 +122,30 @@ def build(out: Path) -> None:
     w.add_add_eos_token(False)
     w.add_chat_template(CHAT_TEMPLATE)
 
+    def matrix(name: str, data: np.ndarray) -> None:
+        """A 2-D weight in the file's type (its rows, 64 or 128 values, are whole Q8_0
+        blocks of 32); quantized, the writer derives the logical shape from the bytes."""
+        if qtype == gguf.GGMLQuantizationType.F32:
+            w.add_tensor(name, data)
+        else:
+            w.add_tensor(name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+
     # numpy shape is (rows, cols) = (out_features, in_features); GGUF stores it reversed.
-    w.add_tensor("token_embd.weight", rand(n_vocab, N_EMBD))
+    matrix("token_embd.weight", rand(n_vocab, N_EMBD))
     w.add_tensor("output_norm.weight", ones.copy())
-    w.add_tensor("output.weight", output_matrix(rng, n_vocab))
+    matrix("output.weight", output_matrix(rng, n_vocab))
     kv_dim = head_dim * N_HEAD_KV
     for i in range(N_LAYERS):
         p = f"blk.{i}"
         w.add_tensor(f"{p}.attn_norm.weight", ones.copy())
-        w.add_tensor(f"{p}.attn_q.weight", rand(N_EMBD, N_EMBD))
-        w.add_tensor(f"{p}.attn_k.weight", rand(kv_dim, N_EMBD))
-        w.add_tensor(f"{p}.attn_v.weight", rand(kv_dim, N_EMBD))
-        w.add_tensor(f"{p}.attn_output.weight", rand(N_EMBD, N_EMBD))
+        matrix(f"{p}.attn_q.weight", rand(N_EMBD, N_EMBD))
+        matrix(f"{p}.attn_k.weight", rand(kv_dim, N_EMBD))
+        matrix(f"{p}.attn_v.weight", rand(kv_dim, N_EMBD))
+        matrix(f"{p}.attn_output.weight", rand(N_EMBD, N_EMBD))
         w.add_tensor(f"{p}.ffn_norm.weight", ones.copy())
-        w.add_tensor(f"{p}.ffn_gate.weight", rand(N_FF, N_EMBD))
-        w.add_tensor(f"{p}.ffn_up.weight", rand(N_FF, N_EMBD))
-        w.add_tensor(f"{p}.ffn_down.weight", rand(N_EMBD, N_FF))
+        matrix(f"{p}.ffn_gate.weight", rand(N_FF, N_EMBD))
+        matrix(f"{p}.ffn_up.weight", rand(N_FF, N_EMBD))
+        matrix(f"{p}.ffn_down.weight", rand(N_EMBD, N_FF))
 
     w.write_header_to_file()
     w.write_kv_data_to_file()
@@ -133,12 +155,15 @@ def build(out: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
-        print("usage: build_tiny_gguf.py OUT.gguf", file=sys.stderr)
+    args, kind = argv[1:], "F32"
+    if len(args) == 3 and args[1] == "--type" and args[2] in TYPES:
+        args, kind = args[:1], args[2]
+    if len(args) != 1:
+        print(f"usage: build_tiny_gguf.py OUT.gguf [--type {'|'.join(TYPES)}]", file=sys.stderr)
         return 2
-    out = Path(argv[1])
+    out = Path(args[0])
     out.parent.mkdir(parents=True, exist_ok=True)
-    build(out)
+    build(out, kind)
     print(f"wrote {out} ({out.stat().st_size} bytes)")
     return 0
 

@@ -43,8 +43,10 @@ def env_dir() -> Path:
     return servescope_home() / "engines" / f"llamacpp-{LLAMACPP_TAG}"
 
 
-def model_path() -> Path:
-    return servescope_home() / "models" / "tiny-llama-gguf-llamacpp" / "tiny.gguf"
+def model_path(quantization: str = "F32") -> Path:
+    """The tiny model in `quantization` (build_tiny_gguf.py's --type: F32 or Q8_0)."""
+    name = "tiny.gguf" if quantization == "F32" else f"tiny-{quantization.lower()}.gguf"
+    return servescope_home() / "models" / "tiny-llama-gguf-llamacpp" / name
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ class LlamaCppEnv(Venv):
         return found[0]
 
 
-def ensure_env(progress: Progress = _log) -> LlamaCppEnv:
+def ensure_env(progress: Progress = _log, quantization: str = "F32") -> LlamaCppEnv:
     """Build llama-server once (about 17 minutes on 2 cores) and the tiny model."""
     env = LlamaCppEnv(env_dir())
     marker = env.root / ".servescope-ready"
@@ -78,7 +80,7 @@ def ensure_env(progress: Progress = _log) -> LlamaCppEnv:
         pip = pip_command(env.python)
         run_streaming([*pip, "install", *MODEL_TOOLS], progress, "gguf")
         (env.root / ".servescope-model-tools").write_text("ok")
-    ensure_model(env, progress)
+    ensure_model(env, progress, quantization)
     return env
 
 
@@ -95,14 +97,15 @@ def _link_libraries(bin_dir: Path) -> None:
             link.symlink_to(target)
 
 
-def ensure_model(env: LlamaCppEnv, progress: Progress = _log) -> Path:
-    path = model_path()
+def ensure_model(env: LlamaCppEnv, progress: Progress = _log,
+                 quantization: str = "F32") -> Path:
+    path = model_path(quantization)
     if path.exists():
         return path
     progress(f"building tiny model {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    run_build([str(env.python), str(GGUF_SCRIPT), str(tmp)], path.name)
+    run_build([str(env.python), str(GGUF_SCRIPT), str(tmp), "--type", quantization], path.name)
     tmp.rename(path)
     return path
 
@@ -115,6 +118,7 @@ class LlamaCppServer(LocalServer):
     slots: int = 2
     ctx: int = 1024
     threads: int = 1
+    quantization: str = "F32"  # which tiny model file (model_path)
     extra_args: list[str] = field(default_factory=list)
 
     name = "llama-server"
@@ -123,17 +127,19 @@ class LlamaCppServer(LocalServer):
     ready_timeout_s = 120.0
 
     def launch(self) -> tuple[list[str], None]:
-        cmd = [str(self.env.binary), "-m", str(model_path()), "--alias", MODEL_NAME,
-               "--host", self.host, "--port", str(self.port), "--metrics", "--slots",
+        cmd = [str(self.env.binary), "-m", str(model_path(self.quantization)),
+               "--alias", MODEL_NAME, "--host", self.host, "--port", str(self.port),
+               "--metrics", "--slots",
                "-np", str(self.slots), "-c", str(self.ctx), "-t", str(self.threads),
                *self.extra_args]
         return cmd, None
 
 
-def start_local_llamacpp(slots: int = 2, progress: Progress = _log,
-                         port: int = 0) -> LlamaCppServer:
-    """Build (first time), start llama-server with the tiny model; return it running."""
-    env = ensure_env(progress)
-    server = LlamaCppServer(env, port=port, slots=slots)
+def start_local_llamacpp(slots: int = 2, progress: Progress = _log, port: int = 0,
+                         quantization: str = "F32") -> LlamaCppServer:
+    """Build (first time), start llama-server with the tiny model (F32, or the same weights
+    in Q8_0); return it running."""
+    env = ensure_env(progress, quantization)
+    server = LlamaCppServer(env, port=port, slots=slots, quantization=quantization)
     server.start_and_wait(progress)
     return server

@@ -1,0 +1,248 @@
+"""The calibrated simulator against the real vLLM CPU server (issue 11's validation).
+
+One vLLM CPU server (servescope.engines.vllm_cpu: the tiny model, max_num_seqs 8,
+max_num_batched_tokens 2048, OTLP spans to a receiver here) is measured briefly with the
+chat scenario at concurrency 1, 2 and 4 (`servescope calibrate`'s path: fit, bootstrap,
+replay). Then, for each validation load, the simulator PREDICTS first (profile only, with
+90 % intervals) and the server is measured after: chat at concurrency 8, 16 and 32 (past
+max_num_seqs: queueing), a scenario with other lengths (longer prompts and answers), and
+chat open loop at a Poisson rate. Printed: predicted against measured for throughput, TTFT,
+ITL and E2E (p50, p90, p99), the error of each, whether the interval held the measurement,
+and the issue's goals. Every run gets its own seed, so vLLM's prefix cache never serves a
+prompt from an earlier run.
+
+Speed (no engine): 1,000 configurations (max_num_seqs x max_num_batched_tokens x users,
+seeded) of a 10-minute closed-loop chat workload on Llama 3.1 8B / H100 from physics,
+CPU seconds of this process.
+
+    flock /tmp/servescope-engine.lock python -m bench simulator [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from servescope.loadgen.run import run_load  # Locust first: it monkey-patches the process
+
+# isort: split
+from servescope.collectors.describe import describe_target
+from servescope.loadgen.scenario import load_scenario
+
+FIGS = ("output_tokens_per_s", "ttft_ms.p50", "ttft_ms.p90", "ttft_ms.p99", "itl_ms.p50",
+        "itl_ms.p90", "itl_ms.p99", "e2e_ms.p50", "e2e_ms.p90", "e2e_ms.p99")
+GOALS = {"output_tokens_per_s": 0.08, "e2e_ms.p50": 0.08, "e2e_ms.p90": 0.08,
+         "itl_ms.p50": 0.07, "ttft_ms.p90": 0.15, "ttft_ms.p99": 0.20}
+OTHER_LENGTHS = """\
+name: longer
+description: longer prompts and answers than chat, no shared prefix (bench simulator)
+seed: 7
+prompt_tokens: {dist: lognormal, median: 400, sigma: 0.4, min: 200, max: 1200}
+output_tokens: {dist: uniform, min: 100, max: 200}
+stages:
+  - {concurrency: 8, duration: 30s}
+"""
+
+
+def _log(msg: str) -> None:
+    print(f"[bench simulator] {msg}", file=sys.stderr, flush=True)
+
+
+def speed(n_configs: int, seed: int = 0) -> dict[str, Any]:
+    """CPU seconds for n_configs simulated 10-minute closed-loop chat workloads."""
+    from servescope.capacity import catalog
+    from servescope.capacity.setup import PlanInput
+    from servescope.capacity.sim_run import simulate_run
+    from servescope.capacity.sim_setup import sim_setup
+    from servescope.capacity.simulator import SchedulerConfig
+    from servescope.commands.simulate_requests import scenario_workload
+    from servescope.loadgen.scenario import scenario_path
+
+    ss = sim_setup(PlanInput(model=catalog.model("llama-3.1-8b"),
+                             hardware=catalog.hardware("h100")))
+    chat = load_scenario(scenario_path("chat"))
+    rng = random.Random(seed)
+    pool = scenario_workload(chat.with_overrides(concurrency=1, duration=600,
+                                                 requests=200_000)).requests
+    t0, requests, steps = time.process_time(), 0, 0
+    for _ in range(n_configs):
+        cfg = SchedulerConfig(max_num_seqs=rng.choice([16, 32, 64, 128, 256, 512]),
+                              max_num_batched_tokens=rng.choice([512, 1024, 2048, 4096, 8192]),
+                              kv_blocks=ss.config.kv_blocks, block_size=ss.config.block_size)
+        run = simulate_run(pool, cfg, ss.physics, closed_loop_users=rng.choice(
+            [1, 4, 16, 32, 64, 128, 256]), duration_s=600.0)
+        requests += len(run.requests)
+        steps += run.steps
+    cpu = time.process_time() - t0
+    return {"configs": n_configs, "cpu_s": cpu, "requests": requests, "steps": steps,
+            "goal_cpu_s": 300.0 * n_configs / 1000}
+
+
+def _measure(scenario: Any, url: str, store: Any) -> tuple[int, dict[str, Any]]:
+    return run_load(scenario, url, store, show_progress=False, describe_target=describe_target)
+
+
+def validate(args: argparse.Namespace) -> dict[str, Any]:
+    from servescope.capacity.sim_profile import Profile, Workload, predict, rel_errors
+    from servescope.collectors.otlp import OTLPReceiver
+    from servescope.commands.simulate_calibrate import (
+        _server_scheduler,
+        build_profile,
+        measured_run,
+    )
+    from servescope.commands.simulate_requests import scenario_workload
+    from servescope.core.store import Store
+    from servescope.engines.vllm_cpu import VLLMServer, ensure_env, ensure_model
+    from servescope.loadgen.scenario import scenario_path
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-sim-"))
+    store = Store(tmp / "bench.db")
+    receiver = OTLPReceiver(store, "127.0.0.1", 0).start()
+    python = ensure_env(_log)
+    server = VLLMServer(model_dir=ensure_model(python, _log), python=python, max_num_seqs=8,
+                        otlp_traces_endpoint=receiver.endpoint,
+                        extra_args=["--max-num-batched-tokens", "2048"])
+    t_start = time.monotonic()
+    server.start_and_wait(_log)
+    if server.cpus:
+        rest = set(os.sched_getaffinity(0)) - set(server.cpus)
+        if rest:
+            os.sched_setaffinity(0, rest)
+    seed = [1000]
+
+    def fresh(sc: Any, **kw: Any) -> Any:
+        seed[0] += 1
+        return sc.with_overrides(seed=seed[0], **kw)
+
+    out: dict[str, Any] = {"server": {"max_num_seqs": 8, "max_num_batched_tokens": 2048}}
+    try:
+        chat = load_scenario(scenario_path("chat"))
+        levels, runs, summaries = [1, 2, 4], [], []
+        for c in levels:
+            _log(f"calibrate: chat at concurrency {c}, {args.calib_duration:g}s")
+            run_id, summary = _measure(fresh(chat, concurrency=c,
+                                             duration=args.calib_duration), server.url, store)
+            runs.append(measured_run(store, run_id)[0])
+            summaries.append(summary)
+        ns = argparse.Namespace(max_num_seqs=8, max_num_batched_tokens=2048)
+        profile = Profile.from_dict(build_profile(
+            levels, runs, summaries, _server_scheduler(server.url, ns),
+            {"target": server.url, "model": "tiny-qwen2", "levels": levels}, chat))
+        out["profile"] = profile.to_dict()
+        config = profile.config()
+        rate = round(summaries[-1]["requests_per_s"], 2)
+        longer_path = tmp / "longer.yaml"
+        longer_path.write_text(OTHER_LENGTHS)
+        longer = load_scenario(longer_path)
+        cases = [(f"chat c={c}", chat, {"concurrency": c, "duration": args.duration})
+                 for c in (8, 16, 32)]
+        cases += [("longer c=8", longer, {"concurrency": 8, "duration": args.duration}),
+                  (f"chat rate={rate:g}/s", chat, {"rate": rate, "duration": args.duration})]
+        results = []
+        for name, base, kw in cases:
+            sc = fresh(base, **kw)
+            slos = sc.slos.model_dump()
+
+            def make(i: int, sc: Any = sc, slos: dict = slos) -> Workload:
+                w = scenario_workload(sc, seed_offset=i)
+                return Workload(w.requests, w.closed_loop_users, w.duration_s, w.think_s,
+                                w.warmup_requests, slos, w.max_requests)
+
+            predicted = predict(make, config, profile, replicas=args.replicas)
+            _log(f"measure: {name}, {args.duration:g}s")
+            _, measured = _measure(sc, server.url, store)
+            results.append({"case": name, "predicted": _flat(predicted), "measured":
+                            _flat(measured), "interval90": predicted["interval90"],
+                            "errors": rel_errors(predicted, measured, FIGS)})
+        out["cases"] = results
+    finally:
+        server.stop()
+        receiver.stop()
+        store.close()
+    out["engine_wall_s"] = time.monotonic() - t_start
+    return out
+
+
+def _flat(summary: dict[str, Any]) -> dict[str, Any]:
+    from servescope.capacity.sim_summary import figures
+
+    return {k: v for k, v in figures(summary).items() if k in FIGS}
+
+
+def report(out: dict[str, Any]) -> list[str]:
+    lines = []
+    if "profile" in out:
+        c = out["profile"]["calibration"]
+        sm = c["step_model"]
+        lines.append(f"calibrated step = {sm['a_s'] * 1e3:.3f} ms + "
+                     f"{sm['prefill_s_per_token'] * 1e6:.2f} us/prefill token + "
+                     f"{sm['decode_s_per_seq'] * 1e6:.1f} us/decode + "
+                     f"{sm['kv_s_per_token'] * 1e9:.2f} ns/KV token; TTFT overhead "
+                     f"{c['ttft_overhead_s'] * 1e3:.1f} ms ({c['rows']} steps, "
+                     f"{c['spans_used']} spans)")
+    inside = total = 0
+    worst: dict[str, float] = {}
+    for case in out.get("cases", []):
+        lines.append(f"-- {case['case']}")
+        lines.append(f"{'figure':<22}{'predicted':>11}{'90% interval':>22}{'measured':>11}"
+                     f"{'error':>8}{'in':>4}")
+        for k in FIGS:
+            p, m = case["predicted"].get(k), case["measured"].get(k)
+            iv = case["interval90"].get(k)
+            e = case["errors"].get(k)
+            held = iv is not None and m is not None and iv[0] <= m <= iv[1]
+            if iv is not None and m is not None:
+                inside += held
+                total += 1
+            if e is not None:
+                worst[k] = max(worst.get(k, 0.0), abs(e))
+            ivs = f"[{iv[0]:.1f}, {iv[1]:.1f}]" if iv else "-"
+            lines.append(f"{k:<22}{_n(p):>11}{ivs:>22}{_n(m):>11}"
+                         f"{'-' if e is None else f'{e:+.1%}':>8}{'y' if held else 'n':>4}")
+    if total:
+        lines.append(f"interval coverage: {inside}/{total} = {inside / total:.0%} (goal >= 90%)")
+    for k, goal in GOALS.items():
+        if k in worst:
+            lines.append(f"goal {k} within {goal:.0%}: worst {worst[k]:.1%} "
+                         f"{'met' if worst[k] <= goal else 'MISSED'}")
+    if "speed" in out:
+        s = out["speed"]
+        lines.append(f"speed: {s['configs']} configurations of a 10-minute workload in "
+                     f"{s['cpu_s']:.1f} CPU s ({s['requests']:,} requests, {s['steps']:,} steps;"
+                     f" goal {s['goal_cpu_s']:.0f} s) "
+                     f"{'met' if s['cpu_s'] <= s['goal_cpu_s'] else 'MISSED'}")
+    if "engine_wall_s" in out:
+        lines.append(f"engine wall time {out['engine_wall_s']:.0f} s")
+    return lines
+
+
+def _n(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def main(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench simulator", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--calib-duration", type=float, default=20.0)
+    ap.add_argument("--duration", type=float, default=30.0)
+    ap.add_argument("--replicas", type=int, default=20)
+    ap.add_argument("--configs", type=int, default=1000, help="speed check size (0: skip)")
+    ap.add_argument("--no-engine", action="store_true", help="the speed check only")
+    ap.add_argument("--out", type=Path, help="write the figures as JSON")
+    args = ap.parse_args(argv)
+    out: dict[str, Any] = {}
+    if not args.no_engine:
+        out.update(validate(args))
+    if args.configs:
+        _log(f"speed: {args.configs} configurations")
+        out["speed"] = speed(args.configs)
+    print("\n".join(report(out)))
+    if args.out:
+        args.out.write_text(json.dumps(out, indent=2))

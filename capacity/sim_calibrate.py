@@ -1,0 +1,224 @@
+"""Calibrate the simulator's step time from a measured run, request by request.
+
+What a run shows: every request's send time and the arrival of each of its tokens (the
+client's stamps), and from vLLM's span per request its queue and prefill time. Steps are
+not measured one by one, so they are reconstructed: a gap between two tokens of one request
+is one decode step, and the state of the whole server at that moment follows from all the
+requests' timelines at once (the requests then decoding, the KV they had, the prompts whose
+first token closed the same step). A request's prefill is the step that ends with its first
+token: the span says how long (or, without spans, the client's TTFT). One more column, an
+indicator on the TTFT rows, takes up what happens outside the steps (HTTP, tokenization,
+detokenization, the client): the overhead the simulator adds to each TTFT.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from servescope.capacity.steptime import LinearStepModel, nnls
+from servescope.core.records import RequestRecord
+
+
+@dataclass
+class Observed:
+    """One measured request, in seconds on one clock."""
+
+    send_s: float
+    token_s: list[float]
+    end_s: float
+    prompt_tokens: int
+    output_tokens: int
+    server_queue_s: float | None = None
+    server_prefill_s: float | None = None
+
+
+def observed(r: RequestRecord, queue_s: float | None = None, prefill_s: float | None = None
+             ) -> Observed | None:
+    """A finished request's stamps and, where the server traced it (vLLM's span, via
+    analysis.phases), its queue and prefill seconds. None for a failed or token-less one."""
+    if not r.ok or r.end_ns is None or not r.prompt_tokens or not r.output_tokens:
+        return None
+    offsets = sorted(r.event_offsets_ns + r.reasoning_event_offsets_ns)
+    if not offsets:
+        return None
+    send = r.send_ns / 1e9
+    return Observed(send, [send + o / 1e9 for o in offsets], r.end_ns / 1e9, r.prompt_tokens,
+                    r.output_tokens, queue_s, prefill_s)
+
+
+class _Timeline:
+    """The server's state at any moment, from all requests' stamps (vectorized sums)."""
+
+    def __init__(self, obs: Sequence[Observed]) -> None:
+        self.first = np.array([o.token_s[0] for o in obs])
+        self.last = np.array([o.token_s[-1] for o in obs])
+        prompt = np.array([o.prompt_tokens for o in obs], dtype=float)
+        order_f, order_l = np.argsort(self.first), np.argsort(self.last)
+        self.first_sorted = self.first[order_f]
+        self.prompt_by_first = np.concatenate([[0.0], np.cumsum(prompt[order_f])])
+        self.last_sorted = self.last[order_l]
+        self.prompt_by_last = np.concatenate([[0.0], np.cumsum(prompt[order_l])])
+        events = np.array([len(o.token_s) for o in obs], dtype=float)
+        self.events_by_last = np.concatenate([[0.0], np.cumsum(events[order_l])])
+        self.all_events = np.sort(np.concatenate([o.token_s for o in obs]))
+
+    def decoding(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(sequences decoding at t, their KV tokens): begun (first token) and not ended."""
+        nf = np.searchsorted(self.first_sorted, t, side="left")
+        nl = np.searchsorted(self.last_sorted, t, side="left")
+        seqs = nf - nl
+        prompts = self.prompt_by_first[nf] - self.prompt_by_last[nl]
+        tokens = np.searchsorted(self.all_events, t, side="left") - self.events_by_last[nl]
+        return seqs, prompts + tokens
+
+    def prefilled(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """Prompt tokens of the requests whose first token came in (lo, hi]."""
+        a = np.searchsorted(self.first_sorted, lo, side="right")
+        b = np.searchsorted(self.first_sorted, hi, side="right")
+        return self.prompt_by_first[b] - self.prompt_by_first[a]
+
+
+def step_rows(obs: Sequence[Observed], use_spans: bool = True
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """One run's measured steps: rows of (1, prefill tokens, decode sequences, KV tokens,
+    TTFT indicator) and their seconds. Decode rows from every gap between two tokens of a
+    request; prefill rows from each request's first token."""
+    obs = [o for o in obs if o.token_s]
+    if not obs:
+        return np.zeros((0, 5)), np.zeros(0)
+    tl = _Timeline(obs)
+    sends = np.sort([o.send_s for o in obs])
+    ends = np.sort([o.end_s for o in obs])
+
+    def busy(t: float) -> int:
+        """Requests in flight at t, the one sent at t excluded."""
+        return int(np.searchsorted(sends, t, side="left") - np.searchsorted(ends, t, "right"))
+
+    t1 = np.concatenate([o.token_s[:-1] for o in obs])
+    t2 = np.concatenate([o.token_s[1:] for o in obs])
+    gap = t2 - t1
+    mid = (t1 + t2) / 2
+    seqs, kv = tl.decoding(mid)
+    pre = tl.prefilled(mid, t2 + gap / 2)
+    rows = np.column_stack([np.ones(len(gap)), pre, seqs, kv + pre, np.zeros(len(gap))])
+    ttft_rows, ttft_y = [], []
+    for o in obs:
+        f = o.token_s[0]
+        if use_spans and o.server_prefill_s is not None and o.server_queue_s is not None:
+            step = o.server_prefill_s
+            y = f - o.send_s - o.server_queue_s
+        else:
+            step = max(f - o.send_s, 1e-6)
+            y = f - o.send_s
+            # without the server's queue time only a request sent to an idle server tells
+            # its prefill
+            if busy(o.send_s) > 0:
+                continue
+        s, k = tl.decoding(np.array([f - step / 2]))
+        p = tl.prefilled(np.array([f - step / 2]), np.array([f + step / 2]))
+        ttft_rows.append([1.0, max(p[0], o.prompt_tokens), s[0], k[0] + o.prompt_tokens, 1.0])
+        ttft_y.append(y)
+    if ttft_rows:
+        rows = np.vstack([rows, np.array(ttft_rows)])
+        gap = np.concatenate([gap, np.array(ttft_y)])
+    return rows, gap
+
+
+@dataclass
+class Calibration:
+    """A fitted step model and what the steps don't hold: `ttft_overhead_s` (added to every
+    TTFT and E2E: the way in and out of the server) and `tail_s` (last token to the end of
+    the stream)."""
+
+    step: LinearStepModel
+    ttft_overhead_s: float
+    tail_s: float
+    rows: int
+    spans_used: int
+    run_sd: float = 0.0  # run-to-run spread of the server's speed (relative), see calibrate
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"step_model": self.step.to_dict(), "ttft_overhead_s": self.ttft_overhead_s,
+                "tail_s": self.tail_s, "rows": self.rows, "spans_used": self.spans_used,
+                "run_sd": self.run_sd}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Calibration:
+        try:
+            return cls(LinearStepModel.from_dict(d["step_model"]), float(d["ttft_overhead_s"]),
+                       float(d["tail_s"]), int(d.get("rows", 0)), int(d.get("spans_used", 0)),
+                       float(d.get("run_sd", 0.0)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"calibration profile: missing or bad field {exc}") from None
+
+
+def all_rows(runs: Sequence[Sequence[Observed]]) -> tuple[np.ndarray, np.ndarray]:
+    """Every run's measured steps together (each run's timeline apart)."""
+    parts = [step_rows(run) for run in runs if run]
+    if not parts:
+        raise ValueError("calibration: no finished requests to learn from")
+    return np.vstack([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def fit_rows(x: np.ndarray, y: np.ndarray, trim_mads: float = 6.0, max_ratios: int = 400
+             ) -> tuple[np.ndarray, list[float]]:
+    """(coefficients a, b, c, d, ttft overhead; the decode rows' measured/fitted ratios).
+    Rows farther than `trim_mads` MADs above the first line (a host stall, two steps read as
+    one) leave the line but stay in the noise."""
+    if len(y) < 8:
+        raise ValueError(f"calibration: {len(y)} measured steps; at least 8 are needed")
+    coef = nnls(x, y)
+    resid = y - x @ coef
+    mad = float(np.median(np.abs(resid - np.median(resid)))) or 1e-12
+    keep = resid <= np.median(resid) + trim_mads * 1.4826 * mad
+    if keep.sum() >= 8 and not keep.all():
+        coef = nnls(x[keep], y[keep])
+    decode = x[:, 4] == 0
+    ratios = np.sort(y[decode] / np.maximum(x[decode] @ coef, 1e-9))
+    if len(ratios) > max_ratios:  # its quantiles, tails included
+        ratios = np.quantile(ratios, np.linspace(0, 1, max_ratios))
+    return coef, [float(r) for r in ratios]
+
+
+def calibrate(runs: Sequence[Sequence[Observed]], trim_mads: float = 6.0,
+              max_ratios: int = 400) -> Calibration:
+    """Fit the step model and the overheads to the measured runs. `run_sd`: how much the
+    runs' own mean speed differs around the one line (the relative standard deviation of
+    each run's mean measured/fitted decode step): a server on a shared machine is not
+    equally fast from one run to the next, and a prediction must allow for it."""
+    x, y = all_rows(runs)
+    coef, ratios = fit_rows(x, y, trim_mads, max_ratios)
+    means = []
+    for run in runs:
+        rx, ry = step_rows(run)
+        dec = rx[:, 4] == 0
+        if dec.sum() >= 20:
+            means.append(float(np.mean(ry[dec] / np.maximum(rx[dec] @ coef, 1e-9))))
+    run_sd = float(np.std(means, ddof=1) / np.mean(means)) if len(means) >= 2 else 0.0
+    step = LinearStepModel(float(coef[0]), float(coef[1]), float(coef[2]), float(coef[3]),
+                           ratios)
+    tails = [o.end_s - o.token_s[-1] for run in runs for o in run if o.token_s]
+    spans = sum(1 for run in runs for o in run if o.server_prefill_s is not None)
+    return Calibration(step, float(coef[4]), statistics.median(tails) if tails else 0.0,
+                       len(y), spans, run_sd)
+
+
+def bootstrap(runs: Sequence[Sequence[Observed]], n: int = 20, seed: int = 0
+              ) -> list[dict[str, float]]:
+    """`n` refits on rows drawn with replacement: the fit's own uncertainty, for the
+    prediction intervals (coefficients and overhead only; the noise stays the main fit's)."""
+    x, y = all_rows(runs)
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        pick = rng.integers(0, len(y), len(y))
+        coef, _ = fit_rows(x[pick], y[pick], max_ratios=0)
+        out.append({"a_s": float(coef[0]), "prefill_s_per_token": float(coef[1]),
+                    "decode_s_per_seq": float(coef[2]), "kv_s_per_token": float(coef[3]),
+                    "ttft_overhead_s": float(coef[4])})
+    return out

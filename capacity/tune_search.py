@@ -1,0 +1,70 @@
+"""The search behind `servescope tune`: measure a candidate value of the concurrency knob,
+let the advisor read the sweep, measure what it points to, keep the best goodput under the
+SLOs. At most `max_runs` measurements.
+
+The advisor's next value comes first. When it has none (or one already measured) and the
+last value measured did worse than the best, the geometric middle of the two is tried:
+the best lies between a value that queued and one that broke the latency SLOs. Pure: the
+measuring is the caller's `measure(value) -> evidence`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from servescope.capacity.advise import advise, best_goodput
+
+
+def _between(tried: dict[int, float], last: int) -> int | None:
+    best = max(tried, key=lambda v: tried[v])
+    if last == best:
+        return None
+    mid = round(math.sqrt(best * last))
+    return mid if mid not in tried and mid not in (best, last) else None
+
+
+def search(measure: Callable[[int], dict[str, Any]], start: int, max_runs: int = 3,
+           kv_capacity_tokens: int | None = None,
+           on_step: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Measure `start`, then follow the advice, at most `max_runs` values. Returns {best
+    (the value with the best goodput), best_goodput_per_s, best_level, steps: [{value,
+    goodput_per_s, level (where that goodput was), limit, recommendations, next}],
+    stopped ("advice" / "max_runs" / "interrupted")}. Ctrl-C (KeyboardInterrupt) inside
+    `measure` ends the search with what was measured before; `on_step` sees each step."""
+    steps: list[dict[str, Any]] = []
+    tried: dict[int, float] = {}
+    value: int | None = start
+    stopped = "max_runs"
+    while value is not None and len(steps) < max_runs:
+        try:
+            ev = measure(value)
+        except KeyboardInterrupt:
+            stopped = "interrupted"
+            break
+        level, goodput = best_goodput(ev)
+        tried[value] = goodput or 0.0
+        adv = advise(ev, kv_capacity_tokens)
+        nxt = adv["next_candidate"]
+        if nxt is not None:
+            nxt = max(1, int(nxt))
+        if nxt is None or nxt in tried:
+            nxt = _between(tried, value)
+        step = {"value": value, "goodput_per_s": goodput, "level": level,
+                "limit": adv["limit"], "recommendations": adv["recommendations"],
+                "notes": adv["notes"], "next": nxt, "sweep_id": ev.get("sweep_id")}
+        steps.append(step)
+        if on_step is not None:
+            on_step(step)
+        if ev.get("status") == "interrupted":
+            stopped = "interrupted"
+            break
+        if nxt is None:
+            stopped = "advice"
+        value = nxt
+    best = max(tried, key=lambda v: tried[v]) if tried else None
+    best_step = next((s for s in steps if s["value"] == best), None)
+    return {"best": best, "best_goodput_per_s": tried.get(best) if best is not None else None,
+            "best_level": best_step["level"] if best_step else None, "steps": steps,
+            "stopped": stopped}

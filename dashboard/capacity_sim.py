@@ -1,0 +1,218 @@
+"""The Capacity page's predicted-against-measured section: for a stored sweep, the
+simulator's prediction of every level beside what the level measured (throughput, TTFT,
+ITL), each prediction labelled "simulated".
+
+How it predicts (pure, from the store): the step time is calibrated on the sweep's lowest
+levels, half of them but at least two and one left to predict (capacity/sim_calibrate.py,
+with the server's spans where they joined: the lowest level alone barely tells the cost of
+one more sequence in a batch from the fixed cost of a step); the scheduler
+is the measured server's as it said it (vLLM's cache_config_info: KV blocks, block size;
+max_num_seqs where the artifact manifest found it, else vLLM's default of 256); each level
+replays its own measured requests' lengths, in a closed loop of `level` users for the run's
+length (a concurrency sweep) or at their measured send times (a rate sweep). The lowest
+levels are the calibration's own, so only the levels above them test the simulator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from servescope.analysis.join import joined_phases, run_records, same_server
+from servescope.capacity.sim_calibrate import Calibration, Observed, calibrate, observed
+from servescope.capacity.sim_run import simulate_run
+from servescope.capacity.sim_summary import summarize_run
+from servescope.capacity.simulator import SchedulerConfig, SimRequest
+from servescope.core.store import Store
+from servescope.dashboard.figures import COLORS, PLOTLY_CONFIG, layout, note_if_empty
+
+DEFAULT_MAX_NUM_SEQS = 256  # vLLM's on a GPU when the server does not say
+DEFAULT_BATCHED_TOKENS = 8192
+# (figure title, y axis, [(summary key, percentile or None, series name)])
+PANELS = (
+    ("Output tokens/s", "tokens/s", [("output_tokens_per_s", None, "throughput")]),
+    ("TTFT", "ms", [("ttft_ms", "p50", "TTFT p50"), ("ttft_ms", "p90", "TTFT p90")]),
+    ("ITL", "ms", [("itl_ms", "p50", "ITL p50"), ("itl_ms", "p90", "ITL p90")]),
+)
+SERIES_COLORS = {"throughput": COLORS["generation"], "TTFT p50": COLORS["TTFT"],
+                 "TTFT p90": "#e15759", "ITL p50": "#76b7b2", "ITL p90": "#4e79a7"}
+
+
+@dataclass
+class Level:
+    """One measured level of the sweep."""
+
+    level: float
+    run_id: int
+    observed: list[Observed]
+    summary: dict[str, Any]
+
+
+def calibration_count(levels: int) -> int:
+    """How many of the lowest levels the step time is fitted on."""
+    return max(1, min(levels - 1, max(2, -(-levels // 2))))
+
+
+def measured_levels(store: Store, sweep: dict[str, Any]) -> list[Level]:
+    """The sweep's finished runs, lowest level first, with their observed requests."""
+    runs = sorted((r for r in store.runs() if r.get("sweep_id") == sweep["id"]
+                   and r.get("summary")), key=lambda r: r["id"])
+    levels = [float(v) for v in sweep.get("levels") or []]
+    out = []
+    for i, run in enumerate(runs):
+        stages = (run.get("scenario") or {}).get("stages") or []
+        key = "concurrency" if sweep.get("kind") == "concurrency" else "rate"
+        level = stages[0].get(key) if len(stages) == 1 else None
+        if level is None and i < len(levels):
+            level = levels[i]
+        if isinstance(level, str):  # a rate as the scenario writes it, "5/s"
+            level = levels[i] if i < len(levels) else None
+        if level is None:
+            continue
+        records = run_records(store, run)
+        phases = {p.request_id: p.server for p in joined_phases(store, records)}
+        obs = []
+        for r in records:
+            sp = phases.get(r.request_id)
+            q = sp.queue_ms / 1000 if sp and sp.queue_ms is not None else None
+            pf = sp.prefill_ms / 1000 if sp and sp.prefill_ms is not None else None
+            o = observed(r, q, pf)
+            if o is not None:
+                obs.append(o)
+        if obs:
+            out.append(Level(float(level), run["id"], obs, run["summary"]))
+    return sorted(out, key=lambda lv: lv.level)
+
+
+def measured_scheduler(store: Store, sweep: dict[str, Any]) -> tuple[SchedulerConfig, list[str]]:
+    """The measured server's scheduler from what the store kept of it; notes say what was
+    assumed."""
+    notes: list[str] = []
+    cache: dict[str, Any] = {}
+    for t in store.targets():
+        if same_server(t.get("url") or "", sweep.get("target_url") or ""):
+            caches = list(((t.get("info") or {}).get("cache_config") or {}).values())
+            cache = caches[0] if caches and isinstance(caches[0], dict) else {}
+    seqs = _int(cache.get("max_num_seqs"))
+    for run in store.runs():
+        if run.get("sweep_id") == sweep["id"] and seqs is None:
+            seqs = _int((store.run_manifest(run["id"]) or {}).get("concurrency_value"))
+    if seqs is None:
+        seqs = DEFAULT_MAX_NUM_SEQS
+        notes.append(f"max_num_seqs not reported by the server: {DEFAULT_MAX_NUM_SEQS} assumed")
+    batched = _int(cache.get("max_num_batched_tokens"))
+    if batched is None:
+        batched = DEFAULT_BATCHED_TOKENS
+        notes.append(f"max_num_batched_tokens not reported: {DEFAULT_BATCHED_TOKENS} assumed")
+    blocks, size = _int(cache.get("num_gpu_blocks")), _int(cache.get("block_size"))
+    config = SchedulerConfig(max_num_seqs=seqs, max_num_batched_tokens=batched)
+    if blocks and size:
+        config = SchedulerConfig(max_num_seqs=seqs, max_num_batched_tokens=batched,
+                                 kv_blocks=max(1, blocks - 1), block_size=size)
+    else:
+        notes.append("KV cache size not reported (no vllm:cache_config_info collected): "
+                     "no KV limit simulated")
+    return config, notes
+
+
+def _int(v: Any) -> int | None:
+    try:
+        return int(float(v))
+    except (TypeError, ValueError):
+        return None
+
+
+def predict_level(lv: Level, kind: str, config: SchedulerConfig,
+                  cal: Calibration) -> dict[str, Any]:
+    """The simulated summary of one level, replaying its measured requests' lengths."""
+    obs = sorted(lv.observed, key=lambda o: o.send_s)
+    first = obs[0].send_s
+    span = max(o.end_s for o in obs) - first
+    closed = kind == "concurrency"
+    reqs = [SimRequest(f"m{i}", 0.0 if closed else o.send_s - first, o.prompt_tokens,
+                       o.output_tokens) for i, o in enumerate(obs)]
+    run = simulate_run(reqs, config, cal.step, closed_loop_users=int(lv.level) if closed
+                       else None, duration_s=span if closed else None, seed=0,
+                       overhead_s=cal.ttft_overhead_s, tail_s=cal.tail_s)
+    return summarize_run(run)
+
+
+def prediction_table(levels: list[Level], kind: str, config: SchedulerConfig,
+                     cal: Calibration, fitted: int) -> pd.DataFrame:
+    """One row per level and figure: measured, predicted (simulated), relative error, and
+    whether the level was one the step time was fitted on."""
+    rows = []
+    for i, lv in enumerate(levels):
+        predicted = predict_level(lv, kind, config, cal)
+        for _, _, series in PANELS:
+            for key, pct, name in series:
+                m, p = _figure(lv.summary, key, pct), _figure(predicted, key, pct)
+                rows.append({"level": lv.level, "series": name, "measured": m,
+                             "simulated": p, "error": (p - m) / m if m and p is not None
+                             else None, "calibration": i < fitted})
+    return pd.DataFrame(rows)
+
+
+def _figure(summary: dict[str, Any], key: str, pct: str | None) -> float | None:
+    value = summary.get(key) if pct is None else (summary.get(key) or {}).get(pct)
+    return float(value) if value is not None else None
+
+
+def predicted_figures(table: pd.DataFrame, level_name: str) -> list[go.Figure]:
+    """Measured (solid) and simulated (dashed, "simulated" in its name) per panel."""
+    figs = []
+    for title, unit, series in PANELS:
+        fig = go.Figure()
+        for _, _, name in series:
+            rows = table[table["series"] == name] if not table.empty else table
+            if rows.empty:
+                continue
+            color = SERIES_COLORS.get(name)
+            fig.add_trace(go.Scatter(x=rows["level"], y=rows["measured"], name=f"{name} measured",
+                                     mode="lines+markers", line={"color": color, "width": 2.5}))
+            fig.add_trace(go.Scatter(x=rows["level"], y=rows["simulated"],
+                                     name=f"{name} simulated", mode="lines+markers",
+                                     line={"color": color, "dash": "dash"},
+                                     marker={"symbol": "diamond-open"}))
+        layout(fig, f"{title}: measured vs simulated", level_name, unit)
+        figs.append(note_if_empty(fig, "no level to compare"))
+    return figs
+
+
+def render_predicted(store: Store, sweep_id: int) -> None:
+    """The section itself (dashboard/capacity.py calls it)."""
+    sweep = next((s for s in store.sweeps() if s["id"] == sweep_id), None)
+    if sweep is None:
+        st.caption(f"No sweep #{sweep_id} in the store.")
+        return
+    levels = measured_levels(store, sweep)
+    if len(levels) < 2:
+        st.info("The simulator needs at least two finished levels of this sweep: the lowest "
+                "to calibrate on, another to predict.")
+        return
+    n_fit = calibration_count(len(levels))
+    try:
+        cal = calibrate([lv.observed for lv in levels[:n_fit]])
+    except ValueError as exc:
+        st.info(f"Cannot calibrate the simulator on this sweep's lowest levels: {exc}")
+        return
+    kind = sweep.get("kind") or "concurrency"
+    config, notes = measured_scheduler(store, sweep)
+    table = prediction_table(levels, kind, config, cal, n_fit)
+    fitted = ", ".join(f"{lv.level:g}" for lv in levels[:n_fit])
+    st.caption(f"SIMULATED: step time calibrated on {kind} {fitted} of this sweep "
+               f"({cal.rows} measured steps); dashed lines are the simulator's, solid the "
+               "measurements. Levels above the calibration ones are predictions.")
+    cols = st.columns(len(PANELS))
+    for i, (col, fig) in enumerate(zip(cols, predicted_figures(table, kind), strict=True)):
+        col.plotly_chart(fig, key=f"capacity-sim-{sweep_id}-{i}", config=PLOTLY_CONFIG)
+    shown = table.assign(error=table["error"].map(
+        lambda e: None if e is None or pd.isna(e) else f"{e:+.0%}"))
+    st.dataframe(shown.rename(columns={"simulated": "simulated (predicted)"}),
+                 hide_index=True)
+    for note in notes:
+        st.caption(note)

@@ -1,0 +1,156 @@
+"""`servescope calibrate`: a short closed-loop sweep against a real server, then the
+simulator's step time fitted to it and saved as a profile (capacity/sim_profile.py).
+
+Locust monkey-patches the process on import, so loadgen.run comes first."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from servescope.core.errors import EXIT_BAD_INPUT, CliError
+
+
+def measured_run(store: Any, run_id: int) -> tuple[list[Any], dict[str, Any]]:
+    """A stored run's observed requests (with the server's queue and prefill where a span
+    joined) and its summary."""
+    from servescope.analysis.join import joined_phases, run_records, wait_for_spans
+    from servescope.capacity.sim_calibrate import observed
+
+    run = store.run(run_id)
+    records = run_records(store, run)
+    wait_for_spans(store, records, since=(run.get("started_at") or 0) - 1)
+    phases = {p.request_id: p.server for p in joined_phases(store, records)}
+    out = []
+    for r in records:
+        sp = phases.get(r.request_id)
+        q = sp.queue_ms / 1000 if sp and sp.queue_ms is not None else None
+        pf = sp.prefill_ms / 1000 if sp and sp.prefill_ms is not None else None
+        o = observed(r, q, pf)
+        if o is not None:
+            out.append(o)
+    return out, run.get("summary") or {}
+
+
+def build_profile(levels: list[int], runs: list[list[Any]], summaries: list[dict[str, Any]],
+                  scheduler: dict[str, Any], source: dict[str, Any],
+                  scenario: Any) -> dict[str, Any]:
+    """Fit, refit on resampled steps, and replay each calibration run in the simulator to
+    measure its own error (which the intervals then carry)."""
+    from servescope.capacity.sim_calibrate import bootstrap, calibrate
+    from servescope.capacity.sim_profile import (
+        Profile,
+        Workload,
+        model_error_from,
+        rel_errors,
+        run_summary,
+    )
+    from servescope.capacity.simulator import SimRequest
+
+    cal = calibrate(runs)
+    profile = Profile(cal, scheduler, bootstrap(runs), {}, source)
+    config = profile.config()
+    checks = []
+    for level, obs, measured in zip(levels, runs, summaries, strict=True):
+        reqs = [SimRequest(f"m{i}", 0.0, o.prompt_tokens, o.output_tokens)
+                for i, o in enumerate(sorted(obs, key=lambda o: o.send_s))]
+        span = max(o.end_s for o in obs) - min(o.send_s for o in obs)
+        work = Workload(reqs, level, span, 0.0, 0, scenario.slos.model_dump())
+        predicted = run_summary(work, config, cal.step, 0, cal.ttft_overhead_s, cal.tail_s)
+        checks.append({"concurrency": level, "errors": rel_errors(predicted, measured)})
+    profile.checks = checks
+    profile.model_error = model_error_from(checks)
+    return profile.to_dict()
+
+
+def _server_scheduler(target: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The KV blocks and block size from vLLM's cache_config_info; the rest from flags."""
+    from servescope.collectors.scrape import ScrapeError, scrape
+
+    sched: dict[str, Any] = {"policy": "vllm", "max_num_seqs": args.max_num_seqs,
+                             "max_num_batched_tokens": args.max_num_batched_tokens}
+    try:
+        info = scrape(target, "vllm").info.get("cache_config") or {}
+        cache = next(iter(info.values()), {}) or {}
+        if cache.get("num_gpu_blocks"):
+            sched["kv_blocks"] = max(1, int(cache["num_gpu_blocks"]) - 1)
+        if cache.get("block_size"):
+            sched["block_size"] = int(cache["block_size"])
+        if cache.get("enable_prefix_caching") is not None:
+            sched["prefix_caching"] = str(cache["enable_prefix_caching"]).lower() == "true"
+    except (ScrapeError, ValueError, TypeError):
+        pass
+    return sched
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from servescope.loadgen.run import LoadError, run_load  # noqa: I001 - Locust first
+    from servescope.loadgen.scenario import ScenarioError, load_scenario, scenario_path
+    from servescope.collectors.describe import describe_target
+    from servescope.commands.common import _auth_headers, _store
+
+    try:
+        levels = [int(v) for v in str(args.concurrency).split(",") if v.strip()]
+    except ValueError:
+        raise CliError(f"--concurrency {args.concurrency}: give levels like 1,2,4",
+                       EXIT_BAD_INPUT) from None
+    if not levels or min(levels) < 1:
+        raise CliError("--concurrency: levels must be 1 or more", EXIT_BAD_INPUT)
+    try:
+        base = load_scenario(scenario_path(args.scenario))
+    except ScenarioError as exc:
+        raise CliError(str(exc), EXIT_BAD_INPUT) from None
+    store = _store(args)
+    headers = _auth_headers(args.api_key_env)
+    receiver = None
+    if args.otlp_port is not None:
+        from servescope.collectors.otlp import OTLPReceiver
+
+        receiver = OTLPReceiver(store, "127.0.0.1", args.otlp_port).start()
+    runs, summaries, run_ids = [], [], []
+    model = args.model
+    try:
+        for level in levels:
+            scenario = base.with_overrides(concurrency=level, duration=args.duration,
+                                           requests=args.requests)
+            print(f"calibrate: concurrency {level}, {args.duration:g}s", file=sys.stderr)
+            run_id, summary = run_load(scenario, args.target, store, model=model,
+                                       headers=headers, show_progress=not args.quiet,
+                                       describe_target=describe_target)
+            model = model or summary.get("model")
+            obs, _ = measured_run(store, run_id)
+            if not obs:
+                raise CliError(f"calibrate: the run at concurrency {level} finished no request")
+            runs.append(obs)
+            summaries.append(summary)
+            run_ids.append(run_id)
+    except (LoadError, ScenarioError) as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        if receiver is not None:
+            receiver.stop()
+    run = store.run(run_ids[-1])
+    source = {"target": args.target, "model": model, "scenario": base.name,
+              "levels": levels, "runs": run_ids, "created": time.time(),
+              "manifest": json.loads(run["manifest"]) if run.get("manifest") else None,
+              "server": run.get("target")}
+    try:
+        profile = build_profile(levels, runs, summaries, _server_scheduler(args.target, args),
+                                source, base)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    args.out.write_text(json.dumps(profile, indent=2))
+    c = profile["calibration"]
+    sm = c["step_model"]
+    print(f"step = {sm['a_s'] * 1e3:.3f} ms + {sm['prefill_s_per_token'] * 1e6:.2f} us x prefill "
+          f"tokens + {sm['decode_s_per_seq'] * 1e6:.1f} us x decodes + "
+          f"{sm['kv_s_per_token'] * 1e9:.2f} ns x KV tokens; TTFT overhead "
+          f"{c['ttft_overhead_s'] * 1e3:.1f} ms; {c['rows']} steps, {c['spans_used']} spans")
+    for chk in profile["checks"]:
+        errs = ", ".join(f"{k} {v:+.0%}" for k, v in chk["errors"].items() if v is not None)
+        print(f"  replay of concurrency {chk['concurrency']}: {errs}")
+    print(f"profile written to {args.out}")
+    return 0

@@ -1,0 +1,51 @@
+"""`servescope calibrate` against the REAL vLLM CPU server (the session's, sending its
+spans to the session's OTLP receiver, pointed here at the command's store): a tiny sweep,
+a fitted step model that uses the spans, the server's KV blocks read from its /metrics,
+and a profile `simulate --profile` accepts."""
+
+from __future__ import annotations
+
+import json
+import random
+
+from helpers import servescope
+from servescope.core.store import Store
+
+SCENARIO = """\
+name: calib-live
+seed: {seed}
+prompt_tokens: {{dist: uniform, min: 32, max: 96}}
+output_tokens: {{dist: uniform, min: 16, max: 32}}
+stages: [{{concurrency: 1, duration: 1m}}]
+request_timeout: 120s
+"""
+
+
+def test_calibrate_fits_the_real_server_and_simulate_uses_it(vllm_server, vllm_spans,
+                                                             tmp_path):
+    path, db, out = tmp_path / "s.yaml", tmp_path / "c.db", tmp_path / "profile.json"
+    # a fresh seed: vLLM's prefix cache must not know these prompts from another test
+    path.write_text(SCENARIO.format(seed=random.randrange(1 << 30)))
+    with Store(db) as store, vllm_spans.into(store):
+        res = servescope("calibrate", "--target", vllm_server.url, "--scenario", str(path),
+                         "--concurrency", "1,2", "--duration", "20", "--requests", "10",
+                         "--max-num-seqs", "8", "--max-num-batched-tokens", "2048",
+                         "--out", str(out), "--quiet", db=db, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    p = json.loads(out.read_text())
+    cal = p["calibration"]
+    assert cal["spans_used"] >= 15  # the server's queue and prefill joined per request
+    sm = cal["step_model"]
+    assert sm["a_s"] + sm["decode_s_per_seq"] > 0.0005  # a CPU step takes its time
+    assert 0 <= cal["ttft_overhead_s"] < 1.0
+    assert sm["ratios"] and min(sm["ratios"]) > 0
+    assert p["scheduler"]["kv_blocks"] > 1000 and p["scheduler"]["block_size"] >= 16
+    assert p["scheduler"]["max_num_seqs"] == 8
+    assert [c["concurrency"] for c in p["checks"]] == [1, 2]
+    assert p["source"]["target"] == vllm_server.url and len(p["source"]["runs"]) == 2
+    assert "replay of concurrency 2" in res.stdout
+    sim = servescope("simulate", str(path), "--profile", str(out), "--concurrency", "8",
+                     "--requests", "40", "--replicas", "3", "--json", db=db)
+    assert sim.returncode == 0, sim.stderr
+    s = json.loads(sim.stdout)
+    assert s["step_model"] == "calibrated" and s["requests_ok"] == 40

@@ -1,0 +1,117 @@
+"""The calibration: a server whose step time is known (the simulator itself, run with a
+known linear step model) is "measured" the way servescope measures a real one (token
+arrival stamps per request, the span's queue and prefill), and the fit must recover the
+coefficients, the overhead outside the steps, and predict what it was fitted on."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from servescope.capacity.sim_calibrate import Observed, bootstrap, calibrate, step_rows
+from servescope.capacity.sim_engine import Engine
+from servescope.capacity.simulator import SchedulerConfig, SimRequest
+from servescope.capacity.steptime import LinearStepModel, fit_linear, nnls
+
+TRUE = LinearStepModel(0.004, 20e-6, 300e-6, 50e-9)
+
+
+def measure(users: int, n: int, seed: int, overhead: float = 0.0,
+            model: LinearStepModel = TRUE) -> list[Observed]:
+    """Closed loop on the simulator, stamped like a client: each token's arrival, the
+    request's send `overhead` seconds before the engine sees it."""
+    rng = random.Random(seed)
+    reqs = [SimRequest(f"r{i}", 0.0, rng.randint(20, 300), rng.randint(10, 80))
+            for i in range(n)]
+    eng = Engine(SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=512), model)
+    sent: dict[str, float] = {}
+    tokens: dict[str, list[float]] = {}
+    first_sched: dict[str, float] = {}
+    by_id = {r.id: r for r in reqs}
+    queue = list(reqs)
+    pending: list[tuple[float, SimRequest]] = []
+    t = 0.0
+    for _ in range(users):
+        r = queue.pop(0)
+        sent[r.id] = t
+        pending.append((t + overhead, r))
+    out: list[Observed] = []
+    while pending or not eng.idle():
+        for at, r in [p for p in pending if p[0] <= t]:
+            pending.remove((at, r))
+            eng.add(SimRequest(r.id, at, r.prompt_tokens, r.output_tokens))
+        if eng.idle():
+            t = min(p[0] for p in pending)
+            continue
+        res = eng.step(t)
+        for rid in res.prefill:
+            first_sched.setdefault(rid, t)
+        for rid in res.tokens:
+            tokens.setdefault(rid, []).append(res.end_s)
+        t = res.end_s
+        for rid in res.finished:
+            r = by_id[rid]
+            ts = tokens[rid]
+            out.append(Observed(sent[rid], ts, ts[-1], r.prompt_tokens, r.output_tokens,
+                                first_sched[rid] - sent[rid] - overhead,
+                                ts[0] - first_sched[rid]))
+            if queue:
+                nxt = queue.pop(0)
+                sent[nxt.id] = t
+                pending.append((t + overhead, nxt))
+    return out
+
+
+def test_nnls_recovers_nonnegative_coefficients_and_clamps_a_negative_one():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = np.column_stack([np.ones(200), rng.uniform(0, 100, 200), rng.uniform(0, 10, 200)])
+    y = x @ np.array([2.0, 0.5, 0.0]) - 0.01 * x[:, 2]  # the last wants to be negative
+    coef = nnls(x, y)
+    assert (coef >= 0).all()
+    assert coef[1] == pytest.approx(0.5, rel=0.01)
+
+
+def test_fit_linear_recovers_known_steps():
+    rng = random.Random(1)
+    rows = [(rng.randint(0, 2000), rng.randint(0, 64), rng.randint(0, 50_000)) for _ in range(300)]
+    secs = [TRUE.step_seconds(*r) * rng.uniform(0.98, 1.02) for r in rows]
+    m = fit_linear(rows, secs)
+    assert m.a_s == pytest.approx(TRUE.a_s, rel=0.1)
+    assert m.prefill_s_per_token == pytest.approx(TRUE.prefill_s_per_token, rel=0.05)
+    assert m.decode_s_per_seq == pytest.approx(TRUE.decode_s_per_seq, rel=0.05)
+    assert m.kv_s_per_token == pytest.approx(TRUE.kv_s_per_token, rel=0.15)
+    assert min(m.ratios) > 0.97 and max(m.ratios) < 1.03  # the noise it saw
+
+
+def test_calibration_recovers_the_step_model_from_request_stamps():
+    runs = [measure(c, 60, seed=c, overhead=0.012) for c in (1, 2, 4, 8)]
+    cal = calibrate(runs)
+    s = cal.step
+    assert s.a_s == pytest.approx(TRUE.a_s, rel=0.1)
+    assert s.prefill_s_per_token == pytest.approx(TRUE.prefill_s_per_token, rel=0.1)
+    assert s.decode_s_per_seq == pytest.approx(TRUE.decode_s_per_seq, rel=0.15)
+    assert cal.ttft_overhead_s == pytest.approx(0.012, abs=0.002)
+    assert cal.spans_used == sum(len(r) for r in runs)
+
+
+def test_decode_rows_see_the_batch_they_ran_in():
+    obs = measure(4, 30, seed=3)
+    x, y = step_rows(obs)
+    decode = x[:, 4] == 0
+    assert x[decode, 2].max() == 4  # never more decoding than the users
+    # each decode gap is one step of the true model, given the reconstructed state
+    pred = x[decode, 0] * TRUE.a_s + x[decode, 1] * TRUE.prefill_s_per_token \
+        + x[decode, 2] * TRUE.decode_s_per_seq + x[decode, 3] * TRUE.kv_s_per_token
+    close = abs(pred - y[decode]) / y[decode] < 0.05
+    assert close.mean() > 0.9
+
+
+def test_bootstrap_refits_spread_around_the_fit():
+    runs = [measure(c, 40, seed=10 + c) for c in (1, 4)]
+    boots = bootstrap(runs, n=8)
+    assert len(boots) == 8
+    decs = [b["decode_s_per_seq"] for b in boots]
+    assert min(decs) <= TRUE.decode_s_per_seq * 1.2 and max(decs) >= TRUE.decode_s_per_seq * 0.8
