@@ -264,8 +264,8 @@ def advise(evidence: dict[str, Any], kv_capacity_tokens: int | None = None) -> d
             out["limit"] = "latency"
             recs.append(_rec(runtime, knob, current, current, (
                 f"requests wait in the queue above {current} sequences ({wait_text}), but "
-                f"more running at once would break the SLOs: {lat_why}. Keep {knob} at "
-                f"{current}")))
+                f"more running at once would break the SLOs: {lat_why}. {knob} {current} "
+                "is at that limit: keep it, and add replicas to serve more")))
             _replicas(out, ev, levels, kind, runtime, "more sequences would break the "
                       "latency SLOs")
         _prefill(out, ev, levels, runtime)
