@@ -141,18 +141,22 @@ class Calibration:
     rows: int
     spans_used: int
     run_sd: float = 0.0  # run-to-run spread of the server's speed (relative), see calibrate
+    # KV tokens per decoding sequence seen in the fit (p10, p90): outside it, the split
+    # between the per-sequence and the per-KV-token cost is an extrapolation
+    context_range: tuple[float, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"step_model": self.step.to_dict(), "ttft_overhead_s": self.ttft_overhead_s,
                 "tail_s": self.tail_s, "rows": self.rows, "spans_used": self.spans_used,
-                "run_sd": self.run_sd}
+                "run_sd": self.run_sd, "context_range": self.context_range}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Calibration:
         try:
             return cls(LinearStepModel.from_dict(d["step_model"]), float(d["ttft_overhead_s"]),
                        float(d["tail_s"]), int(d.get("rows", 0)), int(d.get("spans_used", 0)),
-                       float(d.get("run_sd", 0.0)))
+                       float(d.get("run_sd", 0.0)),
+                       tuple(d["context_range"]) if d.get("context_range") else None)
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"calibration profile: missing or bad field {exc}") from None
 
@@ -204,8 +208,11 @@ def calibrate(runs: Sequence[Sequence[Observed]], trim_mads: float = 6.0,
                            ratios)
     tails = [o.end_s - o.token_s[-1] for run in runs for o in run if o.token_s]
     spans = sum(1 for run in runs for o in run if o.server_prefill_s is not None)
+    dec = (x[:, 4] == 0) & (x[:, 2] > 0)
+    ctx = x[dec, 3] / x[dec, 2]
+    context = (float(np.percentile(ctx, 10)), float(np.percentile(ctx, 90))) if len(ctx) else None
     return Calibration(step, float(coef[4]), statistics.median(tails) if tails else 0.0,
-                       len(y), spans, run_sd)
+                       len(y), spans, run_sd, context)
 
 
 def bootstrap(runs: Sequence[Sequence[Observed]], n: int = 20, seed: int = 0

@@ -9,7 +9,13 @@ import random
 
 import pytest
 
-from servescope.capacity.sim_calibrate import Observed, bootstrap, calibrate, step_rows
+from servescope.capacity.sim_calibrate import (
+    Calibration,
+    Observed,
+    bootstrap,
+    calibrate,
+    step_rows,
+)
 from servescope.capacity.sim_engine import Engine
 from servescope.capacity.simulator import SchedulerConfig, SimRequest
 from servescope.capacity.steptime import LinearStepModel, fit_linear, nnls
@@ -95,6 +101,9 @@ def test_calibration_recovers_the_step_model_from_request_stamps():
     assert s.decode_s_per_seq == pytest.approx(TRUE.decode_s_per_seq, rel=0.15)
     assert cal.ttft_overhead_s == pytest.approx(0.012, abs=0.002)
     assert cal.spans_used == sum(len(r) for r in runs)
+    lo, hi = cal.context_range  # prompts 20-300 and outputs 10-80 decode at these contexts
+    assert 20 < lo < hi < 380
+    assert Calibration.from_dict(cal.to_dict()).context_range == cal.context_range
 
 
 def test_decode_rows_see_the_batch_they_ran_in():

@@ -149,6 +149,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
           f"tokens + {sm['decode_s_per_seq'] * 1e6:.1f} us x decodes + "
           f"{sm['kv_s_per_token'] * 1e9:.2f} ns x KV tokens; TTFT overhead "
           f"{c['ttft_overhead_s'] * 1e3:.1f} ms; {c['rows']} steps, {c['spans_used']} spans")
+    if c.get("context_range"):
+        lo, hi = c["context_range"]
+        print(f"  contexts seen: {lo:.0f}-{hi:.0f} KV tokens per decoding sequence (p10-p90); "
+              "predictions far outside extrapolate the KV cost")
     for chk in profile["checks"]:
         errs = ", ".join(f"{k} {v:+.0%}" for k, v in chk["errors"].items() if v is not None)
         print(f"  replay of concurrency {chk['concurrency']}: {errs}")

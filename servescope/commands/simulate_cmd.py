@@ -148,7 +148,17 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         return Workload(w.requests, w.closed_loop_users, w.duration_s, w.think_s,
                         w.warmup_requests, slos, w.max_requests)
 
-    shape = scenario_workload(scenario).describe
+    first = scenario_workload(scenario)
+    shape = first.describe
+    cal_range = profile.calibration.context_range if profile else None
+    if cal_range and first.requests:
+        ctx = sum(r.prompt_tokens + r.output_tokens / 2 for r in first.requests) / len(
+            first.requests)
+        if not cal_range[0] * 0.8 <= ctx <= cal_range[1] * 1.25:
+            notes.append(f"warning: this workload's mean context ({ctx:.0f} tokens) is outside "
+                         f"the calibration's ({cal_range[0]:.0f}-{cal_range[1]:.0f}): the cost "
+                         "of longer or shorter contexts is extrapolated; calibrate with a "
+                         "scenario of these lengths for a measured answer")
     try:
         summary = predict(make, config, profile, None if profile else step, args.replicas)
     except RuntimeError as exc:
