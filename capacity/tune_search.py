@@ -68,3 +68,47 @@ def search(measure: Callable[[int], dict[str, Any]], start: int, max_runs: int =
     return {"best": best, "best_goodput_per_s": tried.get(best) if best is not None else None,
             "best_level": best_step["level"] if best_step else None, "steps": steps,
             "stopped": stopped}
+
+
+# -- tune --simulate-first: the simulator orders the candidates, the server confirms --------
+def simulated_order(predicted: dict[int, float], max_runs: int) -> list[int]:
+    """The values to measure: best predicted goodput first (a tie goes to the smaller value,
+    which reserves less memory for the same answer), at most `max_runs`."""
+    return sorted(predicted, key=lambda v: (-(predicted[v] or 0.0), v))[:max(0, max_runs)]
+
+
+def confirm(measure: Callable[[int], dict[str, Any]], predicted: dict[int, float],
+            max_runs: int = 3, kv_capacity_tokens: int | None = None,
+            on_step: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Measure the simulator's top `max_runs` values in its order (not the advisor's), and
+    keep the best measured goodput. Same result as `search`, each step with its
+    `predicted_goodput_per_s`, plus `predicted` (every value's prediction)."""
+    order = simulated_order(predicted, max_runs)
+    steps: list[dict[str, Any]] = []
+    tried: dict[int, float] = {}
+    stopped = "max_runs" if len(order) < len(predicted) else "candidates"
+    for i, value in enumerate(order):
+        try:
+            ev = measure(value)
+        except KeyboardInterrupt:
+            stopped = "interrupted"
+            break
+        level, goodput = best_goodput(ev)
+        tried[value] = goodput or 0.0
+        adv = advise(ev, kv_capacity_tokens)
+        step = {"value": value, "goodput_per_s": goodput, "level": level,
+                "predicted_goodput_per_s": predicted[value], "limit": adv["limit"],
+                "recommendations": adv["recommendations"], "notes": adv["notes"],
+                "next": order[i + 1] if i + 1 < len(order) else None,
+                "sweep_id": ev.get("sweep_id")}
+        steps.append(step)
+        if on_step is not None:
+            on_step(step)
+        if ev.get("status") == "interrupted":
+            stopped = "interrupted"
+            break
+    best = max(tried, key=lambda v: tried[v]) if tried else None
+    best_step = next((s for s in steps if s["value"] == best), None)
+    return {"best": best, "best_goodput_per_s": tried.get(best) if best is not None else None,
+            "best_level": best_step["level"] if best_step else None, "steps": steps,
+            "stopped": stopped, "predicted": {str(k): v for k, v in predicted.items()}}

@@ -301,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "the first listed)")
     pl.add_argument("--num-parallel", type=int, help="with --model URL of an Ollama: its "
                     "OLLAMA_NUM_PARALLEL (no API reports it)")
+    from servescope.commands.plan_sim import add_plan_sim_arguments
+
+    add_plan_sim_arguments(pl)  # --simulate, --profile, --sim-seqs, --sim-batched-tokens
     pl.set_defaults(func=cmd_plan)
     add_compare_parser(sub)
     advise.add_parsers(sub)  # advise, tune

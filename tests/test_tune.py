@@ -106,3 +106,16 @@ def test_tune_on_the_real_vllm_cpu_engine(tmp_path, capsys):
         assert first["levels"][1]["server"]["waiting_max"] >= 1
     printed = capsys.readouterr().out
     assert f"best: max_num_seqs {result['best']}" in printed
+
+
+def test_simulate_first_measures_the_simulators_top_candidates_in_its_order(store):
+    from servescope.capacity.tune_search import confirm, simulated_order
+
+    predicted = {4: 1.0, 20: 3.0, 64: 2.0, 8: 2.0}
+    assert simulated_order(predicted, 3) == [20, 8, 64]  # a tie goes to the smaller value
+    measured: list[int] = []
+    result = confirm(_measure(store, measured), predicted, max_runs=2)
+    assert measured == [20, 8]  # the advisor does not reorder them
+    assert [s["predicted_goodput_per_s"] for s in result["steps"]] == [3.0, 2.0]
+    assert result["best"] == 20 and result["stopped"] == "max_runs"
+    assert result["steps"][0]["next"] == 8 and result["steps"][1]["next"] is None

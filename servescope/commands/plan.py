@@ -76,6 +76,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         raise CliError(str(exc), EXIT_BAD_INPUT) from None
     if prices:
         result["cost"] = _cost(result["sizing"], prices[hw.key])
+    sim_text = _simulate(args, inp, slos, result) if getattr(args, "simulate", False) else ""
     print(json.dumps(result, indent=2) if args.json else format_plan(result))
     if prices and not args.json:
         c = result["cost"]
@@ -83,7 +84,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
             f"${c['cost_per_million_output_tokens']:,.3f}"
         print(f"cost: ${c['cost_per_hour']:,.2f} per hour ({result['gpus_needed']} x "
               f"${prices[hw.key]:g}), {per_m} per million output tokens")
+    if sim_text and not args.json:
+        print(sim_text)
     return 0
+
+
+def _simulate(args: argparse.Namespace, inp, slos: dict, result: dict) -> str:
+    """--simulate (commands/plan_sim.py): the simulator's ranked batching knobs."""
+    from servescope.commands.plan_sim import simulate_plan
+
+    return simulate_plan(args, inp, slos, result)
 
 
 # -- several GPUs, prices, SLOs -----------------------------------------------------------

@@ -51,7 +51,26 @@ def add_tune_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--port", type=int, default=0, help="--engine: port (default: a free one)")
     t.add_argument("--out", type=Path, help="write the search as JSON here")
     t.add_argument("--quiet", action="store_true", help="no per-request progress line")
+    _add_simulate_first(t)
     t.set_defaults(func=cmd_tune)
+
+
+def _add_simulate_first(t: argparse.ArgumentParser) -> None:
+    """--simulate-first (commands/plan_sim.py): the simulator orders the candidates."""
+    from servescope.commands.plan_sim import _ints
+
+    t.add_argument("--simulate-first", action="store_true",
+                   help="rank max_num_seqs values on the simulator first, then measure the "
+                   "top --max-runs of them on the server (needs --profile, or --sim-model "
+                   "and --sim-gpu)")
+    t.add_argument("--profile", type=Path, help="with --simulate-first: a calibration "
+                   "profile of this server (`servescope calibrate`)")
+    t.add_argument("--sim-model", help="with --simulate-first and no --profile: catalog "
+                   "model for the physics step model (uncalibrated)")
+    t.add_argument("--sim-gpu", help="with --simulate-first and no --profile: catalog "
+                   "hardware for the physics step model")
+    t.add_argument("--sim-values", type=_ints, help="with --simulate-first: max_num_seqs "
+                   "values to simulate (default 1,2,4,...,256 and --start)")
 
 
 class _CommandServer:
@@ -173,6 +192,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if not any(scenario.slos.model_dump().values()):
         raise CliError(f"scenario {scenario.name} has no SLOs: goodput needs them (add e.g. "
                        "slos: {ttft_ms: {p95: 2000}, itl_ms: {p95: 200}})", EXIT_BAD_INPUT)
+    predicted = _predict(args, scenario) if getattr(args, "simulate_first", False) else None
     store = _store(args)
     if args.engine:
         server: Any = _EngineServer(args.port)
@@ -196,14 +216,22 @@ def cmd_tune(args: argparse.Namespace) -> int:
             _say(f"  {r['knob']} -> {r['value']}: {r['reason']}")
 
     try:
-        result = search(measure, args.start, args.max_runs, args.kv_capacity_tokens, show)
+        if predicted is not None:
+            from servescope.capacity.tune_search import confirm
+
+            result = confirm(measure, predicted, args.max_runs, args.kv_capacity_tokens, show)
+        else:
+            result = search(measure, args.start, args.max_runs, args.kv_capacity_tokens, show)
     finally:
         server.stop()
         stop_collector(collector)
-    print(f"{KNOB:>14}{'goodput req/s':>15}{'at level':>10}{'limit':>10}{'sweep':>7}")
+    sim = predicted is not None
+    print(f"{KNOB:>14}{'goodput req/s':>15}" + (f"{'predicted':>11}" if sim else "")
+          + f"{'at level':>10}{'limit':>10}{'sweep':>7}")
     for s in result["steps"]:
         g = "-" if s["goodput_per_s"] is None else f"{s['goodput_per_s']:.2f}"
-        print(f"{s['value']:>14}{g:>15}{s['level']!s:>10}{s['limit'] or '-':>10}"
+        p = f"{s['predicted_goodput_per_s']:>11.2f}" if sim else ""
+        print(f"{s['value']:>14}{g:>15}{p}{s['level']!s:>10}{s['limit'] or '-':>10}"
               f"{s['sweep_id'] or '-':>7}")
     if result["best"] is not None:
         print(f"best: {KNOB} {result['best']} ({result['best_goodput_per_s']:.2f} req/s within "
@@ -213,3 +241,15 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))
     return 0 if result["steps"] else 1
+
+
+def _predict(args: argparse.Namespace, scenario: Any) -> dict[int, float]:
+    """--simulate-first: predicted goodput per max_num_seqs value, said before any restart."""
+    from servescope.commands.plan_sim import tune_predictions
+
+    values = sorted(set(args.sim_values or [1, 2, 4, 8, 16, 32, 64, 128, 256]) | {args.start})
+    predicted = tune_predictions(args, scenario, values)
+    label = "calibrated" if args.profile else "simulated, uncalibrated (physics)"
+    _say(f"{label} goodput by {KNOB}: " + ", ".join(
+        f"{v}: {g:.2f}" for v, g in sorted(predicted.items())) + " req/s")
+    return predicted
