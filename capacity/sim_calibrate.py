@@ -88,9 +88,16 @@ def step_rows(obs: Sequence[Observed], use_spans: bool = True
     """One run's measured steps: rows of (1, prefill tokens, decode sequences, KV tokens,
     TTFT indicator) and their seconds. Decode rows from every gap between two tokens of a
     request; prefill rows from each request's first token."""
+    rows, y, _ = step_rows_timed(obs, use_spans)
+    return rows, y
+
+
+def step_rows_timed(obs: Sequence[Observed], use_spans: bool = True
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """step_rows, and when each step happened (seconds, the run's clock)."""
     obs = [o for o in obs if o.token_s]
     if not obs:
-        return np.zeros((0, 5)), np.zeros(0)
+        return np.zeros((0, 5)), np.zeros(0), np.zeros(0)
     tl = _Timeline(obs)
     sends = np.sort([o.send_s for o in obs])
     ends = np.sort([o.end_s for o in obs])
@@ -106,7 +113,7 @@ def step_rows(obs: Sequence[Observed], use_spans: bool = True
     seqs, kv = tl.decoding(mid)
     pre = tl.prefilled(mid, t2 + gap / 2)
     rows = np.column_stack([np.ones(len(gap)), pre, seqs, kv + pre, np.zeros(len(gap))])
-    ttft_rows, ttft_y = [], []
+    ttft_rows, ttft_y, ttft_t = [], [], []
     for o in obs:
         f = o.token_s[0]
         if use_spans and o.server_prefill_s is not None and o.server_queue_s is not None:
@@ -123,10 +130,13 @@ def step_rows(obs: Sequence[Observed], use_spans: bool = True
         p = tl.prefilled(np.array([f - step / 2]), np.array([f + step / 2]))
         ttft_rows.append([1.0, max(p[0], o.prompt_tokens), s[0], k[0] + o.prompt_tokens, 1.0])
         ttft_y.append(y)
+        ttft_t.append(f)
+    times = mid
     if ttft_rows:
         rows = np.vstack([rows, np.array(ttft_rows)])
         gap = np.concatenate([gap, np.array(ttft_y)])
-    return rows, gap
+        times = np.concatenate([mid, np.array(ttft_t)])
+    return rows, gap, times
 
 
 @dataclass
@@ -204,6 +214,9 @@ def calibrate(runs: Sequence[Sequence[Observed]], trim_mads: float = 6.0,
         if dec.sum() >= 20:
             means.append(float(np.mean(ry[dec] / np.maximum(rx[dec] @ coef, 1e-9))))
     run_sd = float(np.std(means, ddof=1) / np.mean(means)) if len(means) >= 2 else 0.0
+    # A few back-to-back runs understate how the speed of a server on a shared machine
+    # wanders: take the larger of their spread and the drift seen inside them
+    run_sd = max(run_sd, speed_drift(runs, coef))
     step = LinearStepModel(float(coef[0]), float(coef[1]), float(coef[2]), float(coef[3]),
                            ratios)
     tails = [o.end_s - o.token_s[-1] for run in runs for o in run if o.token_s]
@@ -215,15 +228,83 @@ def calibrate(runs: Sequence[Sequence[Observed]], trim_mads: float = 6.0,
                        len(y), spans, run_sd, context)
 
 
+def _decode_mids(obs: Sequence[Observed]) -> np.ndarray:
+    """The middle of every decode gap, in step_rows' order of its decode rows."""
+    obs = [o for o in obs if o.token_s]
+    if not obs:
+        return np.zeros(0)
+    t = [np.asarray(o.token_s) for o in obs]
+    return np.concatenate([(a[:-1] + a[1:]) / 2 for a in t])
+
+
+def speed_drift(runs: Sequence[Sequence[Observed]], coef: np.ndarray, parts: int = 4,
+                min_rows: int = 30) -> float:
+    """How much the server's own speed drifts (relative standard deviation), from windows
+    of the calibration runs: each run is cut into `parts` windows of equal time, each
+    window's mean measured/fitted decode step is a speed reading, and the spread of those
+    readings, less what their own sampling noise explains (the within-window variance over
+    its rows), is the drift. Windows rather than whole runs: three runs back to back are
+    three readings; the windows give a dozen, and a prediction's run is as long as one."""
+    means, noise = [], []
+    for run in runs:
+        rx, ry = step_rows(run)
+        dec = rx[:, 4] == 0
+        mids = _decode_mids(run)
+        if dec.sum() < min_rows or len(mids) != dec.sum():
+            continue
+        r = ry[dec] / np.maximum(rx[dec] @ coef, 1e-9)
+        lo, hi = float(mids.min()), float(mids.max())
+        edges = np.linspace(lo, hi, parts + 1)
+        idx = np.clip(np.searchsorted(edges, mids, side="right") - 1, 0, parts - 1)
+        for w in range(parts):
+            sel = r[idx == w]
+            if len(sel) >= min_rows:
+                means.append(float(np.mean(sel)))
+                noise.append(float(np.var(sel, ddof=1)) / len(sel))
+    if len(means) < 3:
+        return 0.0
+    between = float(np.var(means, ddof=1)) - float(np.mean(noise))
+    return float(np.sqrt(between) / np.mean(means)) if between > 0 else 0.0
+
+
+def _time_blocks(runs: Sequence[Sequence[Observed]]) -> list[np.ndarray] | None:
+    """all_rows' row indices cut into blocks of consecutive time, for a block bootstrap:
+    steps close in time share the batch (its sequences, their context lengths) and the
+    server's momentary speed, so resampling rows one by one treats thousands of correlated
+    steps as independent and understates the fit's uncertainty (a term the data barely
+    separate, such as the per-KV-token cost against the per-sequence one, came out the
+    same in every refit). A block lasts one median request (send to last token): about as
+    long as one batch's composition holds."""
+    blocks: list[np.ndarray] = []
+    offset = 0
+    for run in runs:
+        if not run:
+            continue
+        _, y, t = step_rows_timed(run)
+        if not len(y):
+            continue
+        life = float(np.median([o.end_s - o.send_s for o in run if o.token_s])) or 1.0
+        key = np.floor((t - t.min()) / max(life, 1e-3)).astype(int)
+        for k in np.unique(key):
+            blocks.append(offset + np.flatnonzero(key == k))
+        offset += len(y)
+    return blocks or None
+
+
 def bootstrap(runs: Sequence[Sequence[Observed]], n: int = 20, seed: int = 0
               ) -> list[dict[str, float]]:
     """`n` refits on rows drawn with replacement: the fit's own uncertainty, for the
     prediction intervals (coefficients and overhead only; the noise stays the main fit's)."""
     x, y = all_rows(runs)
+    blocks = _time_blocks(runs)
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
-        pick = rng.integers(0, len(y), len(y))
+        if blocks is not None and len(blocks) >= 8:
+            pick = np.concatenate([blocks[i] for i in rng.integers(0, len(blocks),
+                                                                    len(blocks))])
+        else:
+            pick = rng.integers(0, len(y), len(y))
         coef, _ = fit_rows(x[pick], y[pick], max_ratios=0)
         out.append({"a_s": float(coef[0]), "prefill_s_per_token": float(coef[1]),
                     "decode_s_per_seq": float(coef[2]), "kv_s_per_token": float(coef[3]),

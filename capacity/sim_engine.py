@@ -6,13 +6,16 @@ then, and its current counters follow from the step number. Per step the cohort 
 few additions: its KV grows by one token per sequence, its new blocks are the sequences
 whose length reaches a block boundary now (counted by residue), and the ones finishing come
 off a heap. Anything else (a preemption, a budget too small for every decode) first turns
-the cohort back into explicit sequences and takes the full path.
+the cohort back into explicit sequences and takes the full path. Stretches of steps in
+which only the cohort advances (nothing admitted, nothing finishing, no arrival) run in
+one tight loop (`advance_decode`), step for step the same as `step`.
 """
 
 from __future__ import annotations
 
 import heapq
 import random
+from bisect import bisect_left
 from collections import deque
 
 from servescope.capacity.sim_types import (
@@ -62,6 +65,8 @@ class Engine:
         self._noisy = isinstance(step_model, NoisyStepModel)
         self._limited = config.policy == "vllm"
         self._bs = config.block_size
+        self._cap = config.seq_cap  # the config and step model are fixed for a run
+        self._budget = config.max_num_batched_tokens
         self._waiting: deque[_Seq] = deque()
         self._running: dict[str, _Seq] = {}  # admission order; the last is the newest
         self._explicit: dict[str, _Seq] = {}  # running, not in the cohort
@@ -70,7 +75,11 @@ class Engine:
         self._cohort_kv = 0  # KV tokens the cohort holds before the current step
         self._ends: list[tuple[int, int, _Seq]] = []  # (last step, tiebreak, seq) of the cohort
         self._tiebreak = 0
-        self._durs: list[float] = []  # every step's duration, by step number
+        # The longest step from any step on to now, for a leaving sequence's longest gap:
+        # the steps whose duration no later step reaches (suffix maxima, decreasing), by
+        # number; the first at or after step k is the longest since k (O(log n), exact).
+        self._max_idx: list[int] = []
+        self._max_dur: list[float] = []
         self._prefix: dict[str, list[int]] = {}  # key -> [blocks, references], oldest first
         self._cached_blocks = 0
         self._own_blocks = 0
@@ -136,7 +145,8 @@ class Engine:
             s.own = -(-s.computed // self._bs) - s.shared
         if k > 0:
             s.last_token = self._last_end
-            longest = max(self._durs[s.base_step:steps_done])
+            # steps_done is always the number of steps run so far (the stack's end)
+            longest = self._max_dur[bisect_left(self._max_idx, s.base_step)]
             if longest > s.itl_max:
                 s.itl_max = longest
         self._residue[(s.base_c - s.base_step) % self._bs] -= 1
@@ -247,7 +257,7 @@ class Engine:
         """vLLM v1's rules over the explicit sequences (see simulator.py)."""
         scheduled: list[tuple[_Seq, int]] = []
         preempted: list[str] = []
-        running = list(self._explicit.values())
+        running = list(self._explicit.values()) if self._explicit else []
         i = 0
         while i < len(running) and budget > 0:
             s = running[i]
@@ -269,8 +279,11 @@ class Engine:
             break
         if preempted:
             return scheduled, preempted
-        cap = self.config.seq_cap
-        while self._waiting and budget > 0 and len(self._running) < cap:
+        cap = self._cap
+        waiting = self._waiting
+        if not waiting or budget <= 0 or len(self._running) >= cap:
+            return scheduled, preempted
+        while waiting and budget > 0 and len(self._running) < cap:
             s = self._waiting[0]
             self._lookup_prefix(s)
             n = min(s.tokens - s.computed, budget)
@@ -292,17 +305,12 @@ class Engine:
             budget -= n
         return scheduled, preempted
 
-    def _duration(self, prefill: int, decodes: int, kv: int) -> float:
-        if self._noisy:
-            return self.step_model.sample_seconds(prefill, decodes, kv, self.rng)  # type: ignore[attr-defined]
-        return self.step_model.step_seconds(prefill, decodes, kv)
-
     def step(self, now_s: float, detail: bool = True) -> StepResult | None:
         """Schedule and run one forward pass starting at now_s; None when there is nothing
         to run (idle). `detail=False` leaves the cohort's ids out of the result (speed)."""
         if not self._running and not self._waiting:
             return None
-        budget = self.config.max_num_batched_tokens
+        budget = self._budget
         need_dec = self._fast_ok(budget)
         if need_dec is None:
             self._dissolve()
@@ -325,9 +333,17 @@ class Engine:
             else:
                 prefill_tokens += n
                 prefill[s.req.id] = n
-        dur = self._duration(prefill_tokens, decodes, kv)
+        if self._noisy:  # the step's duration, and into the longest-step stack
+            dur = self.step_model.sample_seconds(prefill_tokens, decodes, kv, self.rng)  # type: ignore[attr-defined]
+        else:
+            dur = self.step_model.step_seconds(prefill_tokens, decodes, kv)
         end = now_s + dur
-        self._durs.append(dur)
+        m_idx, m_dur = self._max_idx, self._max_dur
+        while m_dur and m_dur[-1] <= dur:
+            m_dur.pop()
+            m_idx.pop()
+        m_idx.append(self.steps)
+        m_dur.append(dur)
         tokens: list[str] = list(self._cohort) if detail else []
         finished: list[str] = []
         regular = n_dec
@@ -377,6 +393,59 @@ class Engine:
                 self._join(s)
         return StepResult(now_s, dur, prefill, tokens, finished, preempted, len(self._running),
                           len(self._waiting), self.kv_blocks_used, decodes, kv)
+
+    def advance_decode(self, now_s: float, until_s: float, max_steps: int | None = None
+                       ) -> tuple[float, int]:
+        """Run, in one tight loop, the steps that only advance the cohort: no explicit
+        sequence, nobody admitted (the queue is empty, the sequence cap is reached or the
+        budget is spent), no cohort sequence emitting its last token, its new KV blocks
+        free, and each step starting before `until_s` (the next arrival). Each such step is
+        exactly what `step` would do (same durations, same random draws, same ITL records);
+        it stops where `step` would do anything else. Returns (time, steps run)."""
+        cohort = self._cohort
+        if self._explicit or not cohort:
+            return now_s, 0
+        n = len(cohort)
+        budget = self.config.max_num_batched_tokens
+        if n > budget or (self._waiting and budget > n
+                          and len(self._running) < self.config.seq_cap):
+            return now_s, 0
+        ends, residue, bs, limited = self._ends, self._residue, self._bs, self._limited
+        itl_append = self.itl.steps.append
+        m_idx, m_dur = self._max_idx, self._max_dur
+        if self._noisy:
+            sample, rng = self.step_model.sample_seconds, self.rng  # type: ignore[attr-defined]
+        else:
+            sample, rng = None, None
+        seconds = self.step_model.step_seconds
+        g = self.steps
+        stop = g + max_steps if max_steps is not None else -1
+        t, kv, busy = now_s, self._cohort_kv, self.busy_s  # summed in step's order
+        next_end = ends[0][0] if ends else -1
+        while t < until_s and g != next_end and g != stop:
+            if limited:
+                need = residue[(-g) % bs]
+                if need and not self._ensure(need):
+                    break
+                self._own_blocks += need
+            kv += n
+            dur = sample(0, n, kv, rng) if sample is not None else seconds(0, n, kv)
+            while m_dur and m_dur[-1] <= dur:  # the longest-step stack, as in step
+                m_dur.pop()
+                m_idx.pop()
+            m_idx.append(g)
+            m_dur.append(dur)
+            itl_append((dur, n))
+            t += dur
+            busy += dur
+            g += 1
+        done = g - self.steps
+        if done:
+            self._cohort_kv = kv
+            self._last_end = t
+            self.steps = g
+            self.busy_s = busy
+        return t, done
 
     def _finish(self, s: _Seq, end: float) -> None:
         self._release(s)

@@ -154,7 +154,9 @@ def add_intervals(summary: dict[str, Any], replicas: Sequence[dict[str, Any]],
         if v is not None:  # the point estimate is one of the runs: inside its own interval
             lo, hi = min(lo, v), max(hi, v)
         err = _error_for(k, model_error, default)
-        out[k] = [float(lo) * (1 - err), float(hi) * (1 + err)]
+        # every figure is a time or a rate: a model error above 100 % must not give a
+        # negative bound
+        out[k] = [max(0.0, float(lo) * (1 - err)), float(hi) * (1 + err)]
     summary[f"interval{round(level * 100)}"] = out
     summary["interval_replicas"] = len(replicas)
     return summary

@@ -161,6 +161,7 @@ def test_the_lazy_cohort_matches_stepping_every_sequence(monkeypatch):
     step = LinearStepModel(0.004, 2e-5, 3e-4, 5e-8)
     fast = simulate_run(reqs, cfg, step)
     monkeypatch.setattr(Engine, "_fast_ok", lambda self, budget: None)
+    monkeypatch.setattr(Engine, "advance_decode", lambda self, now, until, n=None: (now, 0))
     slow = simulate_run(reqs, cfg, step)
     assert fast.preemptions == slow.preemptions > 0
     key = [(t.id, t.ttft_s, t.e2e_s, t.queue_s, t.preemptions, t.cached_tokens, t.itl_max_s)
@@ -170,6 +171,33 @@ def test_the_lazy_cohort_matches_stepping_every_sequence(monkeypatch):
     assert sorted(fast.itl.other) == sorted(slow.itl.other)
     assert fast.itl.count() == slow.itl.count() == sum(t.output_tokens - 1
                                                        for t in fast.requests)
+
+
+def _signature(run):
+    return ([(t.id, t.ttft_s, t.e2e_s, t.queue_s, t.preemptions, t.cached_tokens, t.itl_max_s)
+             for t in run.requests], run.itl.steps, run.itl.other, run.steps, run.busy_s,
+            run.end_s, run.unfinished)
+
+
+@pytest.mark.parametrize("users", [None, 1, 3, 40])
+def test_advancing_many_decode_steps_at_once_changes_nothing(monkeypatch, users):
+    """advance_decode (pure-decode steps in one loop) gives bit-identical runs to one
+    step() call per step: noisy step times (same random draws), open and closed loop,
+    the KV limit reached, and a max_steps cut inside a stretch."""
+    rng = random.Random(9)
+    reqs = [SimRequest(f"r{i}", i * 0.05, rng.randint(10, 300), rng.randint(1, 150),
+                       "p" if i % 4 == 0 else None, 32) for i in range(150)]
+    cfg = SchedulerConfig(max_num_seqs=16, max_num_batched_tokens=256, kv_blocks=160,
+                          block_size=16)
+    step = LinearStepModel(0.004, 2e-5, 3e-4, 5e-8, ratios=[0.8, 0.95, 1.0, 1.1, 1.6])
+    kw = dict(closed_loop_users=users, duration_s=20.0 if users else None, seed=3)
+    fast = simulate_run(reqs, cfg, step, **kw)
+    cut = simulate_run(reqs, cfg, step, max_steps=777, **kw)
+    monkeypatch.setattr(Engine, "advance_decode", lambda self, now, until, n=None: (now, 0))
+    slow = simulate_run(reqs, cfg, step, **kw)
+    slow_cut = simulate_run(reqs, cfg, step, max_steps=777, **kw)
+    assert _signature(fast) == _signature(slow)
+    assert _signature(cut) == _signature(slow_cut) and cut.steps == 777
 
 
 def test_open_loop_at_low_rate_does_not_queue():
@@ -222,3 +250,13 @@ def test_slots_hold_no_blocks_and_vllm_gives_them_all_back():
         used = [s.kv_blocks_used for s in run_all(eng)]
         assert min(used) >= 0 and len(eng.done) == 40
         assert eng.kv_blocks_used == (0 if cfg.policy == "slots" else 2)  # the cached prefix
+
+
+def test_an_interval_never_goes_below_zero():
+    """A model error above 100 % (a replayed tail that far off) widens the interval down to
+    0, not past it: latencies and rates are never negative."""
+    point = {"ttft_ms": {"p99": 200.0}}
+    reps = [{"ttft_ms": {"p99": v}} for v in (150.0, 250.0, 300.0)]
+    add_intervals(point, reps, {"ttft_ms.p99": 1.4})
+    lo, hi = point["interval90"]["ttft_ms.p99"]
+    assert lo == 0.0 and hi > 300.0

@@ -12,8 +12,11 @@ import pytest
 from servescope.capacity.sim_calibrate import (
     Calibration,
     Observed,
+    _time_blocks,
+    all_rows,
     bootstrap,
     calibrate,
+    speed_drift,
     step_rows,
 )
 from servescope.capacity.sim_engine import Engine
@@ -124,3 +127,46 @@ def test_bootstrap_refits_spread_around_the_fit():
     assert len(boots) == 8
     decs = [b["decode_s_per_seq"] for b in boots]
     assert min(decs) <= TRUE.decode_s_per_seq * 1.2 and max(decs) >= TRUE.decode_s_per_seq * 0.8
+
+
+class Drifting:
+    """TRUE, but the server slows by 30 % after `switch` steps (a neighbour's job starts)."""
+
+    def __init__(self, switch: int) -> None:
+        self.n, self.switch = 0, switch
+
+    def step_seconds(self, prefill: int, decodes: int, kv: int) -> float:
+        self.n += 1
+        return TRUE.step_seconds(prefill, decodes, kv) * (1.3 if self.n > self.switch else 1.0)
+
+
+def test_speed_drift_sees_a_server_that_slows_inside_a_run():
+    import numpy as np
+
+    steady = [measure(c, 60, seed=20 + c) for c in (1, 2, 4)]
+    coef = np.array([TRUE.a_s, TRUE.prefill_s_per_token, TRUE.decode_s_per_seq,
+                     TRUE.kv_s_per_token, 0.0])
+    assert speed_drift(steady, coef) < 0.02  # same speed throughout: no drift
+    drifting = [measure(c, 60, seed=20 + c, model=Drifting(800)) for c in (1, 2, 4)]
+    assert 0.08 < speed_drift(drifting, coef) < 0.25  # half the windows 30 % slower
+    # the calibration's run-to-run spread takes the drift in (intervals widen with it)
+    assert calibrate(drifting).run_sd >= speed_drift(drifting, coef) * 0.5
+
+
+def test_the_bootstrap_resamples_blocks_of_time_not_single_steps():
+    """Every measured step in exactly one block; a block spans about one request's life,
+    so the refits see the steps' correlation (the bootstrap resamples these blocks)."""
+    import numpy as np
+
+    from servescope.capacity.sim_calibrate import step_rows_timed
+
+    runs = [measure(c, 40, seed=30 + c) for c in (1, 4)]
+    _, y = all_rows(runs)
+    blocks = _time_blocks(runs)
+    idx = np.sort(np.concatenate(blocks))
+    assert (idx == np.arange(len(y))).all()
+    assert 8 <= len(blocks) < len(y) / 10  # far fewer blocks than steps
+    _, _, t = step_rows_timed(runs[0])
+    life = float(np.median([o.end_s - o.send_s for o in runs[0]]))
+    first = [b for b in blocks if b.max() < len(t)]
+    assert all(np.ptp(t[b]) <= life for b in first)
