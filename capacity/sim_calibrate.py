@@ -51,6 +51,22 @@ def observed(r: RequestRecord, queue_s: float | None = None, prefill_s: float | 
                     r.output_tokens, queue_s, prefill_s)
 
 
+def observed_requests(records: Sequence[RequestRecord], phases: dict[str, Any]
+                      ) -> list[Observed]:
+    """`observed` for each of a run's records, with the server's queue and prefill from
+    `phases` (request id -> the server side of analysis.phases' join: `queue_ms`,
+    `prefill_ms`, either may be None) where a span joined."""
+    out = []
+    for r in records:
+        sp = phases.get(r.request_id)
+        q = sp.queue_ms / 1000 if sp is not None and sp.queue_ms is not None else None
+        pf = sp.prefill_ms / 1000 if sp is not None and sp.prefill_ms is not None else None
+        o = observed(r, q, pf)
+        if o is not None:
+            out.append(o)
+    return out
+
+
 class _Timeline:
     """The server's state at any moment, from all requests' stamps (vectorized sums)."""
 

@@ -25,6 +25,27 @@ def _between(tried: dict[int, float], last: int) -> int | None:
     return mid if mid not in tried and mid not in (best, last) else None
 
 
+def _step(value: int, ev: dict[str, Any], kv_capacity_tokens: int | None
+          ) -> tuple[dict[str, Any], dict[str, Any], float]:
+    """One measured value as a step of the search (without its `next`), the advice on it,
+    and its goodput (0 when none)."""
+    level, goodput = best_goodput(ev)
+    adv = advise(ev, kv_capacity_tokens)
+    step = {"value": value, "goodput_per_s": goodput, "level": level, "limit": adv["limit"],
+            "recommendations": adv["recommendations"], "notes": adv["notes"],
+            "sweep_id": ev.get("sweep_id")}
+    return step, adv, goodput or 0.0
+
+
+def _result(tried: dict[int, float], steps: list[dict[str, Any]], stopped: str
+            ) -> dict[str, Any]:
+    best = max(tried, key=lambda v: tried[v]) if tried else None
+    best_step = next((s for s in steps if s["value"] == best), None)
+    return {"best": best, "best_goodput_per_s": tried.get(best) if best is not None else None,
+            "best_level": best_step["level"] if best_step else None, "steps": steps,
+            "stopped": stopped}
+
+
 def search(measure: Callable[[int], dict[str, Any]], start: int, max_runs: int = 3,
            kv_capacity_tokens: int | None = None,
            on_step: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
@@ -43,17 +64,13 @@ def search(measure: Callable[[int], dict[str, Any]], start: int, max_runs: int =
         except KeyboardInterrupt:
             stopped = "interrupted"
             break
-        level, goodput = best_goodput(ev)
-        tried[value] = goodput or 0.0
-        adv = advise(ev, kv_capacity_tokens)
+        step, adv, tried[value] = _step(value, ev, kv_capacity_tokens)
         nxt = adv["next_candidate"]
         if nxt is not None:
             nxt = max(1, int(nxt))
         if nxt is None or nxt in tried:
             nxt = _between(tried, value)
-        step = {"value": value, "goodput_per_s": goodput, "level": level,
-                "limit": adv["limit"], "recommendations": adv["recommendations"],
-                "notes": adv["notes"], "next": nxt, "sweep_id": ev.get("sweep_id")}
+        step["next"] = nxt
         steps.append(step)
         if on_step is not None:
             on_step(step)
@@ -63,11 +80,7 @@ def search(measure: Callable[[int], dict[str, Any]], start: int, max_runs: int =
         if nxt is None:
             stopped = "advice"
         value = nxt
-    best = max(tried, key=lambda v: tried[v]) if tried else None
-    best_step = next((s for s in steps if s["value"] == best), None)
-    return {"best": best, "best_goodput_per_s": tried.get(best) if best is not None else None,
-            "best_level": best_step["level"] if best_step else None, "steps": steps,
-            "stopped": stopped}
+    return _result(tried, steps, stopped)
 
 
 # -- tune --simulate-first: the simulator orders the candidates, the server confirms --------
@@ -93,22 +106,14 @@ def confirm(measure: Callable[[int], dict[str, Any]], predicted: dict[int, float
         except KeyboardInterrupt:
             stopped = "interrupted"
             break
-        level, goodput = best_goodput(ev)
-        tried[value] = goodput or 0.0
-        adv = advise(ev, kv_capacity_tokens)
-        step = {"value": value, "goodput_per_s": goodput, "level": level,
-                "predicted_goodput_per_s": predicted[value], "limit": adv["limit"],
-                "recommendations": adv["recommendations"], "notes": adv["notes"],
-                "next": order[i + 1] if i + 1 < len(order) else None,
-                "sweep_id": ev.get("sweep_id")}
+        step, _, tried[value] = _step(value, ev, kv_capacity_tokens)
+        step["predicted_goodput_per_s"] = predicted[value]
+        step["next"] = order[i + 1] if i + 1 < len(order) else None
         steps.append(step)
         if on_step is not None:
             on_step(step)
         if ev.get("status") == "interrupted":
             stopped = "interrupted"
             break
-    best = max(tried, key=lambda v: tried[v]) if tried else None
-    best_step = next((s for s in steps if s["value"] == best), None)
-    return {"best": best, "best_goodput_per_s": tried.get(best) if best is not None else None,
-            "best_level": best_step["level"] if best_step else None, "steps": steps,
-            "stopped": stopped, "predicted": {str(k): v for k, v in predicted.items()}}
+    return {**_result(tried, steps, stopped),
+            "predicted": {str(k): v for k, v in predicted.items()}}

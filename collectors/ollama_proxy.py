@@ -13,7 +13,6 @@ ollama_proxy_metrics what is measured.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from typing import Any
@@ -22,26 +21,12 @@ import uvicorn
 
 from servescope.collectors.ollama_proxy_app import DEFAULT_MAX_BODY, build_app
 from servescope.collectors.ollama_proxy_metrics import ProxyMetrics, phase_samples
+from servescope.core.net import listen
 from servescope.core.store import Store
 
 # Kept for the callers that imported them from here.
 _phase_samples = phase_samples
 __all__ = ["DEFAULT_MAX_BODY", "OllamaProxy", "ProxyMetrics", "_phase_samples"]
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on host:port (OSError, e.g. EADDRINUSE, when it cannot)."""
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(1024)
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 class OllamaProxy:
@@ -55,7 +40,7 @@ class OllamaProxy:
         self.metrics = ProxyMetrics()
         self.max_body = max_body
         self.grace_s = grace_s
-        self._sock = _listen(host, port)
+        self._sock = listen(host, port)
         port = self._sock.getsockname()[1]
         self.url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
         record = None

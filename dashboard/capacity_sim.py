@@ -23,7 +23,12 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from servescope.analysis.join import joined_phases, run_records, same_server
-from servescope.capacity.sim_calibrate import Calibration, Observed, calibrate, observed
+from servescope.capacity.sim_calibrate import (
+    Calibration,
+    Observed,
+    calibrate,
+    observed_requests,
+)
 from servescope.capacity.sim_run import simulate_run
 from servescope.capacity.sim_summary import summarize_run
 from servescope.capacity.simulator import SchedulerConfig, SimRequest
@@ -75,14 +80,7 @@ def measured_levels(store: Store, sweep: dict[str, Any]) -> list[Level]:
             continue
         records = run_records(store, run)
         phases = {p.request_id: p.server for p in joined_phases(store, records)}
-        obs = []
-        for r in records:
-            sp = phases.get(r.request_id)
-            q = sp.queue_ms / 1000 if sp and sp.queue_ms is not None else None
-            pf = sp.prefill_ms / 1000 if sp and sp.prefill_ms is not None else None
-            o = observed(r, q, pf)
-            if o is not None:
-                obs.append(o)
+        obs = observed_requests(records, phases)
         if obs:
             out.append(Level(float(level), run["id"], obs, run["summary"]))
     return sorted(out, key=lambda lv: lv.level)

@@ -9,6 +9,7 @@ import json
 import pytest
 from advise_sweeps import SimServer, add_sweep
 
+from helpers import servescope
 from servescope.analysis.sweep_evidence import evidence
 from servescope.capacity.advise import best_goodput
 from servescope.capacity.tune_search import search
@@ -68,10 +69,13 @@ def test_a_step_back_when_the_advice_overshot(store):
 
 
 @pytest.mark.engine
-def test_tune_on_the_real_vllm_cpu_engine(tmp_path, capsys):
+def test_tune_on_the_real_vllm_cpu_engine(tmp_path):
     """Two candidates, a few short requests per level (about 3 minutes, most of it two vLLM
-    starts). Run under the engine lock: flock /tmp/servescope-engine.lock pytest ..."""
-    from servescope.cli import main
+    starts). Run under the engine lock: flock /tmp/servescope-engine.lock pytest ...
+
+    In its own process, as a user runs it: `tune` imports Locust, which monkey-patches the
+    process, and importing it inside the test session (whose fixtures run threads) can
+    deadlock on the import lock."""
     from servescope.core.store import Store
 
     scenario = tmp_path / "tiny.yaml"
@@ -80,10 +84,11 @@ def test_tune_on_the_real_vllm_cpu_engine(tmp_path, capsys):
         "stages:\n  - {concurrency: 1, duration: 20s}\nrequest_timeout: 60s\n"
         "slos:\n  ttft_ms: {p95: 5000}\n  itl_ms: {p95: 500}\n")
     db, out = tmp_path / "tune.db", tmp_path / "tune.json"
-    code = main(["--db", str(db), "tune", str(scenario), "--engine", "vllm-cpu",
-                 "--concurrency", "1,4", "--requests", "8", "--duration", "60s",
-                 "--start", "1", "--max-runs", "2", "--out", str(out), "--quiet"])
-    assert code == 0
+    res = servescope("tune", str(scenario), "--engine", "vllm-cpu",
+                     "--concurrency", "1,4", "--requests", "8", "--duration", "60s",
+                     "--start", "1", "--max-runs", "2", "--out", str(out), "--quiet",
+                     db=db, timeout=900)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
     result = json.loads(out.read_text())
     steps = result["steps"]
     # max_num_seqs 1 with 4 users: 3 wait; the advisor raises it, the second run measures that
@@ -104,8 +109,7 @@ def test_tune_on_the_real_vllm_cpu_engine(tmp_path, capsys):
         first = evidence(store, steps[0]["sweep_id"])
         assert first["levels"][1]["server"]["running_max"] == 1
         assert first["levels"][1]["server"]["waiting_max"] >= 1
-    printed = capsys.readouterr().out
-    assert f"best: max_num_seqs {result['best']}" in printed
+    assert f"best: max_num_seqs {result['best']}" in res.stdout
 
 
 def test_simulate_first_measures_the_simulators_top_candidates_in_its_order(store):

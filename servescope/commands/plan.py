@@ -35,6 +35,18 @@ def _plan_workload(args: argparse.Namespace):
     return Workload.fixed(args.prompt_tokens, args.output_tokens)
 
 
+def check_numbers(args: argparse.Namespace) -> None:
+    """Counts and sizes must be at least 1, a rate positive: refused naming the flag."""
+    for flag, value in (("--gpus", args.gpus), ("--tp", args.tp),
+                        ("--max-model-len", args.max_model_len),
+                        ("--concurrency", args.concurrency),
+                        ("--kv-cache-space", args.kv_cache_space)):
+        if value is not None and value < 1:
+            raise CliError(f"{flag} {value}: must be at least 1", EXIT_BAD_INPUT)
+    if args.rate is not None and args.rate <= 0:
+        raise CliError(f"--rate {args.rate}: must be positive", EXIT_BAD_INPUT)
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     if args.model.startswith(("http://", "https://")):  # a running server (plan_live.py)
         from servescope.commands.plan_live import cmd_plan_server
@@ -53,14 +65,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     hw = hws[0]
     prices = _prices(args.price, hws)
     slos = _slos(args.slo)
-    for flag, value in (("--gpus", args.gpus), ("--tp", args.tp),
-                        ("--max-model-len", args.max_model_len),
-                        ("--concurrency", args.concurrency),
-                        ("--kv-cache-space", args.kv_cache_space)):
-        if value is not None and value < 1:
-            raise CliError(f"{flag} {value}: must be at least 1", EXIT_BAD_INPUT)
-    if args.rate is not None and args.rate <= 0:
-        raise CliError(f"--rate {args.rate}: must be positive", EXIT_BAD_INPUT)
+    check_numbers(args)
     inp = PlanInput(model=info, hardware=hw, gpus=args.gpus, tp=args.tp,
                     quantization=args.quantization, kv_cache_dtype=args.kv_cache_dtype,
                     dtype=args.dtype, max_model_len=args.max_model_len,

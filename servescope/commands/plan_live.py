@@ -134,14 +134,7 @@ def cmd_plan_server(args: argparse.Namespace) -> int:
     # --slo and --price as the catalog path reads them (commands/plan.py)
     slos = plan_cmd._slos(args.slo) if getattr(args, "slo", None) else {}
     prices = plan_cmd._prices(args.price, [hw]) if getattr(args, "price", None) else {}
-    for flag, value in (("--gpus", args.gpus), ("--tp", args.tp),
-                        ("--max-model-len", args.max_model_len),
-                        ("--concurrency", args.concurrency),
-                        ("--kv-cache-space", args.kv_cache_space)):
-        if value is not None and value < 1:
-            raise CliError(f"{flag} {value}: must be at least 1", EXIT_BAD_INPUT)
-    if args.rate is not None and args.rate <= 0:
-        raise CliError(f"--rate {args.rate}: must be positive", EXIT_BAD_INPUT)
+    plan_cmd.check_numbers(args)
     used = _server_settings(args, live, hw.is_cpu)
     fields: dict[str, Any] = dict(
         model=live.info, hardware=hw, gpus=args.gpus, tp=args.tp,

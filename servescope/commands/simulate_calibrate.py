@@ -18,21 +18,13 @@ def measured_run(store: Any, run_id: int) -> tuple[list[Any], dict[str, Any]]:
     """A stored run's observed requests (with the server's queue and prefill where a span
     joined) and its summary."""
     from servescope.analysis.join import joined_phases, run_records, wait_for_spans
-    from servescope.capacity.sim_calibrate import observed
+    from servescope.capacity.sim_calibrate import observed_requests
 
     run = store.run(run_id)
     records = run_records(store, run)
     wait_for_spans(store, records, since=(run.get("started_at") or 0) - 1)
     phases = {p.request_id: p.server for p in joined_phases(store, records)}
-    out = []
-    for r in records:
-        sp = phases.get(r.request_id)
-        q = sp.queue_ms / 1000 if sp and sp.queue_ms is not None else None
-        pf = sp.prefill_ms / 1000 if sp and sp.prefill_ms is not None else None
-        o = observed(r, q, pf)
-        if o is not None:
-            out.append(o)
-    return out, run.get("summary") or {}
+    return observed_requests(records, phases), run.get("summary") or {}
 
 
 def build_profile(levels: list[int], runs: list[list[Any]], summaries: list[dict[str, Any]],

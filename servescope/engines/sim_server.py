@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 import sys
 import threading
 import time
@@ -38,6 +37,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from servescope import __version__
+from servescope.core.net import listen
 from servescope.engines.process import LocalServer
 from servescope.engines.sim_driver import (
     DEFAULT_OUTPUT_TOKENS,
@@ -357,21 +357,6 @@ def _prompt(body: dict[str, Any]) -> str | list[int]:
 
 
 # -- serving ----------------------------------------------------------------------------------
-def _listen(host: str, port: int) -> socket.socket:
-    """A listening socket bound now, so a busy port is an error here, not in a thread."""
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(1024)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
 class _Uvicorn(uvicorn.Server):
     """uvicorn, ending the open streams as soon as it is told to stop."""
 
@@ -392,7 +377,7 @@ class SimServer:
                  grace_s: float = 2.0) -> None:
         self.app = SimApp(backend)
         self.grace_s = grace_s
-        self._sock = _listen(host, port)
+        self._sock = listen(host, port)
         self.port = self._sock.getsockname()[1]
         self.url = f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
         config = uvicorn.Config(self.app.build(), lifespan="on", log_config=None,
