@@ -55,6 +55,7 @@ def test_the_compare_page_shows_both_sides(compared):
         # the page renders top to bottom: wait for its last section, not the first
         text = browser.wait_for("document.body.innerText.includes('context per request') && "
                                 "document.body.innerText.includes('Host use: CPU') && "
+                                "document.body.innerText.includes('no GPU') && "
                                 "document.body.innerText")
         # both targets' sweeps side by side, each with its manifest (the servers' answers)
         assert "sweep 1 (openai-compatible)" in text and "sweep 2 (openai-compatible)" in text
