@@ -286,9 +286,8 @@ def plan(inp: PlanInput, slos: dict[str, dict[str, float]] | None = None) -> dic
         "max_model_len": s.max_model_len,
         "kv_capacity_tokens": s.cap.tokens,
         "vllm_max_concurrency": round(s.cap.max_concurrency, 2),
-        "vllm_log_line": f"{device} KV cache size: {s.cap.tokens:,} tokens, Maximum concurrency "
-                         f"for {s.max_model_len:,} tokens per request: "
-                         f"{s.cap.max_concurrency:.2f}x",
+        "vllm_log_line": _log_line(s, device),
+        "vllm_accounting": s.acct.why,
         "workload": {"source": work.source, "prompt_mean": round(work.prompt_mean, 1),
                      "prompt_p95": work.prompt_p95, "output_mean": round(work.output_mean, 1),
                      "output_p95": work.output_p95, "total_mean": round(work.total_mean, 1),
@@ -352,3 +351,13 @@ def _assumptions(inp: PlanInput, s: Setup) -> list[str]:
                    "state in the model dtype), padded to an attention page as vLLM does; two "
                    "per request and layer with prefix caching on (vLLM's default)")
     return out
+
+
+def _log_line(s: Setup, device: str) -> str:
+    """The start-up line vLLM prints for this KV cache: V0 counts blocks (executor_base.py),
+    V1 tokens (kv_cache_utils.py)."""
+    tail = (f"Maximum concurrency for {s.max_model_len:,} tokens per request: "
+            f"{s.cap.max_concurrency:.2f}x")
+    if s.acct.engine == "v0":
+        return f"# {device} blocks: {s.cap.num_blocks}, {tail}"
+    return f"{device} KV cache size: {s.cap.tokens:,} tokens, {tail}"

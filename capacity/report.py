@@ -54,6 +54,7 @@ def format_plan(r: dict[str, Any]) -> str:
         ("blocks", f"{_count(r['num_blocks'])} of {r['block_size']} tokens "
                    f"({_bytes(r['bytes_per_block'])} each)"),
         ("vLLM will log", r["vllm_log_line"]),
+        ("release rules", r["vllm_accounting"]),
         ("workload", f"{w['source']}: prompt mean {w['prompt_mean']:,} / p95 "
                      f"{w['prompt_p95']:,}, output mean {w['output_mean']:,} / p95 "
                      f"{w['output_p95']:,} tokens"),

@@ -60,11 +60,15 @@ class Profile:
     model_error: dict[str, float] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)
     checks: list[dict[str, Any]] = field(default_factory=list)
+    # relative error per doubling of the users beyond the calibrated levels, measured by
+    # fitting without the highest level and predicting it (extrapolation_error_from)
+    extrapolation_error: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": SCHEMA, "source": self.source, "scheduler": self.scheduler,
                 "calibration": self.calibration.to_dict(), "bootstrap": self.bootstrap,
-                "model_error": self.model_error, "checks": self.checks}
+                "model_error": self.model_error, "checks": self.checks,
+                "extrapolation_error": self.extrapolation_error}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "profile") -> Profile:
@@ -74,7 +78,8 @@ class Profile:
         try:
             return cls(Calibration.from_dict(d["calibration"]), dict(d.get("scheduler") or {}),
                        list(d.get("bootstrap") or []), dict(d.get("model_error") or {}),
-                       dict(d.get("source") or {}), list(d.get("checks") or []))
+                       dict(d.get("source") or {}), list(d.get("checks") or []),
+                       dict(d.get("extrapolation_error") or {}))
         except (KeyError, ValueError) as exc:
             raise ValueError(f"{where}: {exc}") from None
 
@@ -84,6 +89,18 @@ class Profile:
                  and v is not None}
         known.update({k: v for k, v in overrides.items() if v is not None})
         return SchedulerConfig(**known)
+
+    def error_for(self, users: int | None) -> dict[str, float]:
+        """The relative error an interval carries at `users` closed-loop users: the
+        replayed calibration's own, plus the measured extrapolation error per doubling past
+        the highest calibrated level (open loop, or within the levels: none added)."""
+        levels = [v for v in self.source.get("levels") or [] if v]
+        doublings = math.log2(users / max(levels)) if users and levels else 0.0
+        if doublings <= 0 or not self.extrapolation_error:
+            return dict(self.model_error)
+        return {k: self.model_error.get(k, 0.0)
+                + self.extrapolation_error.get(k, 0.0) * doublings
+                for k in {*self.model_error, *self.extrapolation_error}}
 
     def step_models(self) -> list[LinearStepModel]:
         """The fit's refits, each with the main fit's noise (for the replicas)."""
@@ -124,7 +141,14 @@ def predict(make_workload: Callable[[int], Workload], config: SchedulerConfig,
             model = model.scaled(math.exp(random.Random(f"speed:{i}").gauss(0.0, run_sd)))
         o = boots[(i - 1) % len(boots)].get("ttft_overhead_s", over) if boots else over
         reps.append(run_summary(make_workload(i), config, model, i, o, tail))  # type: ignore[arg-type]
-    add_intervals(point, reps, profile.model_error if profile else 0.0, level)
+    users = make_workload(0).closed_loop_users
+    add_intervals(point, reps, profile.error_for(users) if profile else 0.0, level)
+    levels = profile.source.get("levels") if profile else None
+    if users and levels and users > max(levels) and profile.extrapolation_error:
+        point["interval_note"] = (
+            f"{users} users is past the calibrated levels (up to {max(levels)}): the "
+            "intervals carry the error measured predicting the highest level from the others, "
+            "per doubling")
     point["step_model"] = getattr(main, "label", "custom")
     return point
 
@@ -138,3 +162,12 @@ def model_error_from(checks: Sequence[dict[str, Any]], floor: float = 0.02
         errs = [abs(c["errors"][k]) for c in checks if c["errors"].get(k) is not None]
         out[k] = max([floor, *errs])
     return out
+
+
+def extrapolation_error_from(errors: dict[str, float | None], doublings: float
+                             ) -> dict[str, float]:
+    """Per figure, the relative error of a prediction `doublings` doublings of the users
+    past the levels fitted, per doubling (absolute)."""
+    if doublings <= 0:
+        return {}
+    return {k: abs(v) / doublings for k, v in errors.items() if v is not None}

@@ -285,6 +285,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="no CUDA graphs (as vLLM's --enforce-eager)")
     pl.add_argument("--kv-cache-space", type=int, metavar="GIB",
                     help="CPU build: VLLM_CPU_KVCACHE_SPACE in GiB (the KV budget, exactly)")
+    pl.add_argument("--vllm-version", metavar="X.Y.Z", help="size for this vLLM release "
+                    "(default: the current one): older releases account CUDA graphs, batch "
+                    "defaults and the reported KV size differently")
+    pl.add_argument("--vllm-engine", choices=("v0", "v1"), help="for 0.8-0.10, which engine "
+                    "ran (VLLM_USE_V1=0 is v0; default: v0 before 0.8, else v1)")
     lengths = pl.add_mutually_exclusive_group()
     lengths.add_argument("--scenario", help="size for this scenario's request lengths")
     lengths.add_argument("--prompt-tokens", type=int, help="prompt length (with --output-tokens)")

@@ -14,6 +14,7 @@ passing. `test_table_report` prints the whole table (pytest -s).
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -166,6 +167,27 @@ def test_v0_leaves_cuda_graphs_out_and_reports_whole_blocks() -> None:
                             hardware=catalog.hardware(rec["gpu"]), max_model_len=35000,
                             vllm_version="0.6.4"), 1)
     assert long_.max_num_batched_tokens == 512  # chunked prefill above 32K, 0.6.4's 512
+
+
+def test_plan_command_sizes_for_the_release_given(capsys: pytest.CaptureFixture[str]) -> None:
+    """`servescope plan --vllm-version 0.6.4` gives the 3090 record's blocks (the log said
+    1952) and V0's log line; without the flag it sizes for the current release."""
+    from servescope.cli import main
+
+    rec = RECORDS[0]
+    args = ["plan", "--model", rec["model"], "--gpu", rec["gpu"], "--max-model-len", "20000",
+            "--json"]
+    assert main([*args, "--vllm-version", str(rec["vllm_version"])]) == 0
+    old = json.loads(capsys.readouterr().out)
+    assert abs(old["num_blocks"] / rec["logged"]["num_blocks"] - 1) <= TOLERANCE
+    assert old["vllm_log_line"].startswith(f"# GPU blocks: {old['num_blocks']},")
+    assert "0.6.4 V0" in old["vllm_accounting"]
+    assert main(args) == 0
+    now = json.loads(capsys.readouterr().out)
+    assert now["kv_budget"]["cuda_graphs"] > 0 and now["num_blocks"] != old["num_blocks"]
+    assert now["vllm_log_line"].startswith("GPU KV cache size:")
+    assert main([*args, "--vllm-version", "latest"]) == 2
+    assert "--vllm-version" in capsys.readouterr().err
 
 
 def test_table_report(capsys: pytest.CaptureFixture[str]) -> None:

@@ -42,6 +42,12 @@ def test_vllm_plan_from_the_server_matches_the_kv_it_reports(vllm_server):
     assert res.returncode == 0, res.stderr
     assert f"reports KV      {reported:,} tokens" in res.stdout
     assert "(matches the server)" in res.stdout
+    # --simulate searches the batching knobs on the model the server serves
+    sim = _plan("--model", vllm_server.url, "--gpu", "cpu-server", "--prompt-tokens", "100",
+                "--output-tokens", "50", "--concurrency", "4", "--simulate", "--sim-seqs",
+                "1,4", "--sim-batched-tokens", "2048")["simulated_search"]
+    assert [c["max_num_seqs"] for c in sim["candidates"]] == [4, 1]
+    assert sim["label"] == "simulated, uncalibrated"
 
 
 def test_ollama_plan_reads_the_gguf_architecture_from_api_show(ollama_server):

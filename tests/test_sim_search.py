@@ -128,6 +128,27 @@ def test_plan_simulate_json_adds_the_ranked_candidates(tmp_path):
     assert bad.returncode != 0 and "--concurrency N or --rate R" in bad.stderr
 
 
+def test_plan_simulate_with_several_gpus_searches_each_replica(tmp_path):
+    """With several --gpu kinds, each row's replica (its tensor parallel, its share of the
+    traffic) gets its own search, printed after the cost table."""
+    res = servescope("plan", "--model", "llama-3.1-8b", "--gpu", "h100-80gb,l4",
+                     "--prompt-tokens", "500", "--output-tokens", "100", "--concurrency", "32",
+                     "--simulate", "--sim-seqs", "1,32", "--sim-batched-tokens", "8192",
+                     db=tmp_path / "s.db")
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    assert "-- h100-sxm: one replica of 1 (tp 1)" in out
+    assert "-- l4: one replica of 1 (tp 2)" in out  # 8B in bf16 needs two L4s
+    assert out.count("simulated search (simulated, uncalibrated") == 2
+    assert out.index("$/M out tok") < out.index("-- h100-sxm")
+    res = servescope("plan", "--model", "llama-3.1-8b", "--gpu", "h100-80gb,l4",
+                     "--prompt-tokens", "500", "--output-tokens", "100", "--concurrency", "32",
+                     "--simulate", "--sim-seqs", "32", "--sim-batched-tokens", "8192",
+                     "--json", db=tmp_path / "s.db")
+    rows = json.loads(res.stdout)["comparison"]
+    assert all(r["simulated_search"]["candidates"][0]["max_num_seqs"] == 32 for r in rows)
+
+
 def test_tune_simulate_first_confirms_the_top_candidates_on_a_simulated_server(tmp_path):
     """End to end without an engine: `servescope sim-server` (physics, the same model and
     GPU) is the server tune restarts; the simulator orders the candidates first."""

@@ -170,3 +170,50 @@ def test_the_bootstrap_resamples_blocks_of_time_not_single_steps():
     life = float(np.median([o.end_s - o.send_s for o in runs[0]]))
     first = [b for b in blocks if b.max() < len(t)]
     assert all(np.ptp(t[b]) <= life for b in first)
+
+
+class Concave:
+    """A server whose step grows with the square root of the batch (a frontend that
+    batches its work, say): a line fitted at 1-2 users over-predicts 4."""
+
+    def step_seconds(self, prefill: int, decodes: int, kv: int) -> float:
+        return 0.004 + 20e-6 * prefill + 900e-6 * decodes ** 0.5
+
+
+def _profile_from(model, levels=(1, 2, 4)) -> dict:
+    from types import SimpleNamespace
+
+    from servescope.capacity.sim_profile import Workload, run_summary
+    from servescope.commands.simulate_calibrate import build_profile
+
+    runs = [measure(c, 60, seed=40 + c, model=model) for c in levels]
+    config = SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=512)
+    summaries = []
+    for c, obs in zip(levels, runs, strict=True):  # the "measured" summary of each run
+        reqs = [SimRequest(f"m{i}", 0.0, o.prompt_tokens, o.output_tokens)
+                for i, o in enumerate(sorted(obs, key=lambda o: o.send_s))]
+        span = max(o.end_s for o in obs) - min(o.send_s for o in obs)
+        summaries.append(run_summary(Workload(reqs, c, span), config, model))
+    scenario = SimpleNamespace(slos=SimpleNamespace(model_dump=dict))
+    return build_profile(list(levels), runs, summaries,
+                         {"max_num_seqs": 8, "max_num_batched_tokens": 512},
+                         {"levels": list(levels)}, scenario)
+
+
+def test_the_profile_measures_its_error_past_the_levels_it_was_fitted_on():
+    """Fitted without the highest level, the profile predicts it: on a linear server that
+    costs almost nothing; on a concave one the error is real, and it widens the intervals
+    of predictions past the calibrated levels, per doubling of the users."""
+    from servescope.capacity.sim_profile import Profile
+
+    linear = _profile_from(TRUE)["extrapolation_error"]
+    concave = Profile.from_dict(_profile_from(Concave()))
+    itl = "itl_ms.p50"
+    assert linear[itl] < 0.01  # the simulator measuring itself: exact
+    # the line through 1 and 2 users puts 4 users' step 0.2 ms (about 4 %) too long
+    assert 0.02 < concave.extrapolation_error[itl] < 0.1
+    within, past = concave.error_for(4), concave.error_for(16)
+    assert within[itl] == concave.model_error[itl]  # inside the calibrated levels: no more
+    assert past[itl] == pytest.approx(concave.model_error[itl]
+                                      + 2 * concave.extrapolation_error[itl])
+    assert concave.error_for(None)[itl] == concave.model_error[itl]  # open loop

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 
 from servescope.core.errors import EXIT_BAD_INPUT, CliError
 
@@ -45,6 +47,14 @@ def check_numbers(args: argparse.Namespace) -> None:
             raise CliError(f"{flag} {value}: must be at least 1", EXIT_BAD_INPUT)
     if args.rate is not None and args.rate <= 0:
         raise CliError(f"--rate {args.rate}: must be positive", EXIT_BAD_INPUT)
+    version = getattr(args, "vllm_version", None)
+    if version is not None:
+        from servescope.capacity.vllm_budget import parse_version
+
+        try:
+            parse_version(version)
+        except ValueError as exc:
+            raise CliError(f"--vllm-version: {exc}", EXIT_BAD_INPUT) from None
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -72,7 +82,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
                     gpu_memory_utilization=args.gpu_memory_utilization,
                     workload=_plan_workload(args), rate=args.rate, concurrency=args.concurrency,
                     block_size=args.block_size, enforce_eager=args.enforce_eager,
-                    kv_cache_space_gib=args.kv_cache_space)
+                    kv_cache_space_gib=args.kv_cache_space,
+                    vllm_version=args.vllm_version, vllm_engine=args.vllm_engine)
     if len(hws) > 1:
         return _print_comparison(args, inp, hws, prices, slos)
     try:
@@ -99,6 +110,30 @@ def _simulate(args: argparse.Namespace, inp, slos: dict, result: dict) -> str:
     from servescope.commands.plan_sim import simulate_plan
 
     return simulate_plan(args, inp, slos, result)
+
+
+def _simulate_each(args: argparse.Namespace, inp, hws: list, rows: list[dict],
+                   slos: dict) -> list[str]:
+    """--simulate with several --gpu kinds: the search on one replica of each row's sizing
+    (its tensor parallel), carrying its share of the traffic, in the table's order."""
+    texts = []
+    for row in rows:
+        hw = next(h for h in hws if h.key == row["gpu"])
+        if not row["gpus_needed"]:
+            texts.append(f"\n-- {hw.key}: not simulated ({row.get('slo_cap') or 'no fit'})")
+            continue
+        share = argparse.Namespace(**vars(args))
+        replicas = row["replicas"] or 1
+        if args.concurrency:
+            share.concurrency = max(1, math.ceil(args.concurrency / replicas))
+        if args.rate:
+            share.rate = args.rate / replicas
+        tp = row["tensor_parallel"]
+        one = dataclasses.replace(inp, hardware=hw, gpus=tp, tp=tp)
+        text = _simulate(share, one, slos, row)
+        texts.append(f"\n-- {hw.key}: one replica of {replicas} (tp {tp}), its share of "
+                     f"the traffic{text}")
+    return texts
 
 
 # -- several GPUs, prices, SLOs -----------------------------------------------------------
@@ -194,10 +229,13 @@ def _print_comparison(args: argparse.Namespace, inp, hws: list, prices: dict[str
     slo_text = ", ".join(f"{m.removesuffix('_ms')} {st} <= {v:g} ms"
                          for m, d in slos.items() for st, v in d.items()) or "no SLOs"
     what = f"{inp.model.spec.name} for {traffic}, {work}; {slo_text}"
+    sim_texts = []
+    if getattr(args, "simulate", False):
+        sim_texts = _simulate_each(args, inp, hws, rows, slos)
     if args.json:
         print(json.dumps({"model": inp.model.spec.name, "rate": inp.rate,
                           "concurrency": inp.concurrency, "workload": work, "slos": slos,
                           "comparison": rows}, indent=2))
     else:
-        print(format_comparison(rows, what))
+        print("\n".join([format_comparison(rows, what), *sim_texts]))
     return 0

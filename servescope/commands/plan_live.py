@@ -142,10 +142,12 @@ def cmd_plan_server(args: argparse.Namespace) -> int:
         max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization,
         workload=plan_cmd._plan_workload(args), rate=args.rate, concurrency=args.concurrency,
         block_size=args.block_size, enforce_eager=args.enforce_eager,
-        kv_cache_space_gib=args.kv_cache_space)
+        kv_cache_space_gib=args.kv_cache_space, vllm_version=args.vllm_version,
+        vllm_engine=args.vllm_engine)
     fields.update(used)
+    inp = PlanInput(**fields)
     try:
-        result = plan(PlanInput(**fields), slos or None)
+        result = plan(inp, slos or None)
     except PlanError as exc:
         raise CliError(str(exc), EXIT_BAD_INPUT) from None
     if prices:
@@ -156,8 +158,11 @@ def cmd_plan_server(args: argparse.Namespace) -> int:
     server = server_comparison(result, live)
     server["settings_used"] = used
     result["server"] = server
+    # --simulate: the search on the model the server serves (commands/plan_sim.py)
+    sim_text = plan_cmd._simulate(args, inp, slos, result) if getattr(
+        args, "simulate", False) else ""
     print(json.dumps(result, indent=2) if args.json
-          else format_plan(result) + "\n" + format_server(server))
+          else format_plan(result) + "\n" + format_server(server) + sim_text)
     if prices and not args.json:
         c = result["cost"]
         per_m = c["cost_per_million_output_tokens"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from typing import Any
@@ -36,6 +37,7 @@ def build_profile(levels: list[int], runs: list[list[Any]], summaries: list[dict
     from servescope.capacity.sim_profile import (
         Profile,
         Workload,
+        extrapolation_error_from,
         model_error_from,
         rel_errors,
         run_summary,
@@ -45,16 +47,25 @@ def build_profile(levels: list[int], runs: list[list[Any]], summaries: list[dict
     cal = calibrate(runs)
     profile = Profile(cal, scheduler, bootstrap(runs), {}, source)
     config = profile.config()
-    checks = []
+    checks, works = [], []
     for level, obs, measured in zip(levels, runs, summaries, strict=True):
         reqs = [SimRequest(f"m{i}", 0.0, o.prompt_tokens, o.output_tokens)
                 for i, o in enumerate(sorted(obs, key=lambda o: o.send_s))]
         span = max(o.end_s for o in obs) - min(o.send_s for o in obs)
         work = Workload(reqs, level, span, 0.0, 0, scenario.slos.model_dump())
+        works.append(work)
         predicted = run_summary(work, config, cal.step, 0, cal.ttft_overhead_s, cal.tail_s)
         checks.append({"concurrency": level, "errors": rel_errors(predicted, measured)})
     profile.checks = checks
     profile.model_error = model_error_from(checks)
+    if len(levels) >= 3 and levels[-1] > levels[-2]:
+        # how wrong a prediction past the calibrated levels is: fit without the highest
+        # level, predict it, and carry that error per doubling into farther predictions
+        lower = calibrate(runs[:-1])
+        predicted = run_summary(works[-1], config, lower.step, 0, lower.ttft_overhead_s,
+                                lower.tail_s)
+        profile.extrapolation_error = extrapolation_error_from(
+            rel_errors(predicted, summaries[-1]), math.log2(levels[-1] / levels[-2]))
     return profile.to_dict()
 
 
@@ -148,5 +159,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     for chk in profile["checks"]:
         errs = ", ".join(f"{k} {v:+.0%}" for k, v in chk["errors"].items() if v is not None)
         print(f"  replay of concurrency {chk['concurrency']}: {errs}")
+    ext = profile.get("extrapolation_error") or {}
+    if ext:
+        shown = ", ".join(f"{k} {ext[k]:.0%}" for k in ("output_tokens_per_s", "itl_ms.p50",
+                                                         "e2e_ms.p50", "ttft_ms.p90") if k in ext)
+        print(f"  extrapolation (fitted without concurrency {levels[-1]}, predicting it), error "
+              f"per doubling of the users: {shown}; predictions past {levels[-1]} users "
+              "carry it in their intervals")
     print(f"profile written to {args.out}")
     return 0

@@ -204,4 +204,6 @@ def format_simulated(s: dict[str, Any]) -> list[str]:
     lines.append(f"intervals: 90 % over {s.get('interval_replicas', 0)} replicas"
                  + (", widened by the calibration's own error" if calibrated
                     else "; physics is uncalibrated: no error bound"))
+    if s.get("interval_note"):
+        lines.append(f"  {s['interval_note']}")
     return lines
