@@ -55,10 +55,13 @@ def _log(msg: str) -> None:
     print(f"[bench simulator] {msg}", file=sys.stderr, flush=True)
 
 
-def speed(n_configs: int, seed: int = 0) -> dict[str, Any]:
-    """CPU seconds for n_configs simulated 10-minute closed-loop chat workloads."""
+def speed(n_configs: int, seed: int = 0, baseline_configs: int = 10) -> dict[str, Any]:
+    """CPU seconds for n_configs simulated 10-minute closed-loop chat workloads, and the
+    baseline measured in the same run: the first `baseline_configs` of them stepped one
+    step at a time (Engine.fast_paths off: the same results, the plain path)."""
     from servescope.capacity import catalog
     from servescope.capacity.setup import PlanInput
+    from servescope.capacity.sim_engine import Engine
     from servescope.capacity.sim_run import simulate_run
     from servescope.capacity.sim_setup import sim_setup
     from servescope.capacity.simulator import SchedulerConfig
@@ -71,18 +74,34 @@ def speed(n_configs: int, seed: int = 0) -> dict[str, Any]:
     rng = random.Random(seed)
     pool = scenario_workload(chat.with_overrides(concurrency=1, duration=600,
                                                  requests=200_000)).requests
-    t0, requests, steps = time.process_time(), 0, 0
+    configs = []
     for _ in range(n_configs):
         cfg = SchedulerConfig(max_num_seqs=rng.choice([16, 32, 64, 128, 256, 512]),
                               max_num_batched_tokens=rng.choice([512, 1024, 2048, 4096, 8192]),
                               kv_blocks=ss.config.kv_blocks, block_size=ss.config.block_size)
-        run = simulate_run(pool, cfg, ss.physics, closed_loop_users=rng.choice(
-            [1, 4, 16, 32, 64, 128, 256]), duration_s=600.0)
-        requests += len(run.requests)
-        steps += run.steps
-    cpu = time.process_time() - t0
+        configs.append((cfg, rng.choice([1, 4, 16, 32, 64, 128, 256])))
+
+    def run_all(chosen: list) -> tuple[float, int, int]:
+        t0, requests, steps = time.process_time(), 0, 0
+        for cfg, users in chosen:
+            run = simulate_run(pool, cfg, ss.physics, closed_loop_users=users,
+                               duration_s=600.0)
+            requests += len(run.requests)
+            steps += run.steps
+        return time.process_time() - t0, requests, steps
+
+    cpu, requests, steps = run_all(configs)
+    first = configs[:baseline_configs]
+    fast_first = run_all(first)[0]
+    Engine.fast_paths = False
+    try:
+        plain_first = run_all(first)[0]
+    finally:
+        Engine.fast_paths = True
     return {"configs": n_configs, "cpu_s": cpu, "requests": requests, "steps": steps,
-            "goal_cpu_s": 300.0 * n_configs / 1000}
+            "goal_cpu_s": 300.0 * n_configs / 1000, "baseline_configs": len(first),
+            "baseline_plain_cpu_s": plain_first, "baseline_fast_cpu_s": fast_first,
+            "speedup_vs_plain": plain_first / fast_first if fast_first else None}
 
 
 def _measure(scenario: Any, url: str, store: Any) -> tuple[int, dict[str, Any]]:
@@ -226,6 +245,10 @@ def report(out: dict[str, Any]) -> list[str]:
                      f"{s['cpu_s']:.1f} CPU s ({s['requests']:,} requests, {s['steps']:,} steps;"
                      f" goal {s['goal_cpu_s']:.0f} s) "
                      f"{'met' if s['cpu_s'] <= s['goal_cpu_s'] else 'MISSED'}")
+        if s.get("speedup_vs_plain"):
+            lines.append(f"  baseline in this run: the first {s['baseline_configs']} stepped one "
+                         f"step at a time took {s['baseline_plain_cpu_s']:.1f} CPU s, the fast "
+                         f"paths {s['baseline_fast_cpu_s']:.1f}: {s['speedup_vs_plain']:.2f}x")
     if "engine_wall_s" in out:
         lines.append(f"engine wall time {out['engine_wall_s']:.0f} s")
     return lines

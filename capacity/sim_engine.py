@@ -6,9 +6,10 @@ then, and its current counters follow from the step number. Per step the cohort 
 few additions: its KV grows by one token per sequence, its new blocks are the sequences
 whose length reaches a block boundary now (counted by residue), and the ones finishing come
 off a heap. Anything else (a preemption, a budget too small for every decode) first turns
-the cohort back into explicit sequences and takes the full path. Stretches of steps in
-which only the cohort advances (nothing admitted, nothing finishing, no arrival) run in
-one tight loop (`advance_decode`), step for step the same as `step`.
+the cohort back into explicit sequences and takes the full path. The common steps (the
+cohort decoding, requests whose whole prompt fits admitted, cohort sequences finishing)
+run in one tight loop (`advance_decode`), step for step the same as `step`: what a
+closed-loop run spends is mostly there, a few microseconds a request.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import heapq
 import random
 from bisect import bisect_left
 from collections import deque
+from collections.abc import Callable
+from heapq import heappop, heappush
 
 from servescope.capacity.sim_types import (
     ItlPool,
@@ -31,15 +34,22 @@ from servescope.capacity.sim_types import (
 
 class _Seq:
     """A request inside the engine: counters, never a list of tokens. In the cohort,
-    `computed`/`out`/`tokens`/`own` are stale; base_* and the step number give them."""
+    `computed`/`out`/`tokens`/`own` are stale; base_* and the step number give them. The
+    request's fields are copied in (id, arrival, prompt, output, key, ptoks): the hot loops
+    read them often."""
 
-    __slots__ = ("base_c", "base_out", "base_step", "cached", "computed", "first_sched",
-                 "first_token", "itl_max", "last_token", "out", "own", "preemptions", "ref",
-                 "req", "shared", "tokens")
+    __slots__ = ("arrival", "base_c", "base_out", "base_step", "cached", "computed",
+                 "first_sched", "first_token", "id", "itl_max", "key", "last_token", "out",
+                 "output", "own", "preemptions", "prompt", "ptoks", "ref", "shared", "tokens")
 
-    def __init__(self, req: SimRequest) -> None:
-        self.req = req
-        self.tokens = req.prompt_tokens  # prompt + outputs sampled so far
+    def __init__(self, rid: str, arrival: float, prompt: int, output: int, key: str | None,
+                 ptoks: int) -> None:
+        self.id = rid
+        self.arrival = arrival
+        self.prompt = self.tokens = prompt  # tokens: prompt + outputs sampled so far
+        self.output = output  # outputs wanted
+        self.key = key  # the shared prefix, its tokens
+        self.ptoks = ptoks
         self.out = 0  # outputs sampled
         self.computed = 0  # tokens whose KV is computed
         self.shared = 0  # prefix-cache blocks referenced
@@ -51,12 +61,19 @@ class _Seq:
         self.preemptions = 0
         self.cached = 0
         self.itl_max = 0.0
-        self.base_c = self.base_out = self.base_step = 0
+        # base_c, base_out, base_step: set when it joins the cohort
 
 
 class Engine:
     """The scheduler and its KV blocks; `add` requests, call `step` at the time the previous
-    step ended (or when work arrived) until it returns None."""
+    step ended (or when work arrived) until it returns None. `advance_decode` runs the
+    common steps faster, with the same results; `fast_paths = False` (on a subclass or an
+    instance) turns it off, for checking it against `step`."""
+
+    fast_paths = True
+    # A driver's callback for advance_decode: feed(time) adds the requests due by then
+    # and returns when the next one is due (math.inf: none).
+    feed: Callable[[float], float] | None = None
 
     def __init__(self, config: SchedulerConfig, step_model: StepModel, seed: int = 0) -> None:
         self.config = config
@@ -115,9 +132,15 @@ class Engine:
 
     def add(self, req: SimRequest) -> None:
         """Queue a request (it waits until a step admits it)."""
+        self.add_as(req, req.id, req.arrival_s)
+
+    def add_as(self, req: SimRequest, rid: str, arrival_s: float) -> None:
+        """Queue `req` under another id and arrival time (a closed-loop user's next request
+        drawn from a pool) without building a SimRequest for it."""
         if req.prompt_tokens < 1 or req.output_tokens < 1:
-            raise ValueError(f"request {req.id}: prompt_tokens and output_tokens must be >= 1")
-        self._waiting.append(_Seq(req))
+            raise ValueError(f"request {rid}: prompt_tokens and output_tokens must be >= 1")
+        self._waiting.append(_Seq(rid, arrival_s, req.prompt_tokens, req.output_tokens,
+                                  req.prefix_key, req.prefix_tokens))
 
     def pop_done(self) -> list[RequestTiming]:
         """The requests finished since the last call (the live server drains them)."""
@@ -131,16 +154,16 @@ class Engine:
         s.base_step, s.base_c, s.base_out = g, s.computed, s.out
         self._residue[(s.base_c - g) % self._bs] += 1
         self._cohort_kv += s.computed
-        del self._explicit[s.req.id]
-        self._cohort[s.req.id] = s
+        del self._explicit[s.id]
+        self._cohort[s.id] = s
         self._tiebreak += 1
-        heapq.heappush(self._ends, (g + s.req.output_tokens - s.out - 1, self._tiebreak, s))
+        heapq.heappush(self._ends, (g + s.output - s.out - 1, self._tiebreak, s))
 
     def _leave(self, s: _Seq, steps_done: int) -> None:
         """Bring s's counters up to date after `steps_done` steps and take it out."""
         k = steps_done - s.base_step
         s.computed, s.out = s.base_c + k, s.base_out + k
-        s.tokens = s.req.prompt_tokens + s.out
+        s.tokens = s.prompt + s.out
         if self._limited:
             s.own = -(-s.computed // self._bs) - s.shared
         if k > 0:
@@ -151,7 +174,7 @@ class Engine:
                 s.itl_max = longest
         self._residue[(s.base_c - s.base_step) % self._bs] -= 1
         self._cohort_kv -= s.computed
-        del self._cohort[s.req.id]
+        del self._cohort[s.id]
 
     def _dissolve(self) -> None:
         """Every cohort sequence explicit again, in admission order (for the full path)."""
@@ -194,7 +217,7 @@ class Engine:
 
     def _lookup_prefix(self, s: _Seq) -> None:
         """On admission: reuse the cached full blocks of this request's prefix."""
-        key = s.req.prefix_key
+        key = s.key
         if not self.config.prefix_caching or key is None or s.computed:
             return
         entry = self._prefix.pop(key, None)
@@ -210,11 +233,11 @@ class Engine:
 
     def _register_prefix(self, s: _Seq) -> None:
         """Once a request's prefix is computed, its full blocks become shareable."""
-        key = s.req.prefix_key
+        key = s.key
         if (not self.config.prefix_caching or key is None or s.ref is not None
-                or key in self._prefix or s.computed < s.req.prefix_tokens):
+                or key in self._prefix or s.computed < s.ptoks):
             return
-        blocks = s.req.prefix_tokens // self._bs
+        blocks = s.ptoks // self._bs
         if blocks <= 0:
             return
         self._prefix[key] = [blocks, 1]
@@ -227,11 +250,11 @@ class Engine:
     def _preempt(self, s: _Seq) -> None:
         self._release(s)
         s.computed = 0
-        s.tokens = s.req.prompt_tokens + s.out
+        s.tokens = s.prompt + s.out
         s.preemptions += 1
         self.preemptions += 1
-        del self._running[s.req.id]
-        self._explicit.pop(s.req.id, None)
+        del self._running[s.id]
+        self._explicit.pop(s.id, None)
         self._waiting.appendleft(s)
 
     # -- one step ----------------------------------------------------------------------
@@ -266,7 +289,7 @@ class Engine:
             while not self._ensure(need):
                 victim = running.pop()
                 self._preempt(victim)
-                preempted.append(victim.req.id)
+                preempted.append(victim.id)
                 if victim is s:
                     break
             else:
@@ -299,8 +322,8 @@ class Engine:
             self._own_blocks += need
             if s.first_sched is None:
                 s.first_sched = now_s
-            self._running[s.req.id] = s
-            self._explicit[s.req.id] = s
+            self._running[s.id] = s
+            self._explicit[s.id] = s
             scheduled.append((s, n))
             budget -= n
         return scheduled, preempted
@@ -332,7 +355,7 @@ class Engine:
                 decodes += 1
             else:
                 prefill_tokens += n
-                prefill[s.req.id] = n
+                prefill[s.id] = n
         if self._noisy:  # the step's duration, and into the longest-step stack
             dur = self.step_model.sample_seconds(prefill_tokens, decodes, kv, self.rng)  # type: ignore[attr-defined]
         else:
@@ -354,18 +377,18 @@ class Engine:
             s = heapq.heappop(ends)[2]
             self._last_end = end
             self._leave(s, g + 1)
-            finished.append(s.req.id)
+            finished.append(s.id)
             self._finish(s, end)
         for s, n in scheduled:
             s.computed += n
-            if s.req.prefix_key is not None and s.ref is None:
+            if s.key is not None and s.ref is None:
                 self._register_prefix(s)
             if s.computed < s.tokens:
                 continue
             s.out += 1
             s.tokens += 1
             if detail:
-                tokens.append(s.req.id)
+                tokens.append(s.id)
             if s.first_token is None:
                 s.first_token = end
             elif s.last_token == now_s:
@@ -378,9 +401,9 @@ class Engine:
                 if gap > s.itl_max:
                     s.itl_max = gap
             s.last_token = end
-            if s.out >= s.req.output_tokens:
-                finished.append(s.req.id)
-                del self._explicit[s.req.id]
+            if s.out >= s.output:
+                finished.append(s.id)
+                del self._explicit[s.id]
                 self._finish(s, end)
         if regular:
             self.itl.steps.append((dur, regular))
@@ -388,71 +411,263 @@ class Engine:
         self.steps += 1
         self.busy_s += dur
         for s, _ in scheduled:  # decoding now: one token a step from here on
-            if s.out and s.out < s.req.output_tokens and s.computed == s.tokens - 1 \
-                    and s.req.id in self._explicit:
+            if s.out and s.out < s.output and s.computed == s.tokens - 1 \
+                    and s.id in self._explicit:
                 self._join(s)
         return StepResult(now_s, dur, prefill, tokens, finished, preempted, len(self._running),
                           len(self._waiting), self.kv_blocks_used, decodes, kv)
 
     def advance_decode(self, now_s: float, until_s: float, max_steps: int | None = None
                        ) -> tuple[float, int]:
-        """Run, in one tight loop, the steps that only advance the cohort: no explicit
-        sequence, nobody admitted (the queue is empty, the sequence cap is reached or the
-        budget is spent), no cohort sequence emitting its last token, its new KV blocks
-        free, and each step starting before `until_s` (the next arrival). Each such step is
-        exactly what `step` would do (same durations, same random draws, same ITL records);
-        it stops where `step` would do anything else. Returns (time, steps run)."""
-        cohort = self._cohort
-        if self._explicit or not cohort:
+        """Run, in one tight loop, the steps that begin with every running sequence in the
+        cohort (no prefill chunk under way, no preemption pending): each is exactly the
+        step `step` would run (same durations and random draws, same ITL records, finish
+        order, block accounting and prefix-cache state), without a StepResult.
+
+        A pure decode step (nobody admitted: the queue is empty, the sequence cap is
+        reached or the budget is spent; no cohort sequence emitting its last token) costs
+        a few additions, as `step`'s cohort does. An event step (waiting requests admitted,
+        cohort sequences finishing) is `step` with the cohort kept, inlined: `_fast_ok`
+        with no explicit sequence reduces to the cohort's new blocks, `_schedule` to its
+        admission loop (nothing explicit to schedule or preempt), and the rest is
+        `step`'s, `_leave`'s, `_join`'s and `_finish`'s code in their order. An admitted
+        request whose prompt is done emits its token and joins the cohort in that step,
+        as in `step`; one still chunking stays explicit.
+
+        It stops before a step that needs the full path (the cohort's new blocks do not
+        fit: a preemption; more sequences than the budget; nobody running or
+        admissible), after `max_steps`, after a step that leaves an explicit sequence,
+        and, unless `feed` is set, after a step that finished a request and before a step
+        starting at or after `until_s` (the next arrival). With `feed` set (a driver's
+        callback, see sim_run) it calls feed(time) there instead: the driver issues the
+        next closed-loop requests and adds those due by then, and the loop goes on until
+        the next arrival time feed returns. Returns (time, steps run)."""
+        if not self.fast_paths or self._explicit or not (self._running or self._waiting):
             return now_s, 0
-        n = len(cohort)
-        budget = self.config.max_num_batched_tokens
-        if n > budget or (self._waiting and budget > n
-                          and len(self._running) < self.config.seq_cap):
-            return now_s, 0
-        ends, residue, bs, limited = self._ends, self._residue, self._bs, self._limited
-        itl_append = self.itl.steps.append
+        budget, cap, bs, limited = self._budget, self._cap, self._bs, self._limited
+        kv_blocks, caching = self.config.kv_blocks, self.config.prefix_caching
+        cohort, running, waiting, explicit = (self._cohort, self._running, self._waiting,
+                                              self._explicit)
+        ends, residue, prefix = self._ends, self._residue, self._prefix
+        itl_append, other_append = self.itl.steps.append, self.itl.other.append
+        done_append = self.done.append
         m_idx, m_dur = self._max_idx, self._max_dur
+        ensure, feed = self._ensure, self.feed
         if self._noisy:
             sample, rng = self.step_model.sample_seconds, self.rng  # type: ignore[attr-defined]
         else:
             sample, rng = None, None
         seconds = self.step_model.step_seconds
-        g = self.steps
+        g = g0 = self.steps
         stop = g + max_steps if max_steps is not None else -1
-        t, kv, busy = now_s, self._cohort_kv, self.busy_s  # summed in step's order
+        t, kv, busy, tb = now_s, self._cohort_kv, self.busy_s, self._tiebreak
+        n = len(cohort)
         next_end = ends[0][0] if ends else -1
-        while t < until_s and g != next_end and g != stop:
-            if limited:
-                need = residue[(-g) % bs]
-                if need and not self._ensure(need):
+        while g != stop and n <= budget:
+            if t >= until_s:
+                if feed is None:
                     break
-                self._own_blocks += need
-            kv += n
-            dur = sample(0, n, kv, rng) if sample is not None else seconds(0, n, kv)
-            while m_dur and m_dur[-1] <= dur:  # the longest-step stack, as in step
+                until_s = feed(t)
+            admit = waiting and n < budget and len(running) < cap
+            if not admit:
+                if not n:  # nothing running, nobody admissible: idle
+                    break
+                # pure decode steps, up to the next event
+                while g != next_end and t < until_s and g != stop:
+                    if limited:  # the cohort's new blocks, allocated first as in step
+                        need = residue[(-g) % bs]
+                        if need:
+                            if need > kv_blocks - self._own_blocks - self._cached_blocks \
+                                    and not ensure(need):
+                                break
+                            self._own_blocks += need
+                    kv += n
+                    dur = sample(0, n, kv, rng) if sample is not None else seconds(0, n, kv)
+                    while m_dur and m_dur[-1] <= dur:  # the longest-step stack, as in step
+                        m_dur.pop()
+                        m_idx.pop()
+                    m_idx.append(g)
+                    m_dur.append(dur)
+                    itl_append((dur, n))
+                    t += dur
+                    busy += dur
+                    g += 1
+                else:
+                    if t >= until_s or g == stop:
+                        continue  # the next arrival or max_steps: the outer loop sees it
+                if g != next_end:  # the cohort's new blocks do not fit: a preemption
+                    break
+            if limited and n:  # an event step: the cohort's new blocks first
+                need = residue[(-g) % bs]
+                if need:
+                    if need > kv_blocks - self._own_blocks - self._cached_blocks \
+                            and not ensure(need):
+                        break
+                    self._own_blocks += need
+            g1 = g + 1
+            prefill_tokens, decodes, kv_step = 0, n, kv + n
+            fresh: list[_Seq] = []  # admitted, whole prompt now, decoding on: joined at once
+            rest: list[tuple[_Seq, int]] = []  # other admissions: step's per-sequence code
+            if admit:  # _schedule's admission loop
+                left = budget - n
+                while waiting and left > 0 and len(running) < cap:
+                    s = waiting[0]
+                    key = s.key
+                    if caching and key is not None and not s.computed:  # _lookup_prefix
+                        entry = prefix.pop(key, None)
+                        if entry is not None:
+                            prefix[key] = entry  # most recently used last
+                            blocks = (s.tokens - 1) // bs
+                            if entry[0] < blocks:
+                                blocks = entry[0]
+                            if blocks > 0:
+                                entry[1] += 1
+                                s.ref, s.shared, s.computed = key, blocks, blocks * bs
+                                s.cached += blocks * bs
+                    c = s.computed
+                    k = s.tokens - c
+                    if k > left:
+                        k = left
+                    if limited:
+                        need = -(-(c + k) // bs) - s.shared - s.own
+                        if need > 0:
+                            if need > kv_blocks - self._own_blocks - self._cached_blocks \
+                                    and not ensure(need):
+                                if s.ref is not None:  # as _schedule: the prefix goes back
+                                    s.cached -= c
+                                    self._release(s)
+                                    s.computed = 0
+                                break
+                            s.own += need
+                            self._own_blocks += need
+                    waiting.popleft()
+                    if s.first_sched is None:
+                        s.first_sched = t
+                    running[s.id] = s
+                    left -= k
+                    kv_step += c + k
+                    if not s.out and c + k == s.tokens and s.output > 1 and not rest:
+                        # Its prompt is done at the step's end: it emits its first token
+                        # and decodes on, so step would join it after the step. Joining it
+                        # now is the same (the cohort's sequences finishing now are not
+                        # it; the join order is the admission order); its token's time
+                        # and its prefix wait for the step's end, below.
+                        prefill_tokens += k
+                        s.computed = c = s.tokens
+                        s.out, s.tokens = 1, c + 1
+                        s.base_step, s.base_c, s.base_out = g1, c, 1
+                        residue[(c - g1) % bs] += 1
+                        kv += c
+                        cohort[s.id] = s
+                        tb += 1
+                        heappush(ends, (g1 + s.output - 2, tb, s))
+                        fresh.append(s)
+                    else:
+                        if k == 1 and s.out and c == s.tokens - 1:
+                            decodes += 1
+                        else:
+                            prefill_tokens += k
+                        rest.append((s, k))
+                if not n and not fresh and not rest:  # nothing fits: step raises
+                    break
+            dur = (sample(prefill_tokens, decodes, kv_step, rng) if sample is not None
+                   else seconds(prefill_tokens, decodes, kv_step))
+            end = t + dur
+            while m_dur and m_dur[-1] <= dur:
                 m_dur.pop()
                 m_idx.pop()
             m_idx.append(g)
             m_dur.append(dur)
-            itl_append((dur, n))
-            t += dur
+            regular = n
+            kv += n
+            finished = g == next_end
+            while ends and ends[0][0] == g:  # cohort sequences emitting their last token
+                s = heappop(ends)[2]
+                k = g1 - s.base_step  # _leave(s, g + 1); k >= 1: it decoded since joining
+                out, computed = s.base_out + k, s.base_c + k
+                longest = m_dur[bisect_left(m_idx, s.base_step)]
+                if longest > s.itl_max:
+                    s.itl_max = longest
+                residue[(s.base_c - s.base_step) % bs] -= 1
+                kv -= computed
+                del cohort[s.id]
+                # _finish(s, end), its blocks (own as _leave counts them) and its account
+                if limited:
+                    self._own_blocks -= -(-computed // bs) - s.shared
+                if s.ref is not None:
+                    entry = prefix.get(s.ref)
+                    if entry is not None:
+                        entry[1] -= 1
+                del running[s.id]
+                arrival = s.arrival
+                first = s.first_token
+                done_append(RequestTiming(
+                    s.id, arrival, s.prompt, out, (s.first_sched or arrival) - arrival,
+                    first - arrival, end - arrival, (end - first) / (out - 1) if out > 1
+                    else None, s.preemptions, s.cached, s.itl_max))
+            for s in fresh:
+                s.first_token = s.last_token = end
+                if s.key is not None and s.ref is None:
+                    self._register_prefix(s)
+            for s, k in rest:  # step's code for each scheduled sequence
+                s.computed += k
+                if s.key is not None and s.ref is None:
+                    self._register_prefix(s)
+                if s.computed >= s.tokens:
+                    s.out += 1
+                    s.tokens += 1
+                    if s.first_token is None:
+                        s.first_token = end
+                    elif s.last_token == t:
+                        regular += 1
+                        if dur > s.itl_max:
+                            s.itl_max = dur
+                    else:
+                        gap = end - s.last_token
+                        other_append(gap)
+                        if gap > s.itl_max:
+                            s.itl_max = gap
+                    s.last_token = end
+                    if s.out >= s.output:
+                        self._finish(s, end)
+                        finished = True
+                        continue
+                if s.out and s.out < s.output and s.computed == s.tokens - 1:  # _join
+                    s.base_step, s.base_c, s.base_out = g1, s.computed, s.out
+                    residue[(s.computed - g1) % bs] += 1
+                    kv += s.computed
+                    cohort[s.id] = s
+                    tb += 1
+                    heappush(ends, (g1 + s.output - s.out - 1, tb, s))
+                else:  # a prefill still chunking: the full path from the next step
+                    explicit[s.id] = s
+            if regular:
+                itl_append((dur, regular))
+            t = end
             busy += dur
-            g += 1
-        done = g - self.steps
-        if done:
+            g = g1
+            n = len(cohort)
+            next_end = ends[0][0] if ends else -1
+            if finished:
+                if feed is None or g == stop:  # the caller takes over after the last
+                    break
+                until_s = feed(t)
+            if explicit:
+                break
+        if g != g0:
             self._cohort_kv = kv
             self._last_end = t
             self.steps = g
             self.busy_s = busy
-        return t, done
+            self._tiebreak = tb
+        return t, g - g0
 
     def _finish(self, s: _Seq, end: float) -> None:
         self._release(s)
-        del self._running[s.req.id]
-        r = s.req
+        del self._running[s.id]
+        arrival = s.arrival
         first = s.first_token if s.first_token is not None else end
         tpot = (end - first) / (s.out - 1) if s.out > 1 else None
         self.done.append(RequestTiming(
-            r.id, r.arrival_s, r.prompt_tokens, s.out, (s.first_sched or r.arrival_s) - r.arrival_s,
-            first - r.arrival_s, end - r.arrival_s, tpot, s.preemptions, s.cached, s.itl_max))
+            s.id, arrival, s.prompt, s.out, (s.first_sched or arrival) - arrival,
+            first - arrival, end - arrival, tpot, s.preemptions, s.cached, s.itl_max))

@@ -8,10 +8,12 @@ this pure package must not import).
 
 from __future__ import annotations
 
+import gc
 import heapq
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from operator import attrgetter
 
 from servescope.capacity.sim_engine import Engine
 from servescope.capacity.sim_types import (
@@ -68,7 +70,9 @@ def simulate_run(
     `duration_s` comes first, as the load generator stops)."""
     engine = Engine(config, step_model, seed=seed)
     pool = list(requests)
-    pending: list[tuple[float, int, SimRequest]] = []  # arrival heap
+    # arrival heap: (time, order, request) open loop, (time, order, request, id, sent at)
+    # closed loop
+    pending: list[tuple] = []
     order = 0
     next_index = 0
     closed = closed_loop_users is not None
@@ -78,30 +82,31 @@ def simulate_run(
         if not pool:
             raise ValueError("simulate: no requests")
 
-    def issue(at: float) -> None:
-        """One closed-loop user sends its next request at `at`."""
+    size = len(pool)
+    end_s = math.inf if duration_s is None else duration_s
+    most = math.inf if max_requests is None else max_requests
+    push = heapq.heappush
+
+    def issue(times: list[float]) -> None:
+        """Closed-loop users send their next requests, one at each of `times`."""
         nonlocal next_index, order
-        if duration_s is not None and at > duration_s:
-            return
-        if max_requests is not None and next_index >= max_requests:
-            return
-        if next_index >= len(pool):
-            if duration_s is None:
-                return
-            b = pool[next_index % len(pool)]
-            req = SimRequest(f"{b.id}#{next_index // len(pool)}", at, b.prompt_tokens,
-                             b.output_tokens, b.prefix_key, b.prefix_tokens)
-        else:
-            b = pool[next_index]
-            req = SimRequest(b.id, at, b.prompt_tokens, b.output_tokens, b.prefix_key,
-                             b.prefix_tokens)
-        next_index += 1
-        heapq.heappush(pending, (at + overhead_s, order, req))
-        order += 1
+        for at in times:
+            if at > end_s or next_index >= most:
+                continue
+            if next_index >= size:
+                if duration_s is None:
+                    continue
+                b = pool[next_index % size]
+                rid = f"{b.id}#{next_index // size}"
+            else:
+                b = pool[next_index]
+                rid = b.id
+            next_index += 1
+            push(pending, (at + overhead_s, order, b, rid, at))  # sent as (rid, at)
+            order += 1
 
     if closed:
-        for _ in range(closed_loop_users):
-            issue(0.0)
+        issue([0.0] * closed_loop_users)
     else:
         for r in pool:
             if duration_s is None or r.arrival_s <= duration_s:
@@ -110,39 +115,62 @@ def simulate_run(
     start = pending[0][0] - overhead_s if pending else 0.0
     t = start
     done_seen = 0
-    add, pop, idle = engine.add, heapq.heappop, engine.idle  # bound once: the loop is hot
+    add, add_as, pop, idle = engine.add, engine.add_as, heapq.heappop, engine.idle
     advance, step, done_list = engine.advance_decode, engine.step, engine.done
-    while True:
-        while pending and pending[0][0] <= t:
-            add(pop(pending)[2])
-        if idle():
-            if not pending:
-                break
-            t = pending[0][0]
-            continue
-        # the steps that only advance the decoding cohort, in one loop (same results)
-        t2, n = advance(t, pending[0][0] if pending else math.inf,
-                        None if max_steps is None else max_steps - engine.steps)
-        if n:
-            t = t2
+
+    def feed(now: float) -> float:
+        """Between steps: the users whose requests finished send their next ones, the
+        requests due by `now` go in; returns when the next one is due."""
+        nonlocal done_seen
+        if closed:
+            if len(done_list) > done_seen:
+                issue([r.arrival_s + r.e2e_s + tail_s + think_s for r in done_list[done_seen:]])
+                done_seen = len(done_list)
+            while pending and pending[0][0] <= now:
+                _, _, b, rid, at = pop(pending)
+                add_as(b, rid, at)
+        else:
+            while pending and pending[0][0] <= now:
+                add(pop(pending)[2])
+        return pending[0][0] if pending else math.inf
+
+    engine.feed = feed  # advance_decode calls it between its steps, as this loop does
+    # The run makes no reference cycles (the one through engine.feed is cut below); the
+    # cyclic collector would only re-scan its many live objects, a tenth of the time.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        while True:
+            until = feed(t)
+            if idle():
+                if not pending:
+                    break
+                t = pending[0][0]
+                continue
+            # the common steps (the decoding cohort, admissions, finishes) in one loop,
+            # the rest one step() at a time
+            t2, n = advance(t, until, None if max_steps is None else max_steps - engine.steps)
+            if n:
+                t = t2
+            else:
+                res = step(t, False)
+                if res is None:  # nothing runnable until more work arrives
+                    if not pending:
+                        break
+                    t = max(t, pending[0][0])
+                    continue
+                t = res.end_s
+            if closed and len(done_list) > done_seen:
+                issue([r.arrival_s + r.e2e_s + tail_s + think_s for r in done_list[done_seen:]])
+                done_seen = len(done_list)
             if max_steps is not None and engine.steps >= max_steps:
                 break
-            continue
-        res = step(t, False)
-        if res is None:  # nothing runnable until more work arrives
-            if not pending:
-                break
-            t = max(t, pending[0][0])
-            continue
-        t = res.end_s
-        if closed and len(done_list) > done_seen:
-            for r in done_list[done_seen:]:
-                issue(r.arrival_s + r.e2e_s + tail_s + think_s)
-            done_seen = len(done_list)
-        if max_steps is not None and engine.steps >= max_steps:
-            break
+    finally:
+        engine.feed = None
+        if gc_was_enabled:
+            gc.enable()
     unfinished = engine.running + engine.waiting + len(pending)
-    done = sorted(engine.done, key=lambda r: r.arrival_s)
+    done = sorted(engine.done, key=attrgetter("arrival_s"))
     if overhead_s or tail_s:
         for r in done:  # timed from the send already; the engine's queue began later
             r.queue_s -= overhead_s

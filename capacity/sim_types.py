@@ -89,7 +89,7 @@ class StepResult:
         return self.start_s + self.duration_s
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestTiming:
     """One simulated request's latencies (seconds, from its arrival) and what happened to it."""
 

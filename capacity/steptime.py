@@ -137,12 +137,19 @@ class PhysicsStepModel:
     overhead_s: float = 0.002
     label: str = "uncalibrated (physics)"
 
+    def __post_init__(self) -> None:
+        # seconds per byte and per FLOP at the stated efficiencies, once (the simulator
+        # calls step_seconds for every step); the fields are not changed after this
+        # (dataclasses.replace makes a new model)
+        bw = self.bandwidth_bytes_s * self.bw_efficiency
+        self._weights_s = self.weight_bytes / bw
+        self._kv_s = self.kv_bytes_per_token / bw
+        self._token_s = self.flops_per_token / (self.peak_flops * self.flops_efficiency)
+
     def step_seconds(self, prefill_tokens: int, decode_seqs: int, kv_tokens: int) -> float:
-        memory = (self.weight_bytes + self.kv_bytes_per_token * kv_tokens) / (
-            self.bandwidth_bytes_s * self.bw_efficiency)
-        compute = self.flops_per_token * (prefill_tokens + decode_seqs) / (
-            self.peak_flops * self.flops_efficiency)
-        return max(memory, compute) + self.overhead_s
+        memory = self._weights_s + self._kv_s * kv_tokens
+        compute = self._token_s * (prefill_tokens + decode_seqs)
+        return (memory if memory > compute else compute) + self.overhead_s
 
     def assumptions(self) -> list[str]:
         return [f"step time from physics, uncalibrated: {self.bw_efficiency:.0%} of peak "

@@ -84,13 +84,14 @@ def search(measure: Callable[[int], dict[str, Any]], start: int, max_runs: int =
 
 
 # -- tune --simulate-first: the simulator orders the candidates, the server confirms --------
-def simulated_order(predicted: dict[int, float], max_runs: int) -> list[int]:
-    """The values to measure: best predicted goodput first (a tie goes to the smaller value,
+def simulated_order(predicted: dict[Any, float], max_runs: int) -> list[Any]:
+    """The values to measure (max_num_seqs values, or pairs with max_num_batched_tokens):
+    best predicted goodput first (a tie goes to the smaller value,
     which reserves less memory for the same answer), at most `max_runs`."""
     return sorted(predicted, key=lambda v: (-(predicted[v] or 0.0), v))[:max(0, max_runs)]
 
 
-def confirm(measure: Callable[[int], dict[str, Any]], predicted: dict[int, float],
+def confirm(measure: Callable[[Any], dict[str, Any]], predicted: dict[Any, float],
             max_runs: int = 3, kv_capacity_tokens: int | None = None,
             on_step: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Measure the simulator's top `max_runs` values in its order (not the advisor's), and
@@ -98,7 +99,7 @@ def confirm(measure: Callable[[int], dict[str, Any]], predicted: dict[int, float
     `predicted_goodput_per_s`, plus `predicted` (every value's prediction)."""
     order = simulated_order(predicted, max_runs)
     steps: list[dict[str, Any]] = []
-    tried: dict[int, float] = {}
+    tried: dict[Any, float] = {}
     stopped = "max_runs" if len(order) < len(predicted) else "candidates"
     for i, value in enumerate(order):
         try:
@@ -116,4 +117,10 @@ def confirm(measure: Callable[[int], dict[str, Any]], predicted: dict[int, float
             stopped = "interrupted"
             break
     return {**_result(tried, steps, stopped),
-            "predicted": {str(k): v for k, v in predicted.items()}}
+            "predicted": {_key(k): v for k, v in predicted.items()}}
+
+
+def _key(value: Any) -> str:
+    """A candidate as a JSON key: "8", or "8x2048" for a (max_num_seqs,
+    max_num_batched_tokens) pair."""
+    return "x".join(map(str, value)) if isinstance(value, tuple) else str(value)

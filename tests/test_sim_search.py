@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 
@@ -181,6 +182,46 @@ def test_tune_simulate_first_confirms_the_top_candidates_on_a_simulated_server(t
         assert s["goodput_per_s"] > 0
     assert "simulated, uncalibrated (physics) goodput by max_num_seqs" in res.stderr
     assert "predicted" in res.stdout and "best: max_num_seqs" in res.stdout
+
+
+def test_tune_simulate_first_confirms_pairs_with_max_num_batched_tokens(tmp_path):
+    """--sim-batched-tokens: the candidates are (max_num_seqs, max_num_batched_tokens)
+    pairs, and the server is restarted with both (sim-server says what it runs with)."""
+    import re
+    import sys
+
+    from servescope.engines.process import free_port
+
+    scenario = tmp_path / "tiny.yaml"
+    scenario.write_text(
+        "name: tiny\nseed: 1\nprompt_tokens: 64\noutput_tokens: 32\n"
+        "stages:\n  - {concurrency: 1, duration: 20s}\nrequest_timeout: 60s\n"
+        "slos:\n  ttft_ms: {p95: 2000}\n  itl_ms: {p95: 40}\n")
+    port, out = free_port(), tmp_path / "tune.json"
+    base = (f"{sys.executable} -m servescope.cli --db {tmp_path / 'srv.db'} sim-server "
+            f"--model llama-3.1-8b --gpu h100-80gb --max-model-len 8192 --port {port} "
+            "--max-num-seqs {max_num_seqs}")
+    args = ["tune", str(scenario), "--target", f"http://127.0.0.1:{port}", "--concurrency",
+            "16", "--duration", "5s", "--requests", "30", "--max-runs", "1",
+            "--simulate-first", "--sim-model", "llama-3.1-8b", "--sim-gpu", "h100-80gb",
+            "--sim-values", "4,16", "--start", "4", "--sim-batched-tokens", "16,8192",
+            "--quiet", "--out", str(out)]
+    refused = servescope(*args, "--command", base, db=tmp_path / "t.db")
+    assert refused.returncode == 2 and "{max_num_batched_tokens}" in refused.stderr
+    command = base + " --max-num-batched-tokens {max_num_batched_tokens}"
+    res = servescope(*args, "--command", command, db=tmp_path / "t.db")
+    assert res.returncode == 0, res.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert set(result["predicted"]) == {"4x16", "4x8192", "16x16", "16x8192"}
+    # 16 users on 16 sequences, whole 64-token prompts in a step: the simulator's best
+    assert max(result["predicted"], key=result["predicted"].get) == "16x8192"
+    assert result["predicted"]["16x8192"] > result["predicted"]["16x16"]
+    (step,) = result["steps"]
+    assert step["value"] == [16, 8192] and step["goodput_per_s"] > 0
+    assert result["best"] == [16, 8192]
+    assert "best: max_num_seqs x max_num_batched_tokens 16 x 8192" in res.stdout
+    log = re.search(r"\(log: (\S+)\)", res.stderr).group(1)
+    assert "max_num_batched_tokens 8192" in Path(log).read_text()
 
 
 def test_plan_simulate_with_a_profile_is_calibrated(tmp_path):

@@ -118,11 +118,12 @@ def simulate_plan(args: argparse.Namespace, inp: Any, slos: dict, result: dict) 
     return "\n".join([f"\n{what}", *format_search(found)])
 
 
-def tune_predictions(args: argparse.Namespace, scenario: Any, values: list[int]
-                     ) -> dict[int, float]:
+def tune_predictions(args: argparse.Namespace, scenario: Any, values: list[int],
+                     tokens: list[int] | None = None) -> dict[Any, float]:
     """Predicted best goodput (req/s, over the sweep's concurrency levels) per max_num_seqs
     value, for `tune --simulate-first`: --profile, else --sim-model/--sim-gpu physics.
-    max_num_batched_tokens stays the server's (tune restarts with max_num_seqs only)."""
+    Without `tokens` max_num_batched_tokens stays the server's and the keys are values;
+    with them, every (max_num_seqs, max_num_batched_tokens) pair is a key."""
     from servescope.capacity.sim_profile import Workload
     from servescope.capacity.sim_search import Window, search
     from servescope.commands.simulate_requests import scenario_workload
@@ -149,17 +150,18 @@ def tune_predictions(args: argparse.Namespace, scenario: Any, values: list[int]
     cfg = base if profile is not None else base.config
     slos = {k: v for k, v in scenario.slos.model_dump().items() if v}
     window = Window(min(args.duration, 120.0), args.requests or 2000)
-    best: dict[int, float] = {}
+    best: dict[Any, float] = {}
     for level in args.concurrency:
         w = scenario_workload(scenario.with_overrides(level, args.duration, args.requests))
         work = Workload(w.requests, w.closed_loop_users, w.duration_s, w.think_s,
                         w.warmup_requests, slos, w.max_requests)
         try:
-            found = search(base, work, slos, values, [cfg.max_num_batched_tokens],
+            found = search(base, work, slos, values, tokens or [cfg.max_num_batched_tokens],
                            profile=profile, window=window)
         except ValueError as exc:
             raise CliError(f"--simulate-first: {exc}", EXIT_BAD_INPUT) from None
         for r in found["candidates"]:
-            v = r["max_num_seqs"]
+            v = (r["max_num_seqs"], r["max_num_batched_tokens"]) if tokens \
+                else r["max_num_seqs"]
             best[v] = max(best.get(v, 0.0), r["goodput_per_s"])
     return best

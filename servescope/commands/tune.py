@@ -71,6 +71,21 @@ def _add_simulate_first(t: argparse.ArgumentParser) -> None:
                    "hardware for the physics step model")
     t.add_argument("--sim-values", type=_ints, help="with --simulate-first: max_num_seqs "
                    "values to simulate (default 1,2,4,...,256 and --start)")
+    t.add_argument("--sim-batched-tokens", type=_ints, help="with --simulate-first: also "
+                   "search these max_num_batched_tokens values; the candidates are then "
+                   "pairs, and --command needs {max_num_batched_tokens} too")
+
+
+def _label(value: Any) -> str:
+    """A candidate as printed: max_num_seqs, or max_num_seqs x max_num_batched_tokens."""
+    return f"{value[0]} x {value[1]}" if isinstance(value, tuple) else str(value)
+
+
+def _fill(template: str, value: Any) -> str:
+    if isinstance(value, tuple):
+        return template.replace("{max_num_seqs}", str(value[0])).replace(
+            "{max_num_batched_tokens}", str(value[1]))
+    return template.replace("{max_num_seqs}", str(value))
 
 
 class _CommandServer:
@@ -84,8 +99,9 @@ class _CommandServer:
     def start(self, value: int, progress) -> None:
         from servescope.engines.process import servescope_home, start_logged, wait_http_ready
 
-        cmd = shlex.split(self.template.replace("{max_num_seqs}", str(value)))
-        log = servescope_home() / "logs" / f"tune-{int(time.time())}-{value}.log"
+        cmd = shlex.split(_fill(self.template, value))
+        log = servescope_home() / "logs" / f"tune-{int(time.time())}-{_label(value)}.log"
+        log = log.with_name(log.name.replace(" x ", "x"))
         progress(f"starting {shlex.join(cmd)} (log: {log})")
         self.proc = start_logged(cmd, log)
         took = wait_http_ready(self.proc, self.url + self.ready_path, "the server", log,
@@ -112,7 +128,9 @@ class _EngineServer:
     def start(self, value: int, progress) -> None:
         from servescope.engines.vllm_cpu import start_local_vllm
 
-        self.server = start_local_vllm(progress=progress, port=self.port, max_num_seqs=value)
+        seqs, tokens = value if isinstance(value, tuple) else (value, None)
+        self.server = start_local_vllm(progress=progress, port=self.port, max_num_seqs=seqs,
+                                       max_num_batched_tokens=tokens)
 
     def stop(self) -> None:
         if self.server is not None:
@@ -182,6 +200,14 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if args.command and "{max_num_seqs}" not in args.command:
         raise CliError("--command: put {max_num_seqs} where each candidate goes, e.g. "
                        "'vllm serve M --max-num-seqs {max_num_seqs}'", EXIT_BAD_INPUT)
+    two = bool(getattr(args, "sim_batched_tokens", None))
+    if two and not getattr(args, "simulate_first", False):
+        raise CliError("--sim-batched-tokens goes with --simulate-first", EXIT_BAD_INPUT)
+    if two and args.command and "{max_num_batched_tokens}" not in args.command:
+        raise CliError("--command: with --sim-batched-tokens put {max_num_batched_tokens} "
+                       "where each candidate's value goes, e.g. 'vllm serve M --max-num-seqs "
+                       "{max_num_seqs} --max-num-batched-tokens {max_num_batched_tokens}'",
+                       EXIT_BAD_INPUT)
     for flag, v in (("--start", args.start), ("--max-runs", args.max_runs)):
         if v < 1:
             raise CliError(f"{flag} {v}: must be at least 1", EXIT_BAD_INPUT)
@@ -194,6 +220,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
                        "slos: {ttft_ms: {p95: 2000}, itl_ms: {p95: 200}})", EXIT_BAD_INPUT)
     predicted = _predict(args, scenario) if getattr(args, "simulate_first", False) else None
     store = _store(args)
+    knob = f"{KNOB} x max_num_batched_tokens" if two else KNOB
     if args.engine:
         server: Any = _EngineServer(args.port)
         settings = {"knob": KNOB, "source": "servescope tune started vLLM with it",
@@ -204,14 +231,22 @@ def cmd_tune(args: argparse.Namespace) -> int:
         settings = {"knob": KNOB, "source": "servescope tune started the server with it"}
     collector = start_collector(store.path, server.url)
 
-    def measure(value: int) -> dict[str, Any]:
-        return measure_sweep(args, store, server, value, {**settings, "value": value})
+    def measure(value: Any) -> dict[str, Any]:
+        # the sweep's settings name the concurrency knob (the advisor reads it); a pair's
+        # max_num_batched_tokens beside it
+        if isinstance(value, tuple):
+            kept = {"value": value[0], "max_num_batched_tokens": value[1]}
+        else:
+            kept = {"value": value}
+        return measure_sweep(args, store, server, value, {**settings, **kept})
 
     def show(step: dict[str, Any]) -> None:
         g = step["goodput_per_s"]
-        _say(f"{KNOB} {step['value']}: best goodput {'-' if g is None else f'{g:.2f}'} req/s "
-             f"(at concurrency {step['level']}), limit {step['limit'] or 'none'}; "
-             + (f"next {step['next']}" if step["next"] is not None else "no next candidate"))
+        nxt = step["next"]
+        _say(f"{knob} {_label(step['value'])}: best goodput "
+             f"{'-' if g is None else f'{g:.2f}'} req/s (at concurrency {step['level']}), "
+             f"limit {step['limit'] or 'none'}; "
+             + (f"next {_label(nxt)}" if nxt is not None else "no next candidate"))
         for r in step["recommendations"]:
             _say(f"  {r['knob']} -> {r['value']}: {r['reason']}")
 
@@ -226,30 +261,43 @@ def cmd_tune(args: argparse.Namespace) -> int:
         server.stop()
         stop_collector(collector)
     sim = predicted is not None
-    print(f"{KNOB:>14}{'goodput req/s':>15}" + (f"{'predicted':>11}" if sim else "")
+    width = max(14, len(knob) + 1) if two else 14
+    print(f"{knob:>{width}}{'goodput req/s':>15}" + (f"{'predicted':>11}" if sim else "")
           + f"{'at level':>10}{'limit':>10}{'sweep':>7}")
     for s in result["steps"]:
         g = "-" if s["goodput_per_s"] is None else f"{s['goodput_per_s']:.2f}"
         p = f"{s['predicted_goodput_per_s']:>11.2f}" if sim else ""
-        print(f"{s['value']:>14}{g:>15}{p}{s['level']!s:>10}{s['limit'] or '-':>10}"
-              f"{s['sweep_id'] or '-':>7}")
+        print(f"{_label(s['value']):>{width}}{g:>15}{p}{s['level']!s:>10}"
+              f"{s['limit'] or '-':>10}{s['sweep_id'] or '-':>7}")
     if result["best"] is not None:
-        print(f"best: {KNOB} {result['best']} ({result['best_goodput_per_s']:.2f} req/s within "
-              f"the SLOs); search stopped: {result['stopped']}")
+        print(f"best: {knob} {_label(result['best'])} ({result['best_goodput_per_s']:.2f} "
+              f"req/s within the SLOs); search stopped: {result['stopped']}")
     else:
         print("nothing measured")
     if args.out:
-        args.out.write_text(json.dumps(result, indent=2))
+        args.out.write_text(json.dumps(_jsonable(result), indent=2))
     return 0 if result["steps"] else 1
 
 
-def _predict(args: argparse.Namespace, scenario: Any) -> dict[int, float]:
-    """--simulate-first: predicted goodput per max_num_seqs value, said before any restart."""
+def _jsonable(result: dict[str, Any]) -> dict[str, Any]:
+    """Pairs as lists (JSON has no tuples)."""
+    def fix(v: Any) -> Any:
+        return list(v) if isinstance(v, tuple) else v
+
+    return {**result, "best": fix(result["best"]),
+            "steps": [{**s, "value": fix(s["value"]), "next": fix(s["next"])}
+                      for s in result["steps"]]}
+
+
+def _predict(args: argparse.Namespace, scenario: Any) -> dict[Any, float]:
+    """--simulate-first: predicted goodput per max_num_seqs value (or per pair with
+    --sim-batched-tokens), said before any restart."""
     from servescope.commands.plan_sim import tune_predictions
 
     values = sorted(set(args.sim_values or [1, 2, 4, 8, 16, 32, 64, 128, 256]) | {args.start})
-    predicted = tune_predictions(args, scenario, values)
+    predicted = tune_predictions(args, scenario, values, args.sim_batched_tokens)
     label = "calibrated" if args.profile else "simulated, uncalibrated (physics)"
-    _say(f"{label} goodput by {KNOB}: " + ", ".join(
-        f"{v}: {g:.2f}" for v, g in sorted(predicted.items())) + " req/s")
+    _say(f"{label} goodput by {KNOB}"
+         + (" x max_num_batched_tokens" if args.sim_batched_tokens else "") + ": "
+         + ", ".join(f"{_label(v)}: {g:.2f}" for v, g in sorted(predicted.items())) + " req/s")
     return predicted

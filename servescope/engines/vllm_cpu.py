@@ -165,14 +165,16 @@ def split_cpus(allowed: set[int] | None = None) -> tuple[list[int] | None, list[
 
 def start_local_vllm(
     progress: Progress = _log, port: int = 0, max_num_seqs: int = 8,
-    otlp_traces_endpoint: str | None = None,
+    otlp_traces_endpoint: str | None = None, max_num_batched_tokens: int | None = None,
 ) -> VLLMServer:
     """Install (first time), build the model (first time), start and wait for vLLM (with
     `otlp_traces_endpoint`: sending a span per request there)."""
     python = ensure_env(progress)
     model = ensure_model(python, progress)
+    extra = [] if max_num_batched_tokens is None else [
+        "--max-num-batched-tokens", str(max_num_batched_tokens)]
     server = VLLMServer(model_dir=model, python=python, port=port, max_num_seqs=max_num_seqs,
-                        otlp_traces_endpoint=otlp_traces_endpoint)
+                        otlp_traces_endpoint=otlp_traces_endpoint, extra_args=extra)
     if server.cpus:
         rest = sorted(os.sched_getaffinity(0) - set(server.cpus))
         progress(f"vLLM runs on CPU {_cpu_list(server.cpus)}; CPU {_cpu_list(rest)} is left to the "
