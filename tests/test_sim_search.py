@@ -150,6 +150,16 @@ def test_plan_simulate_with_several_gpus_searches_each_replica(tmp_path):
     assert all(r["simulated_search"]["candidates"][0]["max_num_seqs"] == 32 for r in rows)
 
 
+def _tiny_scenario(tmp_path: Path) -> Path:
+    """64-token prompts, 32-token answers, SLOs a simulated H100 meets at 16 sequences."""
+    scenario = tmp_path / "tiny.yaml"
+    scenario.write_text(
+        "name: tiny\nseed: 1\nprompt_tokens: 64\noutput_tokens: 32\n"
+        "stages:\n  - {concurrency: 1, duration: 20s}\nrequest_timeout: 60s\n"
+        "slos:\n  ttft_ms: {p95: 2000}\n  itl_ms: {p95: 40}\n")
+    return scenario
+
+
 def test_tune_simulate_first_confirms_the_top_candidates_on_a_simulated_server(tmp_path):
     """End to end without an engine: `servescope sim-server` (physics, the same model and
     GPU) is the server tune restarts; the simulator orders the candidates first."""
@@ -157,11 +167,7 @@ def test_tune_simulate_first_confirms_the_top_candidates_on_a_simulated_server(t
 
     from servescope.engines.process import free_port
 
-    scenario = tmp_path / "tiny.yaml"
-    scenario.write_text(
-        "name: tiny\nseed: 1\nprompt_tokens: 64\noutput_tokens: 32\n"
-        "stages:\n  - {concurrency: 1, duration: 20s}\nrequest_timeout: 60s\n"
-        "slos:\n  ttft_ms: {p95: 2000}\n  itl_ms: {p95: 40}\n")
+    scenario = _tiny_scenario(tmp_path)
     port, out = free_port(), tmp_path / "tune.json"
     command = (f"{sys.executable} -m servescope.cli --db {tmp_path / 'srv.db'} sim-server "
                f"--model llama-3.1-8b --gpu h100-80gb --max-model-len 8192 --port {port} "
@@ -192,11 +198,7 @@ def test_tune_simulate_first_confirms_pairs_with_max_num_batched_tokens(tmp_path
 
     from servescope.engines.process import free_port
 
-    scenario = tmp_path / "tiny.yaml"
-    scenario.write_text(
-        "name: tiny\nseed: 1\nprompt_tokens: 64\noutput_tokens: 32\n"
-        "stages:\n  - {concurrency: 1, duration: 20s}\nrequest_timeout: 60s\n"
-        "slos:\n  ttft_ms: {p95: 2000}\n  itl_ms: {p95: 40}\n")
+    scenario = _tiny_scenario(tmp_path)
     port, out = free_port(), tmp_path / "tune.json"
     base = (f"{sys.executable} -m servescope.cli --db {tmp_path / 'srv.db'} sim-server "
             f"--model llama-3.1-8b --gpu h100-80gb --max-model-len 8192 --port {port} "

@@ -85,7 +85,10 @@ def test_tune_on_the_real_vllm_cpu_engine(tmp_path):
         "slos:\n  ttft_ms: {p95: 5000}\n  itl_ms: {p95: 500}\n")
     db, out = tmp_path / "tune.db", tmp_path / "tune.json"
     res = servescope("tune", str(scenario), "--engine", "vllm-cpu",
-                     "--concurrency", "1,4", "--requests", "8", "--duration", "60s",
+                     # 24 requests: a few seconds per level, several of the collector's
+                     # 1-second samples (8 gave one or two, and a busy machine missed the
+                     # queue)
+                     "--concurrency", "1,4", "--requests", "24", "--duration", "60s",
                      "--start", "1", "--max-runs", "2", "--out", str(out), "--quiet",
                      db=db, timeout=900)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
