@@ -142,6 +142,37 @@ class Engine:
         self._waiting.append(_Seq(rid, arrival_s, req.prompt_tokens, req.output_tokens,
                                   req.prefix_key, req.prefix_tokens))
 
+    def abort(self, request_id: str) -> bool:
+        """Drop a request whose client went away, as vLLM aborts it: out of the queue, or
+        out of the running batch with its KV blocks freed (its prefix-cache references
+        given back; the cached blocks stay, evictable). It is never finished (not in
+        `done`). False when no such request is queued or running (finished, unknown).
+        Call it between steps (not from `feed`: advance_decode holds the cohort's counters
+        in locals)."""
+        s = self._running.get(request_id)
+        if s is None:
+            for i, w in enumerate(self._waiting):
+                if w.id == request_id:
+                    del self._waiting[i]
+                    self._release(w)  # a queued request holds nothing; kept exact anyway
+                    return True
+            return False
+        if request_id in self._cohort:
+            self._leave(s, self.steps)  # its counters (own blocks, computed) up to date
+            ends = self._ends
+            for i, e in enumerate(ends):
+                if e[2] is s:
+                    last = ends.pop()
+                    if i < len(ends):
+                        ends[i] = last
+                        heapq.heapify(ends)
+                    break
+        else:
+            del self._explicit[request_id]
+        self._release(s)
+        del self._running[request_id]
+        return True
+
     def pop_done(self) -> list[RequestTiming]:
         """The requests finished since the last call (the live server drains them)."""
         done, self.done = self.done, []
@@ -385,22 +416,9 @@ class Engine:
                 self._register_prefix(s)
             if s.computed < s.tokens:
                 continue
-            s.out += 1
-            s.tokens += 1
+            regular += self._sampled(s, now_s, end, dur)
             if detail:
                 tokens.append(s.id)
-            if s.first_token is None:
-                s.first_token = end
-            elif s.last_token == now_s:
-                regular += 1
-                if dur > s.itl_max:
-                    s.itl_max = dur
-            else:
-                gap = end - s.last_token
-                self.itl.other.append(gap)
-                if gap > s.itl_max:
-                    s.itl_max = gap
-            s.last_token = end
             if s.out >= s.output:
                 finished.append(s.id)
                 del self._explicit[s.id]
@@ -449,7 +467,7 @@ class Engine:
         cohort, running, waiting, explicit = (self._cohort, self._running, self._waiting,
                                               self._explicit)
         ends, residue, prefix = self._ends, self._residue, self._prefix
-        itl_append, other_append = self.itl.steps.append, self.itl.other.append
+        itl_append = self.itl.steps.append
         done_append = self.done.append
         m_idx, m_dur = self._max_idx, self._max_dur
         ensure, feed = self._ensure, self.feed
@@ -614,20 +632,7 @@ class Engine:
                 if s.key is not None and s.ref is None:
                     self._register_prefix(s)
                 if s.computed >= s.tokens:
-                    s.out += 1
-                    s.tokens += 1
-                    if s.first_token is None:
-                        s.first_token = end
-                    elif s.last_token == t:
-                        regular += 1
-                        if dur > s.itl_max:
-                            s.itl_max = dur
-                    else:
-                        gap = end - s.last_token
-                        other_append(gap)
-                        if gap > s.itl_max:
-                            s.itl_max = gap
-                    s.last_token = end
+                    regular += self._sampled(s, t, end, dur)
                     if s.out >= s.output:
                         self._finish(s, end)
                         finished = True
@@ -661,6 +666,29 @@ class Engine:
             self.busy_s = busy
             self._tiebreak = tb
         return t, g - g0
+
+    def _sampled(self, s: _Seq, start: float, end: float, dur: float) -> int:
+        """s's prompt is computed and the step [start, end] of `dur` seconds sampled its
+        next token: count it and record the gap since its previous one. Returns 1 when
+        that gap is a regular one (its previous token ended the step before: pooled as
+        the step's duration by the caller), else 0 (the first token, or a gap after a wait,
+        kept one by one)."""
+        s.out += 1
+        s.tokens += 1
+        regular = 0
+        if s.first_token is None:
+            s.first_token = end
+        elif s.last_token == start:
+            regular = 1
+            if dur > s.itl_max:
+                s.itl_max = dur
+        else:
+            gap = end - s.last_token
+            self.itl.other.append(gap)
+            if gap > s.itl_max:
+                s.itl_max = gap
+        s.last_token = end
+        return regular
 
     def _finish(self, s: _Seq, end: float) -> None:
         self._release(s)

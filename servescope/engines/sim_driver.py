@@ -275,9 +275,11 @@ class Driver:
         if stream.id not in self.streams:
             return
         stream.gone = True
-        abort = getattr(self.engine, "abort", None)
-        if abort is not None and abort(stream.id):
+        if self.engine.abort(stream.id):
             self._close(stream, "abort")
+            # the gauges now, not at the next step: an engine left idle takes none
+            self.metrics.step(self.engine.running, self.engine.waiting, self.engine.kv_usage,
+                              0, 0, 0)
 
     def stop_all(self) -> None:
         """End every open request now (the server is stopping)."""
@@ -345,7 +347,9 @@ class Driver:
                 self._close(s, "abort" if s.gone else s.times.finish_reason)
         for done in self.engine.pop_done():  # the rest of the account is the driver's own
             self.metrics.prefix_lookup(done.prompt_tokens, done.cached_tokens)
-        self.metrics.step(r.running, r.waiting, self.engine.kv_usage, first_tokens,
+        # the engine's state now: a request aborted or added while this step ran counts
+        eng = self.engine
+        self.metrics.step(eng.running, eng.waiting, eng.kv_usage, first_tokens,
                           len(r.tokens), len(r.preempted))
 
     def _close(self, s: Stream, reason: str) -> None:
