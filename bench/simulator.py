@@ -6,14 +6,15 @@ chat scenario at concurrency 1, 2 and 4 (`servescope calibrate`'s path: fit, boo
 replay). Then, for each validation load, the simulator PREDICTS first (profile only, with
 90 % intervals) and the server is measured after: chat at concurrency 8, 16 and 32 (past
 max_num_seqs: queueing), a scenario with other lengths (longer prompts and answers), and
-chat open loop at a Poisson rate. Printed: predicted against measured for throughput, TTFT,
-ITL and E2E (p50, p90, p99), the error of each, whether the interval held the measurement,
-and the issue's goals. Every run gets its own seed, so vLLM's prefix cache never serves a
-prompt from an earlier run.
+chat open loop at a Poisson rate (the rate 2 users drew: about two thirds of capacity).
+Printed: predicted against measured for throughput, TTFT, ITL and E2E (p50, p90, p99), the
+error of each, whether the interval held the measurement, and the issue's goals. Every
+run gets its own seed, so vLLM's prefix cache never serves a prompt from an earlier run.
 
 Speed (no engine): 1,000 configurations (max_num_seqs x max_num_batched_tokens x users,
 seeded) of a 10-minute closed-loop chat workload on Llama 3.1 8B / H100 from physics,
-CPU seconds of this process.
+CPU seconds of this process; the baseline, measured in the same run, is the first 10 of
+them stepped one step at a time (Engine.fast_paths off: the same results, the plain path).
 
     flock /tmp/servescope-engine.lock python -m bench simulator [--out FILE]
 """
