@@ -10,6 +10,7 @@ import math
 import random
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -70,6 +71,28 @@ def _books(eng: Engine) -> None:
 Pick = Callable[[Engine], _Seq]
 
 
+def _run(eng: Engine, at_steps: list[int], on_due: Callable[[Engine], None],
+         check: Callable[[Any], None] | None = None) -> None:
+    """Run `eng` to idle, calling on_due(eng) when it has run each of `at_steps` (sorted)
+    steps: the fast loop where it can (advance_decode, up to the next of those steps) and
+    one step at a time otherwise; check(result) sees every full step."""
+    plan, t = list(at_steps), 0.0
+    while True:
+        if plan and eng.steps == plan[0]:
+            plan.pop(0)
+            on_due(eng)
+        t2, n = eng.advance_decode(t, math.inf, plan[0] - eng.steps if plan else None)
+        if n:
+            t = t2
+            continue
+        res = eng.step(t)
+        if res is None:
+            break
+        if check is not None:
+            check(res)
+        t = res.end_s
+
+
 def _drive(cfg: SchedulerConfig, reqs: list[SimRequest], fast: bool, at_step: int,
            pick: Pick) -> tuple:
     """Run to step `at_step`, abort the request `pick` chooses, run to idle: the fast loop
@@ -78,28 +101,24 @@ def _drive(cfg: SchedulerConfig, reqs: list[SimRequest], fast: bool, at_step: in
     eng.fast_paths = fast
     for r in reqs:
         eng.add(r)
-    t, victim = 0.0, None
-    while True:
-        if victim is None and eng.steps == at_step:
-            s = pick(eng)
-            victim = s.id
-            blocks_before = eng.kv_blocks_used
-            assert eng.abort(victim) is True
-            assert eng.abort(victim) is False  # gone already
-            assert victim not in eng._running and all(w.id != victim for w in eng._waiting)
-            _books(eng)
-            assert eng.kv_blocks_used <= blocks_before
-        left = math.inf if victim is not None else None
-        t2, n = eng.advance_decode(t, math.inf, None if left else at_step - eng.steps)
-        if n:
-            t = t2
-            continue
-        res = eng.step(t)
-        if res is None:
-            break
-        assert victim is None or (victim not in res.tokens and victim not in res.finished)
-        t = res.end_s
-    assert victim is not None, "the run ended before the abort"
+    gone: list[str] = []
+
+    def abort(eng: Engine) -> None:
+        victim = pick(eng).id
+        gone.append(victim)
+        blocks_before = eng.kv_blocks_used
+        assert eng.abort(victim) is True
+        assert eng.abort(victim) is False  # gone already
+        assert victim not in eng._running and all(w.id != victim for w in eng._waiting)
+        _books(eng)
+        assert eng.kv_blocks_used <= blocks_before
+
+    def check(res: Any) -> None:
+        assert not set(gone) & (set(res.tokens) | set(res.finished))
+
+    _run(eng, [at_step], abort, check)
+    assert gone, "the run ended before the abort"
+    victim = gone[0]
     assert eng.idle()
     _books(eng)
     cached = sum(v[0] for v in eng._prefix.values())
@@ -205,24 +224,17 @@ def _random_aborts(cfg: SchedulerConfig, trial: int, fast: bool) -> tuple:
     eng.fast_paths = fast
     for r in reqs:
         eng.add(r)
-    t, aborted, choose = 0.0, [], random.Random(trial)
-    while True:
-        if plan and eng.steps == plan[0]:
-            plan.pop(0)
-            ids = sorted([s.id for s in eng._waiting] + list(eng._running))
-            if ids:
-                rid = choose.choice(ids)
-                assert eng.abort(rid)
-                aborted.append(rid)
-                _books(eng)
-        t2, n = eng.advance_decode(t, math.inf, plan[0] - eng.steps if plan else None)
-        if n:
-            t = t2
-            continue
-        res = eng.step(t)
-        if res is None:
-            break
-        t = res.end_s
+    aborted, choose = [], random.Random(trial)
+
+    def abort(eng: Engine) -> None:
+        ids = sorted([s.id for s in eng._waiting] + list(eng._running))
+        if ids:
+            rid = choose.choice(ids)
+            assert eng.abort(rid)
+            aborted.append(rid)
+            _books(eng)
+
+    _run(eng, plan, abort)
     _books(eng)
     assert eng.kv_blocks_used == eng._cached_blocks
     assert {r.id for r in eng.done} == {r.id for r in reqs} - set(aborted)
