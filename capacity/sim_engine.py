@@ -152,9 +152,8 @@ class Engine:
         s = self._running.get(request_id)
         if s is None:
             for i, w in enumerate(self._waiting):
-                if w.id == request_id:
+                if w.id == request_id:  # a queued request holds no blocks
                     del self._waiting[i]
-                    self._release(w)  # a queued request holds nothing; kept exact anyway
                     return True
             return False
         if request_id in self._cohort:
@@ -468,7 +467,6 @@ class Engine:
                                               self._explicit)
         ends, residue, prefix = self._ends, self._residue, self._prefix
         itl_append = self.itl.steps.append
-        done_append = self.done.append
         m_idx, m_dur = self._max_idx, self._max_dur
         ensure, feed = self._ensure, self.feed
         if self._noisy:
@@ -609,20 +607,10 @@ class Engine:
                 residue[(s.base_c - s.base_step) % bs] -= 1
                 kv -= computed
                 del cohort[s.id]
-                # _finish(s, end), its blocks (own as _leave counts them) and its account
-                if limited:
-                    self._own_blocks -= -(-computed // bs) - s.shared
-                if s.ref is not None:
-                    entry = prefix.get(s.ref)
-                    if entry is not None:
-                        entry[1] -= 1
-                del running[s.id]
-                arrival = s.arrival
-                first = s.first_token
-                done_append(RequestTiming(
-                    s.id, arrival, s.prompt, out, (s.first_sched or arrival) - arrival,
-                    first - arrival, end - arrival, (end - first) / (out - 1) if out > 1
-                    else None, s.preemptions, s.cached, s.itl_max))
+                s.out, s.computed = out, computed
+                if limited:  # its own blocks, as _leave counts them
+                    s.own = -(-computed // bs) - s.shared
+                self._finish(s, end)
             for s in fresh:
                 s.first_token = s.last_token = end
                 if s.key is not None and s.ref is None:

@@ -118,14 +118,18 @@ def simulate_run(
     add, add_as, pop, idle = engine.add, engine.add_as, heapq.heappop, engine.idle
     advance, step, done_list = engine.advance_decode, engine.step, engine.done
 
+    def issue_next() -> None:
+        """The users whose requests finished since the last call send their next ones."""
+        nonlocal done_seen
+        if len(done_list) > done_seen:
+            issue([r.arrival_s + r.e2e_s + tail_s + think_s for r in done_list[done_seen:]])
+            done_seen = len(done_list)
+
     def feed(now: float) -> float:
         """Between steps: the users whose requests finished send their next ones, the
         requests due by `now` go in; returns when the next one is due."""
-        nonlocal done_seen
         if closed:
-            if len(done_list) > done_seen:
-                issue([r.arrival_s + r.e2e_s + tail_s + think_s for r in done_list[done_seen:]])
-                done_seen = len(done_list)
+            issue_next()
             while pending and pending[0][0] <= now:
                 _, _, b, rid, at = pop(pending)
                 add_as(b, rid, at)
@@ -160,9 +164,8 @@ def simulate_run(
                     t = max(t, pending[0][0])
                     continue
                 t = res.end_s
-            if closed and len(done_list) > done_seen:
-                issue([r.arrival_s + r.e2e_s + tail_s + think_s for r in done_list[done_seen:]])
-                done_seen = len(done_list)
+            if closed:
+                issue_next()
             if max_steps is not None and engine.steps >= max_steps:
                 break
     finally:

@@ -117,10 +117,10 @@ def confirm(measure: Callable[[Any], dict[str, Any]], predicted: dict[Any, float
             stopped = "interrupted"
             break
     return {**_result(tried, steps, stopped),
-            "predicted": {_key(k): v for k, v in predicted.items()}}
+            "predicted": {candidate_key(k): v for k, v in predicted.items()}}
 
 
-def _key(value: Any) -> str:
-    """A candidate as a JSON key: "8", or "8x2048" for a (max_num_seqs,
+def candidate_key(value: Any) -> str:
+    """A candidate as a JSON key or in a file name: "8", or "8x2048" for a (max_num_seqs,
     max_num_batched_tokens) pair."""
     return "x".join(map(str, value)) if isinstance(value, tuple) else str(value)

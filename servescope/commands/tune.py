@@ -97,11 +97,11 @@ class _CommandServer:
         self.proc = None
 
     def start(self, value: int, progress) -> None:
+        from servescope.capacity.tune_search import candidate_key
         from servescope.engines.process import servescope_home, start_logged, wait_http_ready
 
         cmd = shlex.split(_fill(self.template, value))
-        log = servescope_home() / "logs" / f"tune-{int(time.time())}-{_label(value)}.log"
-        log = log.with_name(log.name.replace(" x ", "x"))
+        log = servescope_home() / "logs" / f"tune-{int(time.time())}-{candidate_key(value)}.log"
         progress(f"starting {shlex.join(cmd)} (log: {log})")
         self.proc = start_logged(cmd, log)
         took = wait_http_ready(self.proc, self.url + self.ready_path, "the server", log,
