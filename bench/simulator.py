@@ -10,6 +10,8 @@ chat open loop at a Poisson rate (the rate 2 users drew: about two thirds of cap
 Printed: predicted against measured for throughput, TTFT, ITL and E2E (p50, p90, p99), the
 error of each, whether the interval held the measurement, and the issue's goals. Every
 run gets its own seed, so vLLM's prefix cache never serves a prompt from an earlier run.
+Last, the first case is measured again: the difference between the two runs is the
+server's own repeatability on this machine, the floor under any prediction's error.
 
 Speed (no engine): 1,000 configurations (max_num_seqs x max_num_batched_tokens x users,
 seeded) of a 10-minute closed-loop chat workload on Llama 3.1 8B / H100 from physics,
@@ -25,6 +27,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -168,7 +171,7 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
                  for c in (8, 16, 32)]
         cases += [("longer c=8", longer, {"concurrency": 8, "duration": args.duration}),
                   (f"chat rate={rate:g}/s", chat, {"rate": rate, "duration": args.duration})]
-        results = []
+        results, raw = [], []
         for name, base, kw in cases:
             sc = fresh(base, **kw)
             slos = sc.slos.model_dump()
@@ -181,14 +184,23 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
             predicted = predict(make, config, profile, replicas=args.replicas)
             _log(f"measure: {name}, {args.duration:g}s")
             _, measured = _measure(sc, server.url, store)
+            raw.append(measured)
             results.append({"case": name, "predicted": _flat(predicted), "measured":
                             _flat(measured), "interval90": predicted["interval90"],
                             "errors": rel_errors(predicted, measured, FIGS)})
         out["cases"] = results
+        # The server against itself: the first case measured again (a fresh seed, as every
+        # run), how far apart two runs of one load are here: the floor under any error
+        name, base, kw = cases[0]
+        _log(f"repeat: {name}, {args.duration:g}s")
+        _, again = _measure(fresh(base, **kw), server.url, store)
+        out["repeat"] = {"case": name, "first": _flat(raw[0]), "again": _flat(again),
+                         "differences": rel_errors(again, raw[0], FIGS)}
     finally:
         server.stop()
         receiver.stop()
         store.close()
+        shutil.rmtree(tmp, ignore_errors=True)
     out["engine_wall_s"] = time.monotonic() - t_start
     return out
 
@@ -240,6 +252,15 @@ def report(out: dict[str, Any]) -> list[str]:
         if k in worst:
             lines.append(f"goal {k} within {goal:.0%}: worst {worst[k]:.1%} "
                          f"{'met' if worst[k] <= goal else 'MISSED'}")
+    if "repeat" in out:
+        r = out["repeat"]
+        diffs = {k: v for k, v in r["differences"].items() if v is not None}
+        lines.append(f"repeatability: {r['case']} measured again, the second run against the "
+                     "first: " + ", ".join(f"{k} {v:+.1%}" for k, v in diffs.items()))
+        over = [k for k, goal in GOALS.items() if abs(diffs.get(k, 0.0)) > goal]
+        if over:
+            lines.append("  the server's own run-to-run difference exceeds the goal for "
+                         + ", ".join(over))
     if "speed" in out:
         s = out["speed"]
         lines.append(f"speed: {s['configs']} configurations of a 10-minute workload in "

@@ -130,15 +130,21 @@ class Engine:
     def idle(self) -> bool:
         return not self._running and not self._waiting
 
+    @staticmethod
+    def check(req: SimRequest) -> None:
+        """A request the engine can run: at least one prompt and one output token."""
+        if req.prompt_tokens < 1 or req.output_tokens < 1:
+            raise ValueError(f"request {req.id}: prompt_tokens and output_tokens must be >= 1")
+
     def add(self, req: SimRequest) -> None:
         """Queue a request (it waits until a step admits it)."""
+        self.check(req)
         self.add_as(req, req.id, req.arrival_s)
 
     def add_as(self, req: SimRequest, rid: str, arrival_s: float) -> None:
-        """Queue `req` under another id and arrival time (a closed-loop user's next request
-        drawn from a pool) without building a SimRequest for it."""
-        if req.prompt_tokens < 1 or req.output_tokens < 1:
-            raise ValueError(f"request {rid}: prompt_tokens and output_tokens must be >= 1")
+        """Queue `req`, already `check`ed, under another id and arrival time (a closed-loop
+        user's next request drawn from a pool, checked the first time) without building a
+        SimRequest for it."""
         self._waiting.append(_Seq(rid, arrival_s, req.prompt_tokens, req.output_tokens,
                                   req.prefix_key, req.prefix_tokens))
 
@@ -679,11 +685,19 @@ class Engine:
         return regular
 
     def _finish(self, s: _Seq, end: float) -> None:
-        self._release(s)
+        """s emitted its last token at `end`: its blocks go back (as _release; s is not
+        used again) and its record goes to `done`."""
+        self._own_blocks -= s.own
+        if s.ref is not None:
+            entry = self._prefix.get(s.ref)
+            if entry is not None:
+                entry[1] -= 1
         del self._running[s.id]
-        arrival = s.arrival
-        first = s.first_token if s.first_token is not None else end
-        tpot = (end - first) / (s.out - 1) if s.out > 1 else None
+        arrival, out = s.arrival, s.out
+        first = s.first_token
+        if first is None:
+            first = end
         self.done.append(RequestTiming(
-            s.id, arrival, s.prompt, s.out, (s.first_sched or arrival) - arrival,
-            first - arrival, end - arrival, tpot, s.preemptions, s.cached, s.itl_max))
+            s.id, arrival, s.prompt, out, (s.first_sched or arrival) - arrival,
+            first - arrival, end - arrival, (end - first) / (out - 1) if out > 1 else None,
+            s.preemptions, s.cached, s.itl_max))

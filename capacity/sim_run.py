@@ -8,10 +8,12 @@ this pure package must not import).
 
 from __future__ import annotations
 
+import functools
 import gc
 import heapq
+import itertools
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from operator import attrgetter
 
@@ -74,7 +76,6 @@ def simulate_run(
     # closed loop
     pending: list[tuple] = []
     order = 0
-    next_index = 0
     closed = closed_loop_users is not None
     if closed:
         if closed_loop_users < 1:
@@ -87,22 +88,30 @@ def simulate_run(
     most = math.inf if max_requests is None else max_requests
     push = heapq.heappush
 
+    def sequence() -> Iterator[tuple[SimRequest, str]]:
+        """The closed-loop users' requests in the order they send them, with their ids:
+        the list, then (with a duration) the list again, until max_requests."""
+        for i in itertools.count():
+            if i >= most or (i >= size and duration_s is None):
+                return
+            if i < size:  # checked the first time it is sent
+                b = pool[i]
+                engine.check(b)
+                yield b, b.id
+            else:
+                b = pool[i % size]
+                yield b, f"{b.id}#{i // size}"
+
+    # a user's next request and its id; None when no more are sent
+    take = functools.partial(next, sequence(), None)
+
     def issue(times: list[float]) -> None:
         """Closed-loop users send their next requests, one at each of `times`."""
-        nonlocal next_index, order
+        nonlocal order
         for at in times:
-            if at > end_s or next_index >= most:
+            if at > end_s or (nxt := take()) is None:
                 continue
-            if next_index >= size:
-                if duration_s is None:
-                    continue
-                b = pool[next_index % size]
-                rid = f"{b.id}#{next_index // size}"
-            else:
-                b = pool[next_index]
-                rid = b.id
-            next_index += 1
-            push(pending, (at + overhead_s, order, b, rid, at))  # sent as (rid, at)
+            push(pending, (at + overhead_s, order, nxt[0], nxt[1], at))  # sent as (rid, at)
             order += 1
 
     if closed:
@@ -118,18 +127,32 @@ def simulate_run(
     add, add_as, pop, idle = engine.add, engine.add_as, heapq.heappop, engine.idle
     advance, step, done_list = engine.advance_decode, engine.step, engine.done
 
-    def issue_next() -> None:
-        """The users whose requests finished since the last call send their next ones."""
+    delay = tail_s + think_s  # from a request's finish to its user's next send
+    straight_in = not (delay or overhead_s)
+
+    def issue_next(now: float) -> None:
+        """The users whose requests finished since the last call (all at `now`: it is
+        called at the end of every step that finishes one) send their next ones."""
         nonlocal done_seen
-        if len(done_list) > done_seen:
-            issue([r.arrival_s + r.e2e_s + tail_s + think_s for r in done_list[done_seen:]])
-            done_seen = len(done_list)
+        finished = len(done_list) - done_seen
+        if not finished:
+            return
+        done_seen += finished
+        if straight_in and not pending and now <= end_s:
+            # nothing on the way: the requests go in now, in the order the heap would
+            # give them back, without its round trip
+            for _ in range(finished):
+                if (nxt := take()) is None:
+                    break
+                add_as(nxt[0], nxt[1], now)
+            return
+        issue([now + delay] * finished)
 
     def feed(now: float) -> float:
         """Between steps: the users whose requests finished send their next ones, the
         requests due by `now` go in; returns when the next one is due."""
         if closed:
-            issue_next()
+            issue_next(now)
             while pending and pending[0][0] <= now:
                 _, _, b, rid, at = pop(pending)
                 add_as(b, rid, at)
@@ -165,7 +188,7 @@ def simulate_run(
                     continue
                 t = res.end_s
             if closed:
-                issue_next()
+                issue_next(t)
             if max_steps is not None and engine.steps >= max_steps:
                 break
     finally:

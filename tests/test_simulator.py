@@ -260,3 +260,24 @@ def test_an_interval_never_goes_below_zero():
     add_intervals(point, reps, {"ttft_ms.p99": 1.4})
     lo, hi = point["interval90"]["ttft_ms.p99"]
     assert lo == 0.0 and hi > 300.0
+
+
+@pytest.mark.parametrize("closed", [False, True])
+def test_a_request_without_tokens_is_refused_by_name(closed):
+    reqs = [SimRequest("ok", 0.0, 50, 10), SimRequest("empty", 0.0, 50, 0)]
+    kw = {"closed_loop_users": 1} if closed else {}
+    with pytest.raises(ValueError, match="request empty: prompt_tokens and output_tokens"):
+        simulate_run(reqs, SchedulerConfig(), Flat(), **kw)
+
+
+def test_a_closed_loop_user_sends_the_next_request_the_moment_one_finishes():
+    # Flat steps of 10 ms and prompts that fit one step: with no think time, every
+    # request arrives exactly when its user's previous one ended (not a rounding later),
+    # and is admitted in the very next step: no queue
+    reqs = [SimRequest(f"r{i}", 0.0, 50, 3 + i % 4) for i in range(40)]
+    run = simulate_run(reqs, SchedulerConfig(), Flat(), closed_loop_users=3)
+    assert len(run.requests) == 40 and run.unfinished == 0
+    ends = sorted(r.arrival_s + r.e2e_s for r in run.requests)
+    arrivals = sorted(r.arrival_s for r in run.requests)[3:]  # the first 3 at 0
+    assert all(any(abs(a - e) < 1e-12 for e in ends) for a in arrivals)
+    assert all(r.queue_s == 0 for r in run.requests)
