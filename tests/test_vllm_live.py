@@ -14,7 +14,7 @@ from servescope.analysis.promql import histogram_delta
 from servescope.collectors.loop import Collector, TargetSpec
 from servescope.collectors.scrape import scrape
 from servescope.core.store import Store
-from servescope.engines.vllm_cpu import split_cpus
+from servescope.engines.vllm_cpu import VLLMServer, split_cpus
 
 MAX_NUM_SEQS = 8  # the fixture's server
 USERS = 16  # more than max-num-seqs: the server must queue
@@ -200,3 +200,19 @@ def test_split_cpus_leaves_the_last_cpu_to_the_measuring_side():
     assert split_cpus({0, 1}) == ([0], [1])
     assert split_cpus({4, 2, 3, 5}) == ([2, 3, 4], [5])
     assert split_cpus({3}) == (None, [3])  # one CPU: nothing to split
+
+
+def test_one_compute_cpu_runs_the_model_in_the_engine_core_process(tmp_path):
+    """With one CPU to compute on, the model runs in vLLM's engine core (the uni executor),
+    which vLLM's CPU platform allows only with V1 multiprocessing off; with several, vLLM's
+    own multiprocess executor stays; an explicit choice is passed as given."""
+    def launch(**kw):
+        cmd, env = VLLMServer(model_dir=tmp_path, python=tmp_path / "python", **kw).launch()
+        flag = cmd.index("--distributed-executor-backend") + 1 if \
+            "--distributed-executor-backend" in cmd else None
+        return (cmd[flag] if flag else None), env.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+
+    assert launch(cpus=[0, 1]) == ("uni", "0")  # the model on CPU 0, the API server beside it
+    assert launch(cpus=[0]) == ("uni", "0")
+    assert launch(cpus=[0, 1, 2, 3]) == (None, None)  # three compute CPUs: vLLM's default
+    assert launch(cpus=[0, 1], executor="mp") == ("mp", None)
