@@ -685,13 +685,9 @@ class Engine:
         return regular
 
     def _finish(self, s: _Seq, end: float) -> None:
-        """s emitted its last token at `end`: its blocks go back (as _release; s is not
-        used again) and its record goes to `done`."""
-        self._own_blocks -= s.own
-        if s.ref is not None:
-            entry = self._prefix.get(s.ref)
-            if entry is not None:
-                entry[1] -= 1
+        """s emitted its last token at `end`: its blocks go back and its record goes to
+        `done`."""
+        self._release(s)
         del self._running[s.id]
         arrival, out = s.arrival, s.out
         first = s.first_token
