@@ -1,8 +1,9 @@
 """The calibrated simulator against the real vLLM CPU server (issue 11's validation).
 
 One vLLM CPU server (servescope.engines.vllm_cpu: the tiny model, max_num_seqs 8,
-max_num_batched_tokens 2048, OTLP spans to a receiver here) is measured briefly with the
-chat scenario at concurrency 1, 2 and 4 (`servescope calibrate`'s path: fit, bootstrap,
+max_num_batched_tokens 2048, OTLP spans to a receiver here) is warmed up (10 s at
+concurrency 4, not fitted) and measured briefly with the chat scenario at concurrency 1, 2
+and 4 (`servescope calibrate`'s path: fit, bootstrap,
 replay). Then, for each validation load, the simulator PREDICTS first (profile only, with
 90 % intervals) and the server is measured after: chat at concurrency 8, 16 and 32 (past
 max_num_seqs: queueing), a scenario with other lengths (longer prompts and answers), and
@@ -126,7 +127,7 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
     from servescope.loadgen.scenario import scenario_path
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-sim-"))
-    store = Store(tmp / "bench.db")
+    store = Store(args.keep_store or tmp / "bench.db")
     receiver = OTLPReceiver(store, "127.0.0.1", 0).start()
     python = ensure_env(_log)
     server = VLLMServer(model_dir=ensure_model(python, _log), python=python, max_num_seqs=8,
@@ -148,6 +149,11 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
     try:
         chat = load_scenario(scenario_path("chat"))
         levels, runs, summaries = [1, 2, 4], [], []
+        # as `servescope calibrate` does: a fresh server's first seconds run slower
+        if args.warmup:
+            _log(f"warm-up: chat at concurrency {levels[-1]}, {args.warmup:g}s (not fitted)")
+            _measure(fresh(chat, concurrency=levels[-1], duration=args.warmup), server.url,
+                     store)
         for c in levels:
             _log(f"calibrate: chat at concurrency {c}, {args.calib_duration:g}s")
             run_id, summary = _measure(fresh(chat, concurrency=c,
@@ -285,6 +291,10 @@ def main(argv: list[str]) -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calib-duration", type=float, default=20.0)
     ap.add_argument("--duration", type=float, default=30.0)
+    ap.add_argument("--warmup", type=float, default=10.0,
+                    help="seconds of load before calibrating, not fitted")
+    ap.add_argument("--keep-store", type=Path,
+                    help="keep the measured runs in this SQLite store (default: deleted)")
     ap.add_argument("--replicas", type=int, default=20)
     ap.add_argument("--configs", type=int, default=1000, help="speed check size (0: skip)")
     ap.add_argument("--no-engine", action="store_true", help="the speed check only")

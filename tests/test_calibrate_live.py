@@ -44,6 +44,11 @@ def test_calibrate_fits_the_real_server_and_simulate_uses_it(vllm_server, vllm_s
     assert [c["concurrency"] for c in p["checks"]] == [1, 2]
     assert p["source"]["target"] == vllm_server.url and len(p["source"]["runs"]) == 2
     assert "replay of concurrency 2" in res.stdout
+    # the warm-up at the highest level ran first and is not among the fitted runs
+    assert "warm-up at concurrency 2" in res.stderr
+    with Store(db) as store:
+        runs = store.runs()
+    assert len(runs) == 3 and sorted(r["id"] for r in runs)[0] not in p["source"]["runs"]
     sim = servescope("simulate", str(path), "--profile", str(out), "--concurrency", "8",
                      "--requests", "40", "--replicas", "3", "--json", db=db)
     assert sim.returncode == 0, sim.stderr

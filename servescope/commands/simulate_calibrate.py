@@ -115,7 +115,18 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         receiver = OTLPReceiver(store, "127.0.0.1", args.otlp_port).start()
     runs, summaries, run_ids = [], [], []
     model = args.model
+    if args.warmup < 0:
+        raise CliError(f"--warmup {args.warmup:g}: must be 0 or more seconds", EXIT_BAD_INPUT)
     try:
+        if args.warmup:
+            print(f"calibrate: warm-up at concurrency {max(levels)}, {args.warmup:g}s (not "
+                  "fitted)", file=sys.stderr)
+            _, summary = run_load(base.with_overrides(concurrency=max(levels),
+                                                      duration=args.warmup,
+                                                      requests=args.requests),
+                                  args.target, store, model=model, headers=headers,
+                                  show_progress=not args.quiet, describe_target=describe_target)
+            model = model or summary.get("model")
         for level in levels:
             scenario = base.with_overrides(concurrency=level, duration=args.duration,
                                            requests=args.requests)

@@ -46,6 +46,9 @@ def add_simulate_parsers(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated closed-loop levels (default 1,2,4)")
     c.add_argument("--duration", type=float, default=20.0, help="seconds per level")
     c.add_argument("--requests", type=int, help="at most this many requests per level")
+    c.add_argument("--warmup", type=float, default=10.0,
+                   help="seconds of load at the highest level first, measured but not fitted "
+                   "(a fresh server's first seconds run slower; default 10, 0: none)")
     c.add_argument("--model", help="served model name (default: the server's first)")
     c.add_argument("--max-num-seqs", type=int, help="the server's --max-num-seqs (vLLM does "
                    "not report it)")

@@ -13,6 +13,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 from servescope.engines.process import (
     EngineError,
     LocalServer,
@@ -127,7 +129,7 @@ class VLLMServer(LocalServer):
             VLLM_NO_USAGE_STATS="1",
             DO_NOT_TRACK="1",
         )
-        executor = self.executor
+        executor = self._executor()
         if self.cpus:
             # vLLM's own binding would spread over every CPU of the host: its compute
             # threads go on the server's CPUs, the last of them kept for its API server
@@ -135,8 +137,6 @@ class VLLMServer(LocalServer):
             compute = self.cpus[:-1] or self.cpus
             env.update(VLLM_CPU_OMP_THREADS_BIND=_cpu_list(compute),
                        VLLM_CPU_NUM_OF_RESERVED_CPU=str(len(self.cpus) - len(compute)))
-            if executor is None and len(compute) == 1:
-                executor = "uni"
         if executor == "uni":
             # without this vLLM's CPU platform turns uni back into mp; the API server still
             # runs its engine core in a process of its own (AsyncLLM)
@@ -160,8 +160,44 @@ class VLLMServer(LocalServer):
             cmd += ["--otlp-traces-endpoint", self.otlp_traces_endpoint]
         return cmd, env
 
+    def _compute_alone(self) -> bool:
+        """One CPU for vLLM and the model run in the engine core (uni): the model's thread
+        gets that CPU to itself, and the rest of vLLM (its API server, the engine core's I/O
+        threads) runs on the CPUs left to the load generator. Sharing the one CPU with the
+        API server cost the model about a third of it: on the 2-CPU machine, 8 users' ITL
+        p50 8.2-8.5 ms and 760-790 tok/s against 6.2 ms and 1,019 tok/s with it apart, and
+        a server whose step time jumped between two speeds (docs/ENGINES.md)."""
+        return bool(self.cpus) and len(self.cpus) == 1 and self._executor() == "uni" \
+            and bool(set(os.sched_getaffinity(0)) - set(self.cpus))
+
+    def _executor(self) -> str | None:
+        """--distributed-executor-backend: as given, else uni on one compute CPU."""
+        if self.executor is not None or not self.cpus:
+            return self.executor
+        return "uni" if len(self.cpus[:-1] or self.cpus) == 1 else None
+
     def server_cpus(self) -> list[int] | None:
+        if self._compute_alone():
+            return sorted(set(os.sched_getaffinity(0)) - set(self.cpus or []))
         return self.cpus
+
+    def wait_ready(self, timeout: float | None = None, progress: Progress = _log) -> None:
+        super().wait_ready(timeout, progress)
+        if self._compute_alone():
+            self._pin_model_thread(progress)
+
+    def _pin_model_thread(self, progress: Progress) -> None:
+        """Move the engine core's main thread (the scheduler and, with uni, the model) onto
+        self.cpus; its other threads and the API server stay where they started."""
+        assert self.proc is not None and self.cpus
+        cores = [p for p in psutil.Process(self.proc.pid).children(recursive=True)
+                 if p.name().startswith("VLLM::EngineCor")]
+        if len(cores) != 1:
+            raise EngineError(f"vLLM at {self.url}: expected one engine core process to pin "
+                              f"to CPU {_cpu_list(self.cpus)}, found {len(cores)}")
+        os.sched_setaffinity(cores[0].pid, self.cpus)  # that thread only (Linux)
+        progress(f"vLLM's model runs alone on CPU {_cpu_list(self.cpus)}; its API server "
+                 f"on CPU {_cpu_list(self.server_cpus() or [])}")
 
 
 def split_cpus(allowed: set[int] | None = None) -> tuple[list[int] | None, list[int]]:
