@@ -226,7 +226,7 @@ def start_local_vllm(
         "--max-num-batched-tokens", str(max_num_batched_tokens)]
     server = VLLMServer(model_dir=model, python=python, port=port, max_num_seqs=max_num_seqs,
                         otlp_traces_endpoint=otlp_traces_endpoint, extra_args=extra)
-    if server.cpus:
+    if server.cpus and not server._compute_alone():  # else the pin says where each runs
         rest = sorted(os.sched_getaffinity(0) - set(server.cpus))
         progress(f"vLLM runs on CPU {_cpu_list(server.cpus)}; CPU {_cpu_list(rest)} is left to the "
                  "load generator, the collector and the dashboard")
