@@ -383,7 +383,7 @@ class Engine:
                     "simulator: a request does not fit in the KV cache even alone "
                     f"(kv_blocks={self.config.kv_blocks}, block_size={self._bs})")
             return None
-        prefill_tokens, decodes, kv = 0, n_dec, self._cohort_kv + n_dec
+        prefill_tokens, decodes, kv, pairs = 0, n_dec, self._cohort_kv + n_dec, 0
         prefill: dict[str, int] = {}
         for s, n in scheduled:
             kv += s.computed + n
@@ -391,11 +391,12 @@ class Engine:
                 decodes += 1
             else:
                 prefill_tokens += n
+                pairs += n * s.computed + n * (n + 1) // 2  # steptime.prefill_pairs
                 prefill[s.id] = n
         if self._noisy:  # the step's duration, and into the longest-step stack
-            dur = self.step_model.sample_seconds(prefill_tokens, decodes, kv, self.rng)  # type: ignore[attr-defined]
+            dur = self.step_model.sample_seconds(prefill_tokens, decodes, kv, self.rng, pairs)  # type: ignore[attr-defined]
         else:
-            dur = self.step_model.step_seconds(prefill_tokens, decodes, kv)
+            dur = self.step_model.step_seconds(prefill_tokens, decodes, kv, pairs)
         end = now_s + dur
         m_idx, m_dur = self._max_idx, self._max_dur
         while m_dur and m_dur[-1] <= dur:
@@ -475,11 +476,14 @@ class Engine:
         itl_append = self.itl.steps.append
         m_idx, m_dur = self._max_idx, self._max_dur
         ensure, feed = self._ensure, self.feed
-        if self._noisy:
+        if self._noisy:  # one draw a step, as in step
             sample, rng = self.step_model.sample_seconds, self.rng  # type: ignore[attr-defined]
+
+            def step_time(prefill_tokens: int, decodes: int, kv_tokens: int,
+                          pairs: int = 0) -> float:
+                return sample(prefill_tokens, decodes, kv_tokens, rng, pairs)
         else:
-            sample, rng = None, None
-        seconds = self.step_model.step_seconds
+            step_time = self.step_model.step_seconds
         g = g0 = self.steps
         stop = g + max_steps if max_steps is not None else -1
         t, kv, busy, tb = now_s, self._cohort_kv, self.busy_s, self._tiebreak
@@ -504,7 +508,7 @@ class Engine:
                                 break
                             self._own_blocks += need
                     kv += n
-                    dur = sample(0, n, kv, rng) if sample is not None else seconds(0, n, kv)
+                    dur = step_time(0, n, kv)
                     while m_dur and m_dur[-1] <= dur:  # the longest-step stack, as in step
                         m_dur.pop()
                         m_idx.pop()
@@ -527,7 +531,7 @@ class Engine:
                         break
                     self._own_blocks += need
             g1 = g + 1
-            prefill_tokens, decodes, kv_step = 0, n, kv + n
+            prefill_tokens, decodes, kv_step, pairs = 0, n, kv + n, 0
             fresh: list[_Seq] = []  # admitted, whole prompt now, decoding on: joined at once
             rest: list[tuple[_Seq, int]] = []  # other admissions: step's per-sequence code
             if admit:  # _schedule's admission loop
@@ -575,6 +579,7 @@ class Engine:
                         # it; the join order is the admission order); its token's time
                         # and its prefix wait for the step's end, below.
                         prefill_tokens += k
+                        pairs += k * c + k * (k + 1) // 2  # steptime.prefill_pairs
                         s.computed = c = s.tokens
                         s.out, s.tokens = 1, c + 1
                         s.base_step, s.base_c, s.base_out = g1, c, 1
@@ -589,11 +594,11 @@ class Engine:
                             decodes += 1
                         else:
                             prefill_tokens += k
+                            pairs += k * c + k * (k + 1) // 2
                         rest.append((s, k))
                 if not n and not fresh and not rest:  # nothing fits: step raises
                     break
-            dur = (sample(prefill_tokens, decodes, kv_step, rng) if sample is not None
-                   else seconds(prefill_tokens, decodes, kv_step))
+            dur = step_time(prefill_tokens, decodes, kv_step, pairs)
             end = t + dur
             while m_dur and m_dur[-1] <= dur:
                 m_dur.pop()

@@ -8,12 +8,10 @@ this pure package must not import).
 
 from __future__ import annotations
 
-import functools
 import gc
 import heapq
-import itertools
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from operator import attrgetter
 
@@ -88,22 +86,25 @@ def simulate_run(
     most = math.inf if max_requests is None else max_requests
     push = heapq.heappush
 
-    def sequence() -> Iterator[tuple[SimRequest, str]]:
-        """The closed-loop users' requests in the order they send them, with their ids:
-        the list, then (with a duration) the list again, until max_requests."""
-        for i in itertools.count():
-            if i >= most or (i >= size and duration_s is None):
-                return
-            if i < size:  # checked the first time it is sent
-                b = pool[i]
-                engine.check(b)
-                yield b, b.id
-            else:
-                b = pool[i % size]
-                yield b, f"{b.id}#{i // size}"
+    # the closed loop sends the list, then (with a duration) the list again, until
+    # max_requests: `last` requests at most
+    last = min(most, math.inf if duration_s is not None else size)
+    sent = 0
 
-    # a user's next request and its id; None when no more are sent
-    take = functools.partial(next, sequence(), None)
+    def take() -> tuple[SimRequest, str] | None:
+        """A closed-loop user's next request and its id (the k-th time round the list,
+        "<id>#<k>"); None when no more are sent."""
+        nonlocal sent
+        i = sent
+        if i >= last:
+            return None
+        sent = i + 1
+        if i < size:  # checked the first time it is sent
+            b = pool[i]
+            engine.check(b)
+            return b, b.id
+        b = pool[i % size]
+        return b, f"{b.id}#{i // size}"
 
     def issue(times: list[float]) -> None:
         """Closed-loop users send their next requests, one at each of `times`."""
@@ -130,29 +131,24 @@ def simulate_run(
     delay = tail_s + think_s  # from a request's finish to its user's next send
     straight_in = not (delay or overhead_s)
 
-    def issue_next(now: float) -> None:
-        """The users whose requests finished since the last call (all at `now`: it is
-        called at the end of every step that finishes one) send their next ones."""
-        nonlocal done_seen
-        finished = len(done_list) - done_seen
-        if not finished:
-            return
-        done_seen += finished
-        if straight_in and not pending and now <= end_s:
-            # nothing on the way: the requests go in now, in the order the heap would
-            # give them back, without its round trip
-            for _ in range(finished):
-                if (nxt := take()) is None:
-                    break
-                add_as(nxt[0], nxt[1], now)
-            return
-        issue([now + delay] * finished)
-
     def feed(now: float) -> float:
-        """Between steps: the users whose requests finished send their next ones, the
-        requests due by `now` go in; returns when the next one is due."""
+        """Between steps: the users whose requests finished since the last call (all at
+        `now`: it is called at the end of every step that finishes one) send their next
+        ones, the requests due by `now` go in; returns when the next one is due."""
+        nonlocal done_seen
         if closed:
-            issue_next(now)
+            finished = len(done_list) - done_seen
+            if finished:
+                done_seen += finished
+                if straight_in and not pending and now <= end_s:
+                    # nothing on the way: the requests go in now, in the order the heap
+                    # would give them back, without its round trip
+                    for _ in range(finished):
+                        if (nxt := take()) is None:
+                            break
+                        add_as(nxt[0], nxt[1], now)
+                else:
+                    issue([now + delay] * finished)
             while pending and pending[0][0] <= now:
                 _, _, b, rid, at = pop(pending)
                 add_as(b, rid, at)
@@ -187,9 +183,8 @@ def simulate_run(
                     t = max(t, pending[0][0])
                     continue
                 t = res.end_s
-            if closed:
-                issue_next(t)
             if max_steps is not None and engine.steps >= max_steps:
+                feed(t)  # the users whose requests just finished have sent their next ones
                 break
     finally:
         engine.feed = None

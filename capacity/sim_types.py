@@ -52,19 +52,23 @@ class SchedulerConfig:
 
 class StepModel(Protocol):
     """How long one forward pass takes, from what it computes: the prompt tokens it
-    prefills, the sequences it decodes (one token each) and the KV tokens it reads."""
+    prefills, the sequences it decodes (one token each), the KV tokens it reads and the
+    (query, key) pairs its prefill attends over (steptime.prefill_pairs; 0 in a step
+    without prefill, where the engine leaves the argument out)."""
 
-    def step_seconds(self, prefill_tokens: int, decode_seqs: int, kv_tokens: int) -> float: ...
+    def step_seconds(self, prefill_tokens: int, decode_seqs: int, kv_tokens: int,
+                     pairs: int = 0) -> float: ...
 
 
 @runtime_checkable
 class NoisyStepModel(Protocol):
     """A step model that can also draw one step's time with its measured spread."""
 
-    def step_seconds(self, prefill_tokens: int, decode_seqs: int, kv_tokens: int) -> float: ...
+    def step_seconds(self, prefill_tokens: int, decode_seqs: int, kv_tokens: int,
+                     pairs: int = 0) -> float: ...
 
     def sample_seconds(self, prefill_tokens: int, decode_seqs: int, kv_tokens: int,
-                       rng: random.Random) -> float: ...
+                       rng: random.Random, pairs: int = 0) -> float: ...
 
 
 @dataclass

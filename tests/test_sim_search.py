@@ -29,7 +29,8 @@ class DecodeBound:
 
     label = "test: 5 ms + 2 ms per sequence"
 
-    def step_seconds(self, prefill_tokens: int, decode_seqs: int, kv_tokens: int) -> float:
+    def step_seconds(self, prefill_tokens: int, decode_seqs: int, kv_tokens: int,
+                     pairs: int = 0) -> float:
         return 0.005 + 0.002 * decode_seqs + 2e-5 * prefill_tokens
 
 

@@ -23,8 +23,10 @@ PLAIN = LinearStepModel(0.004, 2e-5, 3e-4, 5e-8)
 class Exact:
     """A step model without sample_seconds (as physics): no random draws."""
 
-    def step_seconds(self, prefill_tokens: int, decode_seqs: int, kv_tokens: int) -> float:
-        return 0.003 + 3e-5 * prefill_tokens + 2e-4 * decode_seqs + 1e-7 * kv_tokens
+    def step_seconds(self, prefill_tokens: int, decode_seqs: int, kv_tokens: int,
+                     pairs: int = 0) -> float:
+        return (0.003 + 3e-5 * prefill_tokens + 2e-4 * decode_seqs + 1e-7 * kv_tokens
+                + 1e-9 * pairs)
 
 
 def _requests(n: int = 240, seed: int = 9, one_token: bool = False,

@@ -16,13 +16,14 @@ from servescope.capacity.sim_run import simulate_run
 from servescope.capacity.sim_setup import sim_setup
 from servescope.capacity.sim_summary import add_intervals, summarize_run
 from servescope.capacity.simulator import SchedulerConfig, SimRequest, simulate
-from servescope.capacity.steptime import LinearStepModel
+from servescope.capacity.steptime import LinearStepModel, prefill_pairs
 
 
 class Flat:
     """Every step 10 ms plus 0.1 ms per prefill token: easy to reason about."""
 
-    def step_seconds(self, prefill_tokens: int, decode_seqs: int, kv_tokens: int) -> float:
+    def step_seconds(self, prefill_tokens: int, decode_seqs: int, kv_tokens: int,
+                     pairs: int = 0) -> float:
         return 0.010 + 0.0001 * prefill_tokens
 
 
@@ -281,3 +282,41 @@ def test_a_closed_loop_user_sends_the_next_request_the_moment_one_finishes():
     arrivals = sorted(r.arrival_s for r in run.requests)[3:]  # the first 3 at 0
     assert all(any(abs(a - e) < 1e-12 for e in ends) for a in arrivals)
     assert all(r.queue_s == 0 for r in run.requests)
+
+
+class PairRecorder:
+    """A flat step that records the prefill attention pairs each step reports."""
+
+    def __init__(self) -> None:
+        self.pairs: list[int] = []
+
+    def step_seconds(self, prefill_tokens: int, decode_seqs: int, kv_tokens: int,
+                     pairs: int = 0) -> float:
+        self.pairs.append(pairs)
+        return 0.01
+
+
+def test_each_prefill_chunk_attends_over_what_came_before_it():
+    """A 100-token prompt in chunks of 64 and 36: the first chunk's tokens attend to each
+    other, the second's to the first chunk too; decode steps report none. Together: the
+    whole prompt's pairs, 100 x 101 / 2."""
+    rec = PairRecorder()
+    eng = Engine(SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=64), rec)
+    eng.add(SimRequest("r", 0.0, 100, 3))
+    t = 0.0
+    while (res := eng.step(t)) is not None:
+        t = res.end_s
+    assert rec.pairs == [64 * 65 // 2, 36 * 64 + 36 * 37 // 2, 0, 0]
+    assert sum(rec.pairs) == prefill_pairs(100, 0) == 5050
+
+
+def test_physics_prefill_grows_faster_than_its_tokens():
+    """Attention's FLOPs in prefill grow with the square of the prompt: a 32k-token
+    prompt takes more than twice a 16k one on the roofline."""
+    ph = _h100_8b().physics
+
+    def prefill(n: int) -> float:
+        return ph.step_seconds(n, 0, n, prefill_pairs(n, 0)) - ph.overhead_s
+
+    assert prefill(32768) > 2.2 * prefill(16384)
+    assert ph.step_seconds(512, 0, 512) < ph.step_seconds(512, 0, 512, prefill_pairs(512, 0))

@@ -135,9 +135,10 @@ class Drifting:
     def __init__(self, switch: int) -> None:
         self.n, self.switch = 0, switch
 
-    def step_seconds(self, prefill: int, decodes: int, kv: int) -> float:
+    def step_seconds(self, prefill: int, decodes: int, kv: int, pairs: int = 0) -> float:
         self.n += 1
-        return TRUE.step_seconds(prefill, decodes, kv) * (1.3 if self.n > self.switch else 1.0)
+        return TRUE.step_seconds(prefill, decodes, kv, pairs) * (
+            1.3 if self.n > self.switch else 1.0)
 
 
 def test_speed_drift_sees_a_server_that_slows_inside_a_run():
@@ -176,7 +177,7 @@ class Concave:
     """A server whose step grows with the square root of the batch (a frontend that
     batches its work, say): a line fitted at 1-2 users over-predicts 4."""
 
-    def step_seconds(self, prefill: int, decodes: int, kv: int) -> float:
+    def step_seconds(self, prefill: int, decodes: int, kv: int, pairs: int = 0) -> float:
         return 0.004 + 20e-6 * prefill + 900e-6 * decodes ** 0.5
 
 
@@ -217,3 +218,4 @@ def test_the_profile_measures_its_error_past_the_levels_it_was_fitted_on():
     assert past[itl] == pytest.approx(concave.model_error[itl]
                                       + 2 * concave.extrapolation_error[itl])
     assert concave.error_for(None)[itl] == concave.model_error[itl]  # open loop
+

@@ -181,16 +181,19 @@ class RooflineFloor:
     def __init__(self, inner: Any, roofline: StepModel) -> None:
         self.inner, self.roofline = inner, roofline
 
-    def step_seconds(self, prefill_tokens: int, decode_seqs: int, kv_tokens: int) -> float:
-        return max(self.inner.step_seconds(prefill_tokens, decode_seqs, kv_tokens),
-                   self.roofline.step_seconds(prefill_tokens, decode_seqs, kv_tokens))
+    def step_seconds(self, prefill_tokens: int, decode_seqs: int, kv_tokens: int,
+                     pairs: int = 0) -> float:
+        return max(self.inner.step_seconds(prefill_tokens, decode_seqs, kv_tokens, pairs),
+                   self.roofline.step_seconds(prefill_tokens, decode_seqs, kv_tokens, pairs))
 
     def sample_seconds(self, prefill_tokens: int, decode_seqs: int, kv_tokens: int,
-                       rng: random.Random) -> float:
+                       rng: random.Random, pairs: int = 0) -> float:
         sample = getattr(self.inner, "sample_seconds", None)
-        drawn = (sample(prefill_tokens, decode_seqs, kv_tokens, rng) if sample is not None
-                 else self.inner.step_seconds(prefill_tokens, decode_seqs, kv_tokens))
-        return max(drawn, self.roofline.step_seconds(prefill_tokens, decode_seqs, kv_tokens))
+        drawn = (sample(prefill_tokens, decode_seqs, kv_tokens, rng, pairs)
+                 if sample is not None
+                 else self.inner.step_seconds(prefill_tokens, decode_seqs, kv_tokens, pairs))
+        return max(drawn, self.roofline.step_seconds(prefill_tokens, decode_seqs, kv_tokens,
+                                                     pairs))
 
 
 def load_profile(path: Path) -> Calibration:
