@@ -228,6 +228,9 @@ def report(out: dict[str, Any]) -> list[str]:
                      f"{sm['kv_s_per_token'] * 1e9:.2f} ns/KV token; TTFT overhead "
                      f"{c['ttft_overhead_s'] * 1e3:.1f} ms ({c['rows']} steps, "
                      f"{c['spans_used']} spans)")
+        from servescope.capacity.sim_calibrate import Calibration, warnings_for
+
+        lines += [f"  warning: {w}" for w in warnings_for(Calibration.from_dict(c))]
         ext = out["profile"].get("extrapolation_error") or {}
         if ext:
             lines.append("extrapolation error per doubling of the users (fitted at 1-2, "

@@ -244,6 +244,30 @@ def calibrate(runs: Sequence[Sequence[Observed]], trim_mads: float = 6.0,
                        len(y), spans, run_sd, context)
 
 
+# Past this run-to-run spread of the server's own speed, a calibration's coefficients say
+# more about the machine's neighbours than about the server
+NOISY_RUN_SD = 0.10
+
+
+def warnings_for(cal: Calibration) -> list[str]:
+    """What a planner should know before trusting this calibration: a server whose speed
+    wandered (NOISY_RUN_SD), and a fit in which more sequences cost nothing (on a real
+    server they always do; a flat line is what a server slowing during the runs at low
+    concurrency leaves)."""
+    out = []
+    if cal.run_sd > NOISY_RUN_SD:
+        out.append(f"the server's speed varied by {cal.run_sd:.0%} (relative standard "
+                   "deviation) between and within the calibration runs: another load on "
+                   "the machine? The intervals carry it; calibrate again on a quiet machine "
+                   "for tighter ones")
+    sm = cal.step
+    if sm.decode_s_per_seq == 0 and sm.kv_s_per_token == 0:
+        out.append("the fit found no cost per decoding sequence or KV token (a step with 8 "
+                   "sequences as fast as one): the runs' speeds disagree; predictions past "
+                   "the calibrated users will be too fast")
+    return out
+
+
 def _decode_mids(obs: Sequence[Observed]) -> np.ndarray:
     """The middle of every decode gap, in step_rows' order of its decode rows."""
     obs = [o for o in obs if o.token_s]

@@ -18,6 +18,7 @@ from servescope.capacity.sim_calibrate import (
     calibrate,
     speed_drift,
     step_rows,
+    warnings_for,
 )
 from servescope.capacity.sim_engine import Engine
 from servescope.capacity.simulator import SchedulerConfig, SimRequest
@@ -219,3 +220,24 @@ def test_the_profile_measures_its_error_past_the_levels_it_was_fitted_on():
                                       + 2 * concave.extrapolation_error[itl])
     assert concave.error_for(None)[itl] == concave.model_error[itl]  # open loop
 
+
+
+class Slowing:
+    """TRUE, but the server runs 1.6x slower after `switch` steps."""
+
+    def __init__(self, switch: int) -> None:
+        self.n, self.switch = 0, switch
+
+    def step_seconds(self, prefill: int, decodes: int, kv: int, pairs: int = 0) -> float:
+        self.n += 1
+        return TRUE.step_seconds(prefill, decodes, kv) * (1.6 if self.n > self.switch else 1.0)
+
+
+def test_calibrate_warns_of_a_server_whose_speed_wandered_and_of_a_flat_fit():
+    steady = calibrate([measure(c, 60, seed=30 + c) for c in (1, 2, 4)])
+    assert warnings_for(steady) == []
+    slowing = calibrate([measure(c, 60, seed=30 + c, model=Slowing(800)) for c in (1, 2, 4)])
+    (w,) = [w for w in warnings_for(slowing) if "speed varied" in w]
+    assert f"{slowing.run_sd:.0%}" in w
+    flat = Calibration(LinearStepModel(0.006, 1e-4, 0.0, 0.0), 0.01, 0.0, 100, 0)
+    assert any("no cost per decoding sequence" in w for w in warnings_for(flat))

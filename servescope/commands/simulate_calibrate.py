@@ -167,6 +167,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         lo, hi = c["context_range"]
         print(f"  contexts seen: {lo:.0f}-{hi:.0f} KV tokens per decoding sequence (p10-p90); "
               "predictions far outside extrapolate the KV cost")
+    from servescope.capacity.sim_calibrate import Calibration, warnings_for
+
+    for w in warnings_for(Calibration.from_dict(c)):
+        print(f"  warning: {w}")
     for chk in profile["checks"]:
         errs = ", ".join(f"{k} {v:+.0%}" for k, v in chk["errors"].items() if v is not None)
         print(f"  replay of concurrency {chk['concurrency']}: {errs}")
