@@ -29,6 +29,7 @@ from servescope.capacity.sim_types import (
     SimRequest,
     StepModel,
     StepResult,
+    prefill_pairs,
 )
 
 
@@ -391,7 +392,7 @@ class Engine:
                 decodes += 1
             else:
                 prefill_tokens += n
-                pairs += n * s.computed + n * (n + 1) // 2  # steptime.prefill_pairs
+                pairs += prefill_pairs(n, s.computed)
                 prefill[s.id] = n
         if self._noisy:  # the step's duration, and into the longest-step stack
             dur = self.step_model.sample_seconds(prefill_tokens, decodes, kv, self.rng, pairs)  # type: ignore[attr-defined]
@@ -579,7 +580,7 @@ class Engine:
                         # it; the join order is the admission order); its token's time
                         # and its prefix wait for the step's end, below.
                         prefill_tokens += k
-                        pairs += k * c + k * (k + 1) // 2  # steptime.prefill_pairs
+                        pairs += prefill_pairs(k, c)
                         s.computed = c = s.tokens
                         s.out, s.tokens = 1, c + 1
                         s.base_step, s.base_c, s.base_out = g1, c, 1
@@ -594,7 +595,7 @@ class Engine:
                             decodes += 1
                         else:
                             prefill_tokens += k
-                            pairs += k * c + k * (k + 1) // 2
+                            pairs += prefill_pairs(k, c)
                         rest.append((s, k))
                 if not n and not fresh and not rest:  # nothing fits: step raises
                     break

@@ -53,11 +53,17 @@ class SchedulerConfig:
 class StepModel(Protocol):
     """How long one forward pass takes, from what it computes: the prompt tokens it
     prefills, the sequences it decodes (one token each), the KV tokens it reads and the
-    (query, key) pairs its prefill attends over (steptime.prefill_pairs; 0 in a step
+    (query, key) pairs its prefill attends over (prefill_pairs; 0 in a step
     without prefill, where the engine leaves the argument out)."""
 
     def step_seconds(self, prefill_tokens: int, decode_seqs: int, kv_tokens: int,
                      pairs: int = 0) -> float: ...
+
+
+def prefill_pairs(chunk: int, before: int) -> int:
+    """The (query, key) pairs a prefill chunk of `chunk` tokens attends over, `before`
+    tokens already computed: each new token attends to everything before it and itself."""
+    return chunk * before + chunk * (chunk + 1) // 2
 
 
 @runtime_checkable

@@ -12,9 +12,9 @@ reads over the bandwidth (every weight once, plus the KV it attends to) and the 
 does over the peak compute (the weights' per token, attention's per prefill pair), each at
 a stated efficiency, plus a fixed launch overhead.
 
-A step's prefill attention pairs (`prefill_pairs`) grow with the square of a prompt. The
-calibrated model leaves them out: a calibration on short prompts cannot tell them from the
-per-token cost. On this project's CPU server, calibrated on chat (prompts of 64-512
+A step's prefill attention pairs (`sim_types.prefill_pairs`) grow with the square of a
+prompt. The calibrated model leaves them out: a calibration on short prompts cannot tell
+them from the per-token cost. On this project's CPU server, calibrated on chat (prompts of 64-512
 tokens), a pair term came out at about 330 ns, where long prompts measured directly give
 about 70 (a 4-layer model prefilled 220 tokens at 0.116 ms a token and 828 at 0.137), and
 it put the TTFT of a 400-token scenario 44-85 % too high (p50, p90); without it, 2 % and
@@ -37,12 +37,6 @@ from servescope.capacity.kv import kv_bytes_per_token
 from servescope.capacity.model import FULL, MLA, SLIDING, ModelSpec
 
 TERMS = ("a_s", "prefill_s_per_token", "decode_s_per_seq", "kv_s_per_token")
-
-
-def prefill_pairs(chunk: int, before: int) -> int:
-    """The (query, key) pairs a prefill chunk of `chunk` tokens attends over, `before`
-    tokens already computed: each new token attends to everything before it and itself."""
-    return chunk * before + chunk * (chunk + 1) // 2
 
 
 @dataclass

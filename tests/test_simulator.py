@@ -15,8 +15,9 @@ from servescope.capacity.sim_engine import Engine
 from servescope.capacity.sim_run import simulate_run
 from servescope.capacity.sim_setup import sim_setup
 from servescope.capacity.sim_summary import add_intervals, summarize_run
+from servescope.capacity.sim_types import prefill_pairs
 from servescope.capacity.simulator import SchedulerConfig, SimRequest, simulate
-from servescope.capacity.steptime import LinearStepModel, prefill_pairs
+from servescope.capacity.steptime import LinearStepModel
 
 
 class Flat:

@@ -134,7 +134,7 @@ class VLLMServer(LocalServer):
             # vLLM's own binding would spread over every CPU of the host: its compute
             # threads go on the server's CPUs, the last of them kept for its API server
             # when there are two or more.
-            compute = self.cpus[:-1] or self.cpus
+            compute = self._compute_cpus()
             env.update(VLLM_CPU_OMP_THREADS_BIND=_cpu_list(compute),
                        VLLM_CPU_NUM_OF_RESERVED_CPU=str(len(self.cpus) - len(compute)))
         if executor == "uni":
@@ -170,11 +170,16 @@ class VLLMServer(LocalServer):
         return bool(self.cpus) and len(self.cpus) == 1 and self._executor() == "uni" \
             and bool(set(os.sched_getaffinity(0)) - set(self.cpus))
 
+    def _compute_cpus(self) -> list[int]:
+        """The CPUs the model computes on: the server's, the last kept for its API server
+        when there are two or more."""
+        return (self.cpus or [])[:-1] or (self.cpus or [])
+
     def _executor(self) -> str | None:
         """--distributed-executor-backend: as given, else uni on one compute CPU."""
         if self.executor is not None or not self.cpus:
             return self.executor
-        return "uni" if len(self.cpus[:-1] or self.cpus) == 1 else None
+        return "uni" if len(self._compute_cpus()) == 1 else None
 
     def server_cpus(self) -> list[int] | None:
         if self._compute_alone():
