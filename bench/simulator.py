@@ -3,11 +3,11 @@
 One vLLM CPU server (servescope.engines.vllm_cpu: the tiny model, max_num_seqs 8,
 max_num_batched_tokens 2048, OTLP spans to a receiver here) is warmed up (10 s at
 concurrency 4, not fitted) and measured briefly with the chat scenario at concurrency 1, 2
-and 4 (`servescope calibrate`'s path: fit, bootstrap,
-replay). Then, for each validation load, the simulator PREDICTS first (profile only, with
-90 % intervals) and the server is measured after: chat at concurrency 8, 16 and 32 (past
-max_num_seqs: queueing), a scenario with other lengths (longer prompts and answers), and
-chat open loop at a Poisson rate (the rate 2 users drew: about two thirds of capacity).
+and 4 (`servescope calibrate`'s path: fit, bootstrap, replay). Then, for each validation
+load, the simulator PREDICTS first (profile only, with 90 % intervals) and the server is
+measured after: chat at concurrency 8, 16 and 32 (past max_num_seqs: queueing), a
+scenario with other lengths (longer prompts and answers), and chat open loop at a Poisson
+rate (the rate 2 users drew: about two thirds of capacity).
 Printed: predicted against measured for throughput, TTFT, ITL and E2E (p50, p90, p99), the
 error of each, whether the interval held the measurement, and the issue's goals. Every
 run gets its own seed, so vLLM's prefix cache never serves a prompt from an earlier run.

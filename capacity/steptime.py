@@ -14,11 +14,11 @@ a stated efficiency, plus a fixed launch overhead.
 
 A step's prefill attention pairs (`sim_types.prefill_pairs`) grow with the square of a
 prompt. The calibrated model leaves them out: a calibration on short prompts cannot tell
-them from the per-token cost. On this project's CPU server, calibrated on chat (prompts of 64-512
-tokens), a pair term came out at about 330 ns, where long prompts measured directly give
-about 70 (a 4-layer model prefilled 220 tokens at 0.116 ms a token and 828 at 0.137), and
-it put the TTFT of a 400-token scenario 44-85 % too high (p50, p90); without it, 2 % and
-24 % too low.
+them from the per-token cost. On this project's CPU server, calibrated on chat (prompts
+of 64-512 tokens), a pair term came out at about 330 ns, where long prompts measured
+directly give about 70 (a 4-layer model prefilled 220 tokens at 0.116 ms a token and 828
+at 0.137), and it put the TTFT of a 400-token scenario 44-85 % too high (p50, p90);
+without it, 2 % and 24 % too low.
 """
 
 from __future__ import annotations

@@ -117,24 +117,25 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     model = args.model
     if args.warmup < 0:
         raise CliError(f"--warmup {args.warmup:g}: must be 0 or more seconds", EXIT_BAD_INPUT)
+
+    def load(level: int, duration: float) -> tuple[int, dict[str, Any]]:
+        nonlocal model
+        scenario = base.with_overrides(concurrency=level, duration=duration,
+                                       requests=args.requests)
+        run_id, summary = run_load(scenario, args.target, store, model=model, headers=headers,
+                                   show_progress=not args.quiet,
+                                   describe_target=describe_target)
+        model = model or summary.get("model")
+        return run_id, summary
+
     try:
         if args.warmup:
             print(f"calibrate: warm-up at concurrency {max(levels)}, {args.warmup:g}s (not "
                   "fitted)", file=sys.stderr)
-            _, summary = run_load(base.with_overrides(concurrency=max(levels),
-                                                      duration=args.warmup,
-                                                      requests=args.requests),
-                                  args.target, store, model=model, headers=headers,
-                                  show_progress=not args.quiet, describe_target=describe_target)
-            model = model or summary.get("model")
+            load(max(levels), args.warmup)
         for level in levels:
-            scenario = base.with_overrides(concurrency=level, duration=args.duration,
-                                           requests=args.requests)
             print(f"calibrate: concurrency {level}, {args.duration:g}s", file=sys.stderr)
-            run_id, summary = run_load(scenario, args.target, store, model=model,
-                                       headers=headers, show_progress=not args.quiet,
-                                       describe_target=describe_target)
-            model = model or summary.get("model")
+            run_id, summary = load(level, args.duration)
             obs, _ = measured_run(store, run_id)
             if not obs:
                 raise CliError(f"calibrate: the run at concurrency {level} finished no request")

@@ -160,15 +160,17 @@ class VLLMServer(LocalServer):
             cmd += ["--otlp-traces-endpoint", self.otlp_traces_endpoint]
         return cmd, env
 
-    def _compute_alone(self) -> bool:
-        """One CPU for vLLM and the model run in the engine core (uni): the model's thread
-        gets that CPU to itself, and the rest of vLLM (its API server, the engine core's I/O
-        threads) runs on the CPUs left to the load generator. Sharing the one CPU with the
+    def _api_cpus(self) -> list[int] | None:
+        """Where the rest of vLLM (its API server, the engine core's I/O threads) runs
+        apart from the model's thread, or None when it runs beside it: with one CPU for
+        vLLM and the model in the engine core (uni), the model gets that CPU to itself and
+        the rest goes on the CPUs left to the load generator. Sharing the one CPU with the
         API server cost the model about a third of it: on the 2-CPU machine, 8 users' ITL
         p50 8.2-8.5 ms and 760-790 tok/s against 6.2 ms and 1,019 tok/s with it apart, and
         a server whose step time jumped between two speeds (docs/ENGINES.md)."""
-        return bool(self.cpus) and len(self.cpus) == 1 and self._executor() == "uni" \
-            and bool(set(os.sched_getaffinity(0)) - set(self.cpus))
+        if not self.cpus or len(self.cpus) != 1 or self._executor() != "uni":
+            return None
+        return sorted(set(os.sched_getaffinity(0)) - set(self.cpus)) or None
 
     def _compute_cpus(self) -> list[int]:
         """The CPUs the model computes on: the server's, the last kept for its API server
@@ -182,16 +184,14 @@ class VLLMServer(LocalServer):
         return "uni" if len(self._compute_cpus()) == 1 else None
 
     def server_cpus(self) -> list[int] | None:
-        if self._compute_alone():
-            return sorted(set(os.sched_getaffinity(0)) - set(self.cpus or []))
-        return self.cpus
+        return self._api_cpus() or self.cpus
 
     def wait_ready(self, timeout: float | None = None, progress: Progress = _log) -> None:
         super().wait_ready(timeout, progress)
-        if self._compute_alone():
-            self._pin_model_thread(progress)
+        if (apart := self._api_cpus()) is not None:
+            self._pin_model_thread(apart, progress)
 
-    def _pin_model_thread(self, progress: Progress) -> None:
+    def _pin_model_thread(self, apart: list[int], progress: Progress) -> None:
         """Move the engine core's main thread (the scheduler and, with uni, the model) onto
         self.cpus; its other threads and the API server stay where they started."""
         assert self.proc is not None and self.cpus
@@ -202,7 +202,7 @@ class VLLMServer(LocalServer):
                               f"to CPU {_cpu_list(self.cpus)}, found {len(cores)}")
         os.sched_setaffinity(cores[0].pid, self.cpus)  # that thread only (Linux)
         progress(f"vLLM's model runs alone on CPU {_cpu_list(self.cpus)}; its API server "
-                 f"on CPU {_cpu_list(self.server_cpus() or [])}")
+                 f"on CPU {_cpu_list(apart)}")
 
 
 def split_cpus(allowed: set[int] | None = None) -> tuple[list[int] | None, list[int]]:
@@ -231,7 +231,7 @@ def start_local_vllm(
         "--max-num-batched-tokens", str(max_num_batched_tokens)]
     server = VLLMServer(model_dir=model, python=python, port=port, max_num_seqs=max_num_seqs,
                         otlp_traces_endpoint=otlp_traces_endpoint, extra_args=extra)
-    if server.cpus and not server._compute_alone():  # else the pin says where each runs
+    if server.cpus and server._api_cpus() is None:  # else the pin says where each runs
         rest = sorted(os.sched_getaffinity(0) - set(server.cpus))
         progress(f"vLLM runs on CPU {_cpu_list(server.cpus)}; CPU {_cpu_list(rest)} is left to the "
                  "load generator, the collector and the dashboard")
