@@ -120,6 +120,7 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
         _server_scheduler,
         build_profile,
         measured_run,
+        pair_tokens_for,
     )
     from servescope.commands.simulate_requests import scenario_workload
     from servescope.core.store import Store
@@ -161,9 +162,12 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
             runs.append(measured_run(store, run_id)[0])
             summaries.append(summary)
         ns = argparse.Namespace(max_num_seqs=8, max_num_batched_tokens=2048)
+        pairs, pairs_from = pair_tokens_for(server.url, None)
+        _log(f"prefill pair = {pairs:.3g} prompt tokens ({pairs_from})")
         profile = Profile.from_dict(build_profile(
             levels, runs, summaries, _server_scheduler(server.url, ns),
-            {"target": server.url, "model": "tiny-qwen2", "levels": levels}, chat))
+            {"target": server.url, "model": "tiny-qwen2", "levels": levels,
+             "pair_tokens_from": pairs_from}, chat, pairs))
         out["profile"] = profile.to_dict()
         config = profile.config()
         # the open loop at the rate 2 users drew: about two thirds of the server's capacity.
@@ -228,6 +232,10 @@ def report(out: dict[str, Any]) -> list[str]:
                      f"{sm['kv_s_per_token'] * 1e9:.2f} ns/KV token; TTFT overhead "
                      f"{c['ttft_overhead_s'] * 1e3:.1f} ms ({c['rows']} steps, "
                      f"{c['spans_used']} spans)")
+        if sm.get("pair_tokens"):
+            lines.append(f"  prefill pair = {sm['pair_tokens']:.3g} prompt tokens, "
+                         f"{sm['pair_tokens'] * sm['prefill_s_per_token'] * 1e9:.0f} ns "
+                         "(from the architecture)")
         from servescope.capacity.sim_calibrate import Calibration, warnings_for
 
         lines += [f"  warning: {w}" for w in warnings_for(Calibration.from_dict(c))]

@@ -77,6 +77,8 @@ class _Timeline:
         order_f, order_l = np.argsort(self.first), np.argsort(self.last)
         self.first_sorted = self.first[order_f]
         self.prompt_by_first = np.concatenate([[0.0], np.cumsum(prompt[order_f])])
+        pairs = prompt * (prompt + 1) / 2  # each prompt's attention pairs, in one chunk
+        self.pairs_by_first = np.concatenate([[0.0], np.cumsum(pairs[order_f])])
         self.last_sorted = self.last[order_l]
         self.prompt_by_last = np.concatenate([[0.0], np.cumsum(prompt[order_l])])
         events = np.array([len(o.token_s) for o in obs], dtype=float)
@@ -92,23 +94,28 @@ class _Timeline:
         tokens = np.searchsorted(self.all_events, t, side="left") - self.events_by_last[nl]
         return seqs, prompts + tokens
 
-    def prefilled(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-        """Prompt tokens of the requests whose first token came in (lo, hi]."""
+    def prefilled(self, lo: np.ndarray, hi: np.ndarray, pair_tokens: float = 0.0
+                  ) -> np.ndarray:
+        """Prompt tokens of the requests whose first token came in (lo, hi], plus
+        `pair_tokens` for each of their attention pairs."""
         a = np.searchsorted(self.first_sorted, lo, side="right")
         b = np.searchsorted(self.first_sorted, hi, side="right")
-        return self.prompt_by_first[b] - self.prompt_by_first[a]
+        out = self.prompt_by_first[b] - self.prompt_by_first[a]
+        if pair_tokens:
+            out = out + pair_tokens * (self.pairs_by_first[b] - self.pairs_by_first[a])
+        return out
 
 
-def step_rows(obs: Sequence[Observed], use_spans: bool = True
+def step_rows(obs: Sequence[Observed], use_spans: bool = True, pair_tokens: float = 0.0
               ) -> tuple[np.ndarray, np.ndarray]:
     """One run's measured steps: rows of (1, prefill tokens, decode sequences, KV tokens,
     TTFT indicator) and their seconds. Decode rows from every gap between two tokens of a
     request; prefill rows from each request's first token."""
-    rows, y, _ = step_rows_timed(obs, use_spans)
+    rows, y, _ = step_rows_timed(obs, use_spans, pair_tokens)
     return rows, y
 
 
-def step_rows_timed(obs: Sequence[Observed], use_spans: bool = True
+def step_rows_timed(obs: Sequence[Observed], use_spans: bool = True, pair_tokens: float = 0.0
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """step_rows, and when each step happened (seconds, the run's clock)."""
     obs = [o for o in obs if o.token_s]
@@ -128,7 +135,8 @@ def step_rows_timed(obs: Sequence[Observed], use_spans: bool = True
     mid = (t1 + t2) / 2
     seqs, kv = tl.decoding(mid)
     pre = tl.prefilled(mid, t2 + gap / 2)
-    rows = np.column_stack([np.ones(len(gap)), pre, seqs, kv + pre, np.zeros(len(gap))])
+    work = tl.prefilled(mid, t2 + gap / 2, pair_tokens) if pair_tokens else pre
+    rows = np.column_stack([np.ones(len(gap)), work, seqs, kv + pre, np.zeros(len(gap))])
     ttft_rows, ttft_y, ttft_t = [], [], []
     for o in obs:
         f = o.token_s[0]
@@ -143,8 +151,10 @@ def step_rows_timed(obs: Sequence[Observed], use_spans: bool = True
             if busy(o.send_s) > 0:
                 continue
         s, k = tl.decoding(np.array([f - step / 2]))
-        p = tl.prefilled(np.array([f - step / 2]), np.array([f + step / 2]))
-        ttft_rows.append([1.0, max(p[0], o.prompt_tokens), s[0], k[0] + o.prompt_tokens, 1.0])
+        lo, hi = np.array([f - step / 2]), np.array([f + step / 2])
+        p = tl.prefilled(lo, hi, pair_tokens)
+        own = o.prompt_tokens * (1 + pair_tokens * (o.prompt_tokens + 1) / 2)
+        ttft_rows.append([1.0, max(p[0], own), s[0], k[0] + o.prompt_tokens, 1.0])
         ttft_y.append(y)
         ttft_t.append(f)
     times = mid
@@ -187,9 +197,10 @@ class Calibration:
             raise ValueError(f"calibration profile: missing or bad field {exc}") from None
 
 
-def all_rows(runs: Sequence[Sequence[Observed]]) -> tuple[np.ndarray, np.ndarray]:
+def all_rows(runs: Sequence[Sequence[Observed]], pair_tokens: float = 0.0
+             ) -> tuple[np.ndarray, np.ndarray]:
     """Every run's measured steps together (each run's timeline apart)."""
-    parts = [step_rows(run) for run in runs if run]
+    parts = [step_rows(run, pair_tokens=pair_tokens) for run in runs if run]
     if not parts:
         raise ValueError("calibration: no finished requests to learn from")
     return np.vstack([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
@@ -216,25 +227,25 @@ def fit_rows(x: np.ndarray, y: np.ndarray, trim_mads: float = 6.0, max_ratios: i
 
 
 def calibrate(runs: Sequence[Sequence[Observed]], trim_mads: float = 6.0,
-              max_ratios: int = 400) -> Calibration:
+              max_ratios: int = 400, pair_tokens: float = 0.0) -> Calibration:
     """Fit the step model and the overheads to the measured runs. `run_sd`: how much the
     runs' own mean speed differs around the one line (the relative standard deviation of
     each run's mean measured/fitted decode step): a server on a shared machine is not
     equally fast from one run to the next, and a prediction must allow for it."""
-    x, y = all_rows(runs)
+    x, y = all_rows(runs, pair_tokens)
     coef, ratios = fit_rows(x, y, trim_mads, max_ratios)
     means = []
     for run in runs:
-        rx, ry = step_rows(run)
+        rx, ry = step_rows(run, pair_tokens=pair_tokens)
         dec = rx[:, 4] == 0
         if dec.sum() >= 20:
             means.append(float(np.mean(ry[dec] / np.maximum(rx[dec] @ coef, 1e-9))))
     run_sd = float(np.std(means, ddof=1) / np.mean(means)) if len(means) >= 2 else 0.0
     # A few back-to-back runs understate how the speed of a server on a shared machine
     # wanders: take the larger of their spread and the drift seen inside them
-    run_sd = max(run_sd, speed_drift(runs, coef))
+    run_sd = max(run_sd, speed_drift(runs, coef, pair_tokens=pair_tokens))
     step = LinearStepModel(float(coef[0]), float(coef[1]), float(coef[2]), float(coef[3]),
-                           ratios)
+                           ratios, pair_tokens=pair_tokens)
     tails = [o.end_s - o.token_s[-1] for run in runs for o in run if o.token_s]
     spans = sum(1 for run in runs for o in run if o.server_prefill_s is not None)
     dec = (x[:, 4] == 0) & (x[:, 2] > 0)
@@ -278,7 +289,7 @@ def _decode_mids(obs: Sequence[Observed]) -> np.ndarray:
 
 
 def speed_drift(runs: Sequence[Sequence[Observed]], coef: np.ndarray, parts: int = 4,
-                min_rows: int = 30) -> float:
+                min_rows: int = 30, pair_tokens: float = 0.0) -> float:
     """How much the server's own speed drifts (relative standard deviation), from windows
     of the calibration runs: each run is cut into `parts` windows of equal time, each
     window's mean measured/fitted decode step is a speed reading, and the spread of those
@@ -287,7 +298,7 @@ def speed_drift(runs: Sequence[Sequence[Observed]], coef: np.ndarray, parts: int
     three readings; the windows give a dozen, and a prediction's run is as long as one."""
     means, noise = [], []
     for run in runs:
-        rx, ry = step_rows(run)
+        rx, ry = step_rows(run, pair_tokens=pair_tokens)
         dec = rx[:, 4] == 0
         mids = _decode_mids(run)
         if dec.sum() < min_rows or len(mids) != dec.sum():
@@ -307,7 +318,8 @@ def speed_drift(runs: Sequence[Sequence[Observed]], coef: np.ndarray, parts: int
     return float(np.sqrt(between) / np.mean(means)) if between > 0 else 0.0
 
 
-def _time_blocks(runs: Sequence[Sequence[Observed]]) -> list[np.ndarray] | None:
+def _time_blocks(runs: Sequence[Sequence[Observed]], pair_tokens: float = 0.0
+                 ) -> list[np.ndarray] | None:
     """all_rows' row indices cut into blocks of consecutive time, for a block bootstrap:
     steps close in time share the batch (its sequences, their context lengths) and the
     server's momentary speed, so resampling rows one by one treats thousands of correlated
@@ -320,7 +332,7 @@ def _time_blocks(runs: Sequence[Sequence[Observed]]) -> list[np.ndarray] | None:
     for run in runs:
         if not run:
             continue
-        _, y, t = step_rows_timed(run)
+        _, y, t = step_rows_timed(run, pair_tokens=pair_tokens)
         if not len(y):
             continue
         life = float(np.median([o.end_s - o.send_s for o in run if o.token_s])) or 1.0
@@ -331,12 +343,12 @@ def _time_blocks(runs: Sequence[Sequence[Observed]]) -> list[np.ndarray] | None:
     return blocks or None
 
 
-def bootstrap(runs: Sequence[Sequence[Observed]], n: int = 20, seed: int = 0
-              ) -> list[dict[str, float]]:
+def bootstrap(runs: Sequence[Sequence[Observed]], n: int = 20, seed: int = 0,
+              pair_tokens: float = 0.0) -> list[dict[str, float]]:
     """`n` refits on rows drawn with replacement: the fit's own uncertainty, for the
     prediction intervals (coefficients and overhead only; the noise stays the main fit's)."""
-    x, y = all_rows(runs)
-    blocks = _time_blocks(runs)
+    x, y = all_rows(runs, pair_tokens)
+    blocks = _time_blocks(runs, pair_tokens)
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):

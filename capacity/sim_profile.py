@@ -106,7 +106,8 @@ class Profile:
         """The fit's refits, each with the main fit's noise (for the replicas)."""
         base = self.calibration.step
         return [LinearStepModel(b["a_s"], b["prefill_s_per_token"], b["decode_s_per_seq"],
-                                b["kv_s_per_token"], base.ratios) for b in self.bootstrap]
+                                b["kv_s_per_token"], base.ratios,
+                                pair_tokens=base.pair_tokens) for b in self.bootstrap]
 
 
 def run_summary(work: Workload, config: SchedulerConfig, step: StepModel, seed: int = 0,

@@ -13,12 +13,14 @@ does over the peak compute (the weights' per token, attention's per prefill pair
 a stated efficiency, plus a fixed launch overhead.
 
 A step's prefill attention pairs (`sim_types.prefill_pairs`) grow with the square of a
-prompt. The calibrated model leaves them out: a calibration on short prompts cannot tell
-them from the per-token cost. On this project's CPU server, calibrated on chat (prompts
-of 64-512 tokens), a pair term came out at about 330 ns, where long prompts measured
-directly give about 70 (a 4-layer model prefilled 220 tokens at 0.116 ms a token and 828
-at 0.137), and it put the TTFT of a 400-token scenario 44-85 % too high (p50, p90);
-without it, 2 % and 24 % too low.
+prompt. A calibration on short prompts cannot tell them from the per-token cost (fitted
+freely on chat, prompts of 64-512 tokens, a pair came out at about 330 ns where long
+prompts measured directly give about 70, and the TTFT of a 400-token scenario was
+predicted 44-85 % too high). So the calibrated model prices a pair from the architecture
+instead: attention's FLOPs per pair over the weights' FLOPs per token (`pair_tokens`),
+in prompt tokens at the fitted per-token cost. For this project's 4-layer CPU model that
+is 0.00078 tokens, about 75 ns a pair; without it the 400-token scenario's TTFT p90 was
+predicted 25 % too low, with it 12 % (the same runs refitted).
 """
 
 from __future__ import annotations
@@ -41,9 +43,10 @@ TERMS = ("a_s", "prefill_s_per_token", "decode_s_per_seq", "kv_s_per_token")
 
 @dataclass
 class LinearStepModel:
-    """step = a + b x prefill + c x decodes + d x kv (seconds). `ratios`: measured step /
-    fitted step, sorted, to draw noise from (empty: no noise). The step's prefill pairs
-    are taken and left out (see the module's note)."""
+    """step = a + b x (prefill + pair_tokens x pairs) + c x decodes + d x kv (seconds).
+    `ratios`: measured step / fitted step, sorted, to draw noise from (empty: no noise).
+    `pair_tokens`: a prefill attention pair's cost in prompt tokens, from the architecture
+    (`pair_tokens`, see the module's note); 0 leaves the pairs out."""
 
     a_s: float
     prefill_s_per_token: float
@@ -51,15 +54,16 @@ class LinearStepModel:
     kv_s_per_token: float
     ratios: list[float] = field(default_factory=list)
     label: str = "calibrated"
+    pair_tokens: float = 0.0
 
     def step_seconds(self, prefill_tokens: int, decode_seqs: int, kv_tokens: int,
                      pairs: int = 0) -> float:
-        return (self.a_s + self.prefill_s_per_token * prefill_tokens
+        return (self.a_s + self.prefill_s_per_token * (prefill_tokens + self.pair_tokens * pairs)
                 + self.decode_s_per_seq * decode_seqs + self.kv_s_per_token * kv_tokens)
 
     def sample_seconds(self, prefill_tokens: int, decode_seqs: int, kv_tokens: int,
                        rng: random.Random, pairs: int = 0) -> float:
-        mean = self.step_seconds(prefill_tokens, decode_seqs, kv_tokens)
+        mean = self.step_seconds(prefill_tokens, decode_seqs, kv_tokens, pairs)
         if not self.ratios:
             return mean
         return mean * self.ratios[int(rng.random() * len(self.ratios))]
@@ -68,11 +72,11 @@ class LinearStepModel:
         """The same server `factor` times slower (a run-level speed draw)."""
         return LinearStepModel(self.a_s * factor, self.prefill_s_per_token * factor,
                                self.decode_s_per_seq * factor, self.kv_s_per_token * factor,
-                               self.ratios, self.label)
+                               self.ratios, self.label, self.pair_tokens)
 
     def without_noise(self) -> LinearStepModel:
         return LinearStepModel(self.a_s, self.prefill_s_per_token, self.decode_s_per_seq,
-                               self.kv_s_per_token, [], self.label)
+                               self.kv_s_per_token, [], self.label, self.pair_tokens)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,7 +84,7 @@ class LinearStepModel:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LinearStepModel:
         try:
-            return cls(**{k: d[k] for k in (*TERMS, "ratios", "label") if k in d})
+            return cls(**{k: d[k] for k in (*TERMS, "ratios", "label", "pair_tokens") if k in d})
         except TypeError as exc:
             raise ValueError(f"step model: {exc}") from None
 
@@ -172,16 +176,29 @@ class PhysicsStepModel:
                 f"{self.overhead_s * 1000:g} ms fixed per step"]
 
 
+def attention_flops_per_pair(model: ModelSpec) -> float:
+    """Attention's FLOPs for one (query, key) pair of a prefill: 4 x head_dim per head and
+    layer (the scores and the weighted sum), over the layers that attend (a sliding
+    window's counted as full: an upper bound)."""
+    attending = sum(1 for k in model.layer_kinds if k in (FULL, SLIDING, MLA))
+    return 4.0 * model.head_dim * model.num_heads * attending
+
+
+def pair_tokens(model: ModelSpec) -> float:
+    """A prefill pair's cost in prompt tokens: attention's FLOPs per pair over the
+    weights' per token (2 per active parameter), both run at the rate a calibration
+    measures for a prompt token."""
+    return attention_flops_per_pair(model) / (2.0 * model.params.compute)
+
+
 def physics_step_model(model: ModelSpec, fmt: WeightFormat, hw: Hardware, gpus: int,
                        kv_bytes: int, dtype_bytes: int = 2, bw_efficiency: float = 0.7,
                        flops_efficiency: float = 0.5, overhead_s: float = 0.002
                        ) -> PhysicsStepModel:
     """The roofline for one setup, from perf.py's bounds (its batch-1 decode read of the
     weights; 2 FLOPs per active parameter per token; KV bytes per token from kv.py), and
-    attention's FLOPs in prefill: 4 x head_dim per head and layer for each (query, key)
-    pair (the scores and the weighted sum), over the layers that attend (a sliding
-    window's counted as full: an upper bound). In decode the KV reads carry the context's
-    cost."""
+    attention's FLOPs per prefill pair (`attention_flops_per_pair`). In decode the KV reads
+    carry the context's cost."""
     weights = perf.decode_bound(model, fmt, hw, gpus, 1, 0, kv_bytes, 0,
                                 dtype_bytes).weight_bytes_read
     tflops = hw.fp8_tflops if fmt.compute == "fp8" and hw.fp8_tflops else hw.bf16_tflops
@@ -192,5 +209,4 @@ def physics_step_model(model: ModelSpec, fmt: WeightFormat, hw: Hardware, gpus: 
         bandwidth_bytes_s=hw.bandwidth_gbs * 1e9 * gpus,
         peak_flops=tflops * 1e12 * gpus,
         bw_efficiency=bw_efficiency, flops_efficiency=flops_efficiency, overhead_s=overhead_s,
-        flops_per_pair=4.0 * model.head_dim * model.num_heads
-        * sum(1 for k in model.layer_kinds if k in (FULL, SLIDING, MLA)))
+        flops_per_pair=attention_flops_per_pair(model))

@@ -8,7 +8,11 @@ from __future__ import annotations
 import json
 import random
 
+import pytest
+
 from helpers import servescope
+from servescope.capacity.catalog import model
+from servescope.capacity.steptime import pair_tokens
 from servescope.core.store import Store
 
 SCENARIO = """\
@@ -44,6 +48,13 @@ def test_calibrate_fits_the_real_server_and_simulate_uses_it(vllm_server, vllm_s
     assert [c["concurrency"] for c in p["checks"]] == [1, 2]
     assert p["source"]["target"] == vllm_server.url and len(p["source"]["runs"]) == 2
     assert "replay of concurrency 2" in res.stdout
+    # attention's price per prefill pair, from the config.json of the folder the server
+    # names (the architecture the calibration cannot fit from short prompts)
+    arch = p["source"]["pair_tokens_from"]
+    assert arch.endswith("config.json"), arch
+    assert sm["pair_tokens"] == pytest.approx(pair_tokens(model(arch).spec))
+    assert 1e-4 < sm["pair_tokens"] < 1e-2  # 4 layers x 4 heads x 64 over 2.6 M params
+    assert "prefill attention: a (query, key) pair costs" in res.stdout
     # the warm-up at the highest level ran first and is not among the fitted runs
     assert "warm-up at concurrency 2" in res.stderr
     with Store(db) as store:

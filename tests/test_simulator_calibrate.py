@@ -241,3 +241,26 @@ def test_calibrate_warns_of_a_server_whose_speed_wandered_and_of_a_flat_fit():
     assert f"{slowing.run_sd:.0%}" in w
     flat = Calibration(LinearStepModel(0.006, 1e-4, 0.0, 0.0), 0.01, 0.0, 100, 0)
     assert any("no cost per decoding sequence" in w for w in warnings_for(flat))
+
+
+def test_prefill_pairs_priced_from_the_architecture_carry_to_long_prompts():
+    """A server whose prefill attention costs per (query, key) pair, calibrated on short
+    prompts: given a pair's price in prompt tokens (as `calibrate` takes it from the
+    architecture), the fit recovers the per-token cost and predicts a long prompt's
+    prefill; without it the long prompt comes out far too fast."""
+    from servescope.capacity.sim_types import prefill_pairs
+
+    true = LinearStepModel(0.004, 20e-6, 300e-6, 50e-9, pair_tokens=0.002)
+    runs = [measure(u, 80, seed=u, model=true) for u in (1, 2, 4)]
+    priced = calibrate(runs, pair_tokens=0.002)
+    left_out = calibrate(runs)
+    assert priced.step.pair_tokens == 0.002
+    assert priced.step.prefill_s_per_token == pytest.approx(20e-6, rel=0.05)
+    long = 2000
+    pairs = prefill_pairs(long, 0)
+    truth = true.step_seconds(long, 0, long, pairs)
+    assert priced.step.step_seconds(long, 0, long, pairs) == pytest.approx(truth, rel=0.05)
+    assert left_out.step.step_seconds(long, 0, long, pairs) < 0.7 * truth
+    # the profile keeps the price
+    again = Calibration.from_dict(priced.to_dict())
+    assert again.step.pair_tokens == 0.002

@@ -75,3 +75,13 @@ def test_simulate_slots_policy_serializes(tmp_path):
 
     one, eight = tput("1"), tput("8")
     assert abs(eight - one) / one < 0.1
+
+
+def test_calibrate_refuses_an_unknown_architecture_before_any_load(tmp_path):
+    # the port is closed: the error must come before calibrate sends anything
+    res = servescope("calibrate", "--target", "http://127.0.0.1:9", "--architecture",
+                     "no-such-model", "--out", str(tmp_path / "p.json"), "--quiet",
+                     db=tmp_path / "c.db")
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "--architecture" in res.stderr and "no-such-model" in res.stderr
+    assert not (tmp_path / "p.json").exists()

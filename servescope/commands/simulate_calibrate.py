@@ -12,6 +12,8 @@ import sys
 import time
 from typing import Any
 
+import httpx
+
 from servescope.core.errors import EXIT_BAD_INPUT, CliError
 
 
@@ -28,11 +30,47 @@ def measured_run(store: Any, run_id: int) -> tuple[list[Any], dict[str, Any]]:
     return observed_requests(records, phases), run.get("summary") or {}
 
 
+def architecture_pair_tokens(architecture: str) -> tuple[float, str]:
+    """A prefill attention pair's cost in prompt tokens (steptime.pair_tokens) for the
+    model `architecture` names (as the planner's --model resolves it), and its source."""
+    from servescope.capacity.catalog import model as resolve_model
+    from servescope.capacity.steptime import pair_tokens
+
+    try:
+        info = resolve_model(architecture)
+    except ValueError as exc:  # UnknownName and ConfigError
+        raise CliError(f"--architecture: {exc}", EXIT_BAD_INPUT) from None
+    return pair_tokens(info.spec), info.source
+
+
+def pair_tokens_for(target: str, model: str | None) -> tuple[float, str]:
+    """The same for the model the vLLM server at `target` serves, from the config.json of
+    the folder its /v1/models names; (0, why) where that is not readable here: the pairs
+    are then left out."""
+    from servescope.capacity.model import ConfigError, from_hf_config
+    from servescope.capacity.steptime import pair_tokens
+    from servescope.collectors.model_info import ModelInfoError, fetch_answers
+
+    try:
+        answers = fetch_answers(target, "vllm", model)
+    except (ModelInfoError, httpx.HTTPError) as exc:
+        return 0.0, f"the server's model was not readable ({exc})"
+    if answers.config is None:
+        return 0.0, ("vLLM's /v1/models names no folder readable here; give "
+                     "--architecture")
+    try:
+        spec = from_hf_config(answers.config, name=answers.model or "model")
+    except ConfigError as exc:
+        return 0.0, f"{answers.config_source}: {exc}"
+    return pair_tokens(spec), str(answers.config_source)
+
+
 def build_profile(levels: list[int], runs: list[list[Any]], summaries: list[dict[str, Any]],
                   scheduler: dict[str, Any], source: dict[str, Any],
-                  scenario: Any) -> dict[str, Any]:
+                  scenario: Any, pair_tokens: float = 0.0) -> dict[str, Any]:
     """Fit, refit on resampled steps, and replay each calibration run in the simulator to
-    measure its own error (which the intervals then carry)."""
+    measure its own error (which the intervals then carry). `pair_tokens`: see
+    pair_tokens_for."""
     from servescope.capacity.sim_calibrate import bootstrap, calibrate
     from servescope.capacity.sim_profile import (
         Profile,
@@ -44,8 +82,8 @@ def build_profile(levels: list[int], runs: list[list[Any]], summaries: list[dict
     )
     from servescope.capacity.simulator import SimRequest
 
-    cal = calibrate(runs)
-    profile = Profile(cal, scheduler, bootstrap(runs), {}, source)
+    cal = calibrate(runs, pair_tokens=pair_tokens)
+    profile = Profile(cal, scheduler, bootstrap(runs, pair_tokens=pair_tokens), {}, source)
     config = profile.config()
     checks, works = [], []
     for level, obs, measured in zip(levels, runs, summaries, strict=True):
@@ -61,7 +99,7 @@ def build_profile(levels: list[int], runs: list[list[Any]], summaries: list[dict
     if len(levels) >= 3 and levels[-1] > levels[-2]:
         # how wrong a prediction past the calibrated levels is: fit without the highest
         # level, predict it, and carry that error per doubling into farther predictions
-        lower = calibrate(runs[:-1])
+        lower = calibrate(runs[:-1], pair_tokens=pair_tokens)
         predicted = run_summary(works[-1], config, lower.step, 0, lower.ttft_overhead_s,
                                 lower.tail_s)
         profile.extrapolation_error = extrapolation_error_from(
@@ -115,6 +153,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         receiver = OTLPReceiver(store, "127.0.0.1", args.otlp_port).start()
     runs, summaries, run_ids = [], [], []
     model = args.model
+    # a bad --architecture fails now, not after the runs
+    arch = architecture_pair_tokens(args.architecture) if args.architecture else None
     if args.warmup < 0:
         raise CliError(f"--warmup {args.warmup:g}: must be 0 or more seconds", EXIT_BAD_INPUT)
 
@@ -152,9 +192,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
               "levels": levels, "runs": run_ids, "created": time.time(),
               "manifest": json.loads(run["manifest"]) if run.get("manifest") else None,
               "server": run.get("target")}
+    pairs, pairs_from = arch or pair_tokens_for(args.target, model)
+    source["pair_tokens_from"] = pairs_from
     try:
         profile = build_profile(levels, runs, summaries, _server_scheduler(args.target, args),
-                                source, base)
+                                source, base, pairs)
     except ValueError as exc:
         raise CliError(str(exc)) from None
     args.out.write_text(json.dumps(profile, indent=2))
@@ -164,6 +206,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
           f"tokens + {sm['decode_s_per_seq'] * 1e6:.1f} us x decodes + "
           f"{sm['kv_s_per_token'] * 1e9:.2f} ns x KV tokens; TTFT overhead "
           f"{c['ttft_overhead_s'] * 1e3:.1f} ms; {c['rows']} steps, {c['spans_used']} spans")
+    if pairs:
+        print(f"  prefill attention: a (query, key) pair costs {pairs:.3g} prompt tokens "
+              f"(architecture from {pairs_from})")
+    else:
+        print(f"  prefill attention left out: {pairs_from}; long prompts will be predicted "
+              "too fast")
     if c.get("context_range"):
         lo, hi = c["context_range"]
         print(f"  contexts seen: {lo:.0f}-{hi:.0f} KV tokens per decoding sequence (p10-p90); "

@@ -50,6 +50,11 @@ def add_simulate_parsers(sub: argparse._SubParsersAction) -> None:
                    help="seconds of load at the highest level first, measured but not fitted "
                    "(a fresh server's first seconds run slower; default 10, 0: none)")
     c.add_argument("--model", help="served model name (default: the server's first)")
+    c.add_argument("--architecture", metavar="MODEL",
+                   help="the served model's architecture, for attention's cost in prefill: a "
+                   "config.json, a model folder, a catalog name or a Hugging Face id in the "
+                   "local cache (default: the config.json of the folder vLLM's /v1/models "
+                   "names, where it is readable here)")
     c.add_argument("--max-num-seqs", type=int, help="the server's --max-num-seqs (vLLM does "
                    "not report it)")
     c.add_argument("--max-num-batched-tokens", type=int,
