@@ -197,6 +197,16 @@ class Calibration:
             raise ValueError(f"calibration profile: missing or bad field {exc}") from None
 
 
+def run_order(levels: Sequence[int]) -> list[int]:
+    """The order calibration runs its levels in: each twice, the second pass mirrored
+    (1, 2, 4, 4, 2, 1), each run half the level's time. A server whose speed drifts
+    steadily through the calibration then weighs on every level alike (each level's mean
+    time is the same), where in one pass up a slow spell lands on a level or two and tilts
+    the line: the per-sequence cost is a small difference between levels, smaller than a
+    shared machine's swings from one minute to the next."""
+    return [*levels, *reversed(levels)]
+
+
 def all_rows(runs: Sequence[Sequence[Observed]], pair_tokens: float = 0.0
              ) -> tuple[np.ndarray, np.ndarray]:
     """Every run's measured steps together (each run's timeline apart)."""

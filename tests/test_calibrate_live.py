@@ -45,8 +45,9 @@ def test_calibrate_fits_the_real_server_and_simulate_uses_it(vllm_server, vllm_s
     assert sm["ratios"] and min(sm["ratios"]) > 0
     assert p["scheduler"]["kv_blocks"] > 1000 and p["scheduler"]["block_size"] >= 16
     assert p["scheduler"]["max_num_seqs"] == 8
-    assert [c["concurrency"] for c in p["checks"]] == [1, 2]
-    assert p["source"]["target"] == vllm_server.url and len(p["source"]["runs"]) == 2
+    # each level twice, the second pass mirrored, every run replayed
+    assert [c["concurrency"] for c in p["checks"]] == [1, 2, 2, 1] == p["source"]["order"]
+    assert p["source"]["target"] == vllm_server.url and len(p["source"]["runs"]) == 4
     assert "replay of concurrency 2" in res.stdout
     # attention's price per prefill pair, from the config.json of the folder the server
     # names (the architecture the calibration cannot fit from short prompts)
@@ -59,7 +60,11 @@ def test_calibrate_fits_the_real_server_and_simulate_uses_it(vllm_server, vllm_s
     assert "warm-up at concurrency 2" in res.stderr
     with Store(db) as store:
         runs = store.runs()
-    assert len(runs) == 3 and sorted(r["id"] for r in runs)[0] not in p["source"]["runs"]
+    assert len(runs) == 5 and sorted(r["id"] for r in runs)[0] not in p["source"]["runs"]
+    # half the level's requests each (--requests 10 per level)
+    with Store(db) as store:
+        done = [store.run(i)["summary"]["requests_ok"] for i in p["source"]["runs"]]
+    assert all(1 <= n <= 5 for n in done), done
     sim = servescope("simulate", str(path), "--profile", str(out), "--concurrency", "8",
                      "--requests", "40", "--replicas", "3", "--json", db=db)
     assert sim.returncode == 0, sim.stderr

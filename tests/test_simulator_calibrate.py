@@ -264,3 +264,39 @@ def test_prefill_pairs_priced_from_the_architecture_carry_to_long_prompts():
     # the profile keeps the price
     again = Calibration.from_dict(priced.to_dict())
     assert again.step.pair_tokens == 0.002
+
+
+class SlowingSteadily:
+    """TRUE, slowing steadily: each step 0.005 % slower than the one before (a quarter
+    slower by the end of the calibration)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def step_seconds(self, prefill: int, decodes: int, kv: int, pairs: int = 0) -> float:
+        self.n += 1
+        return TRUE.step_seconds(prefill, decodes, kv) * (1 + 5e-5 * self.n)
+
+
+def test_the_mirrored_run_order_keeps_a_steady_drift_out_of_the_per_sequence_cost():
+    """On a server that slows steadily, one pass up (1, 2, 4) puts the slowest minutes on
+    the most sequences and tilts the line: 8 sequences come out far slower, relative to
+    the truth, than one. The mirrored order (1, 2, 4, 4, 2, 1: half the requests each)
+    gives every level the same mean time: the fit is slow by the drift's mean, alike at
+    every batch size."""
+    from servescope.capacity.sim_calibrate import run_order
+
+    assert run_order([1, 2, 4]) == [1, 2, 4, 4, 2, 1]
+
+    def tilt(cal: Calibration) -> float:  # the fit against the truth, 8 sequences over 1
+        def rel(n: int) -> float:
+            return cal.step.step_seconds(0, n, n * 150) / TRUE.step_seconds(0, n, n * 150)
+        return rel(8) / rel(1)
+
+    server = SlowingSteadily()
+    once = calibrate([measure(c, 60, seed=50 + c, model=server) for c in (1, 2, 4)])
+    server = SlowingSteadily()
+    mirrored = calibrate([measure(c, 30, seed=50 + i, model=server)
+                          for i, c in enumerate(run_order([1, 2, 4]))])
+    assert tilt(once) > 1.15
+    assert tilt(mirrored) == pytest.approx(1.0, abs=0.03)

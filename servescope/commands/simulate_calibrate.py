@@ -69,7 +69,8 @@ def build_profile(levels: list[int], runs: list[list[Any]], summaries: list[dict
                   scheduler: dict[str, Any], source: dict[str, Any],
                   scenario: Any, pair_tokens: float = 0.0) -> dict[str, Any]:
     """Fit, refit on resampled steps, and replay each calibration run in the simulator to
-    measure its own error (which the intervals then carry). `pair_tokens`: see
+    measure its own error (which the intervals then carry). `levels`: each run's
+    concurrency, in the order run (a level may come twice: run_order). `pair_tokens`: see
     pair_tokens_for."""
     from servescope.capacity.sim_calibrate import bootstrap, calibrate
     from servescope.capacity.sim_profile import (
@@ -96,14 +97,25 @@ def build_profile(levels: list[int], runs: list[list[Any]], summaries: list[dict
         checks.append({"concurrency": level, "errors": rel_errors(predicted, measured)})
     profile.checks = checks
     profile.model_error = model_error_from(checks)
-    if len(levels) >= 3 and levels[-1] > levels[-2]:
+    top = max(levels)
+    below = [lv for lv in levels if lv < top]
+    if len(set(below)) >= 2:
         # how wrong a prediction past the calibrated levels is: fit without the highest
-        # level, predict it, and carry that error per doubling into farther predictions
-        lower = calibrate(runs[:-1], pair_tokens=pair_tokens)
-        predicted = run_summary(works[-1], config, lower.step, 0, lower.ttft_overhead_s,
-                                lower.tail_s)
+        # level, predict its runs, and carry that error (their mean) per doubling into
+        # farther predictions
+        lower = calibrate([r for lv, r in zip(levels, runs, strict=True) if lv < top],
+                          pair_tokens=pair_tokens)
+        errors: dict[str, list[float]] = {}
+        for lv, work, measured in zip(levels, works, summaries, strict=True):
+            if lv != top:
+                continue
+            predicted = run_summary(work, config, lower.step, 0, lower.ttft_overhead_s,
+                                    lower.tail_s)
+            for k, v in rel_errors(predicted, measured).items():
+                if v is not None:
+                    errors.setdefault(k, []).append(v)
         profile.extrapolation_error = extrapolation_error_from(
-            rel_errors(predicted, summaries[-1]), math.log2(levels[-1] / levels[-2]))
+            {k: sum(v) / len(v) for k, v in errors.items()}, math.log2(top / max(below)))
     return profile.to_dict()
 
 
@@ -131,6 +143,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from servescope.loadgen.run import LoadError, run_load  # noqa: I001 - Locust first
     from servescope.loadgen.scenario import ScenarioError, load_scenario, scenario_path
     from servescope.collectors.describe import describe_target
+    from servescope.capacity.sim_calibrate import run_order
     from servescope.commands.common import _auth_headers, _store
 
     try:
@@ -161,21 +174,24 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     def load(level: int, duration: float) -> tuple[int, dict[str, Any]]:
         nonlocal model
         scenario = base.with_overrides(concurrency=level, duration=duration,
-                                       requests=args.requests)
+                                       requests=-(-args.requests // 2) if args.requests
+                                       else None)
         run_id, summary = run_load(scenario, args.target, store, model=model, headers=headers,
                                    show_progress=not args.quiet,
                                    describe_target=describe_target)
         model = model or summary.get("model")
         return run_id, summary
 
+    order = run_order(levels)
     try:
         if args.warmup:
             print(f"calibrate: warm-up at concurrency {max(levels)}, {args.warmup:g}s (not "
                   "fitted)", file=sys.stderr)
             load(max(levels), args.warmup)
-        for level in levels:
-            print(f"calibrate: concurrency {level}, {args.duration:g}s", file=sys.stderr)
-            run_id, summary = load(level, args.duration)
+        for i, level in enumerate(order):
+            print(f"calibrate: run {i + 1}/{len(order)}, concurrency {level}, "
+                  f"{args.duration / 2:g}s", file=sys.stderr)
+            run_id, summary = load(level, args.duration / 2)
             obs, _ = measured_run(store, run_id)
             if not obs:
                 raise CliError(f"calibrate: the run at concurrency {level} finished no request")
@@ -189,13 +205,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             receiver.stop()
     run = store.run(run_ids[-1])
     source = {"target": args.target, "model": model, "scenario": base.name,
-              "levels": levels, "runs": run_ids, "created": time.time(),
+              "levels": levels, "order": order, "runs": run_ids, "created": time.time(),
               "manifest": json.loads(run["manifest"]) if run.get("manifest") else None,
               "server": run.get("target")}
     pairs, pairs_from = arch or pair_tokens_for(args.target, model)
     source["pair_tokens_from"] = pairs_from
     try:
-        profile = build_profile(levels, runs, summaries, _server_scheduler(args.target, args),
+        profile = build_profile(order, runs, summaries, _server_scheduler(args.target, args),
                                 source, base, pairs)
     except ValueError as exc:
         raise CliError(str(exc)) from None
@@ -227,8 +243,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if ext:
         shown = ", ".join(f"{k} {ext[k]:.0%}" for k in ("output_tokens_per_s", "itl_ms.p50",
                                                          "e2e_ms.p50", "ttft_ms.p90") if k in ext)
-        print(f"  extrapolation (fitted without concurrency {levels[-1]}, predicting it), error "
-              f"per doubling of the users: {shown}; predictions past {levels[-1]} users "
+        print(f"  extrapolation (fitted without concurrency {max(levels)}, predicting it), "
+              f"error per doubling of the users: {shown}; predictions past {max(levels)} users "
               "carry it in their intervals")
     print(f"profile written to {args.out}")
     return 0
