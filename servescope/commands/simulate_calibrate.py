@@ -157,6 +157,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         base = load_scenario(scenario_path(args.scenario))
     except ScenarioError as exc:
         raise CliError(str(exc), EXIT_BAD_INPUT) from None
+    if args.warmup < 0:
+        raise CliError(f"--warmup {args.warmup:g}: must be 0 or more seconds", EXIT_BAD_INPUT)
+    # a bad --architecture fails now, not after the runs
+    arch = architecture_pair_tokens(args.architecture) if args.architecture else None
     store = _store(args)
     headers = _auth_headers(args.api_key_env)
     receiver = None
@@ -166,10 +170,6 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         receiver = OTLPReceiver(store, "127.0.0.1", args.otlp_port).start()
     runs, summaries, run_ids = [], [], []
     model = args.model
-    # a bad --architecture fails now, not after the runs
-    arch = architecture_pair_tokens(args.architecture) if args.architecture else None
-    if args.warmup < 0:
-        raise CliError(f"--warmup {args.warmup:g}: must be 0 or more seconds", EXIT_BAD_INPUT)
 
     def load(level: int, duration: float) -> tuple[int, dict[str, Any]]:
         nonlocal model
