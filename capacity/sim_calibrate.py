@@ -13,6 +13,7 @@ detokenization, the client): the overhead the simulator adds to each TTFT.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -115,10 +116,48 @@ def step_rows(obs: Sequence[Observed], use_spans: bool = True, pair_tokens: floa
     return rows, y
 
 
+def _spread(stamps: Sequence[float]) -> list[float]:
+    """A request's token stamps with ties spread out. Tokens that reach the client in one
+    read (two SSE events in one packet) share a stamp, though the server made them in
+    separate steps during the gap before: each group of equal stamps after an earlier one
+    is spread evenly over that gap (the last keeps its stamp). A group at the first token
+    keeps its ties (nothing in the request says when its tokens were made); `_decode_gaps`
+    leaves their zero gaps out."""
+    t = list(stamps)
+    i = 1
+    while i < len(t):
+        if t[i] != t[i - 1]:
+            i += 1
+            continue
+        j, k = i - 1, i  # t[j..k] share one stamp
+        while k + 1 < len(t) and t[k + 1] == t[j]:
+            k += 1
+        if j > 0:  # k - j + 1 tokens over (t[j - 1], t[k]]
+            lo, step = t[j - 1], (t[k] - t[j - 1]) / (k - j + 1)
+            for m in range(j, k):
+                t[m] = lo + step * (m - j + 1)
+        i = k + 1
+    return t
+
+
+def _spread_all(obs: Sequence[Observed]) -> list[Observed]:
+    """The requests with tokens, their ties spread (`_spread`)."""
+    return [dataclasses.replace(o, token_s=_spread(o.token_s)) for o in obs if o.token_s]
+
+
+def _decode_gaps(obs: Sequence[Observed]) -> tuple[np.ndarray, np.ndarray]:
+    """(start, end) of every gap between two tokens of a request with a duration (the ties
+    `_spread` left, at the first token, are no measurement), requests in order."""
+    t1 = np.concatenate([o.token_s[:-1] for o in obs])
+    t2 = np.concatenate([o.token_s[1:] for o in obs])
+    keep = t2 > t1
+    return t1[keep], t2[keep]
+
+
 def step_rows_timed(obs: Sequence[Observed], use_spans: bool = True, pair_tokens: float = 0.0
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """step_rows, and when each step happened (seconds, the run's clock)."""
-    obs = [o for o in obs if o.token_s]
+    obs = _spread_all(obs)
     if not obs:
         return np.zeros((0, 5)), np.zeros(0), np.zeros(0)
     tl = _Timeline(obs)
@@ -129,8 +168,7 @@ def step_rows_timed(obs: Sequence[Observed], use_spans: bool = True, pair_tokens
         """Requests in flight at t, the one sent at t excluded."""
         return int(np.searchsorted(sends, t, side="left") - np.searchsorted(ends, t, "right"))
 
-    t1 = np.concatenate([o.token_s[:-1] for o in obs])
-    t2 = np.concatenate([o.token_s[1:] for o in obs])
+    t1, t2 = _decode_gaps(obs)
     gap = t2 - t1
     mid = (t1 + t2) / 2
     seqs, kv = tl.decoding(mid)
@@ -291,11 +329,11 @@ def warnings_for(cal: Calibration) -> list[str]:
 
 def _decode_mids(obs: Sequence[Observed]) -> np.ndarray:
     """The middle of every decode gap, in step_rows' order of its decode rows."""
-    obs = [o for o in obs if o.token_s]
+    obs = _spread_all(obs)
     if not obs:
         return np.zeros(0)
-    t = [np.asarray(o.token_s) for o in obs]
-    return np.concatenate([(a[:-1] + a[1:]) / 2 for a in t])
+    t1, t2 = _decode_gaps(obs)
+    return (t1 + t2) / 2
 
 
 def speed_drift(runs: Sequence[Sequence[Observed]], coef: np.ndarray, parts: int = 4,

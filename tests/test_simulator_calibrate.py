@@ -300,3 +300,35 @@ def test_the_mirrored_run_order_keeps_a_steady_drift_out_of_the_per_sequence_cos
                           for i, c in enumerate(run_order([1, 2, 4]))])
     assert tilt(once) > 1.15
     assert tilt(mirrored) == pytest.approx(1.0, abs=0.03)
+
+
+def test_tokens_read_together_are_spread_over_the_gap_before_them():
+    """Two SSE events in one read share a stamp: the steps that made them ran during the
+    gap before, so the calibration spreads them over it; ties at the first token (nothing
+    before them in the request) are left out, never read as zero-second steps."""
+    import dataclasses
+
+    from servescope.capacity.sim_calibrate import _decode_gaps, _spread
+
+    assert _spread([0.0, 1.0, 3.0, 3.0, 3.0, 4.0]) == pytest.approx(
+        [0.0, 1.0, 5 / 3, 7 / 3, 3.0, 4.0])
+    assert _spread([5.0, 5.0, 6.0]) == [5.0, 5.0, 6.0]
+    first_tied = Observed(0.0, [5.0, 5.0, 6.0], 6.0, 10, 3)
+    t1, t2 = _decode_gaps([first_tied])
+    assert list(t1) == [5.0] and list(t2) == [6.0]
+
+    # a run whose client read every third token together with the one after it
+    runs = [measure(c, 60, seed=60 + c) for c in (1, 2, 4)]
+
+    def coalesced(o: Observed) -> Observed:
+        t = list(o.token_s)
+        for i in range(1, len(t) - 1, 3):
+            t[i] = t[i + 1]
+        return dataclasses.replace(o, token_s=t)
+
+    clean = calibrate(runs)
+    read_together = calibrate([[coalesced(o) for o in run] for run in runs])
+    assert min(read_together.step.ratios) > 0.3  # no zero-second steps
+    for term in ("a_s", "decode_s_per_seq"):
+        assert getattr(read_together.step, term) == pytest.approx(getattr(clean.step, term),
+                                                                  rel=0.1)
