@@ -109,9 +109,11 @@ class _Timeline:
 
 def step_rows(obs: Sequence[Observed], use_spans: bool = True, pair_tokens: float = 0.0
               ) -> tuple[np.ndarray, np.ndarray]:
-    """One run's measured steps: rows of (1, prefill tokens, decode sequences, KV tokens,
-    TTFT indicator) and their seconds. Decode rows from every gap between two tokens of a
-    request; prefill rows from each request's first token."""
+    """One run's measured steps: rows of (1, prefill work, decode sequences, KV tokens,
+    TTFT indicator) and their seconds; prefill work is the prompt tokens plus
+    `pair_tokens` for each of their attention pairs (LinearStepModel's term). Decode rows
+    from every gap between two tokens of a request; prefill rows from each request's first
+    token."""
     rows, y, _ = step_rows_timed(obs, use_spans, pair_tokens)
     return rows, y
 
@@ -366,8 +368,7 @@ def speed_drift(runs: Sequence[Sequence[Observed]], coef: np.ndarray, parts: int
     return float(np.sqrt(between) / np.mean(means)) if between > 0 else 0.0
 
 
-def _time_blocks(runs: Sequence[Sequence[Observed]], pair_tokens: float = 0.0
-                 ) -> list[np.ndarray] | None:
+def _time_blocks(runs: Sequence[Sequence[Observed]]) -> list[np.ndarray] | None:
     """all_rows' row indices cut into blocks of consecutive time, for a block bootstrap:
     steps close in time share the batch (its sequences, their context lengths) and the
     server's momentary speed, so resampling rows one by one treats thousands of correlated
@@ -380,7 +381,7 @@ def _time_blocks(runs: Sequence[Sequence[Observed]], pair_tokens: float = 0.0
     for run in runs:
         if not run:
             continue
-        _, y, t = step_rows_timed(run, pair_tokens=pair_tokens)
+        _, y, t = step_rows_timed(run)
         if not len(y):
             continue
         life = float(np.median([o.end_s - o.send_s for o in run if o.token_s])) or 1.0
@@ -396,7 +397,7 @@ def bootstrap(runs: Sequence[Sequence[Observed]], n: int = 20, seed: int = 0,
     """`n` refits on rows drawn with replacement: the fit's own uncertainty, for the
     prediction intervals (coefficients and overhead only; the noise stays the main fit's)."""
     x, y = all_rows(runs, pair_tokens)
-    blocks = _time_blocks(runs, pair_tokens)
+    blocks = _time_blocks(runs)
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
