@@ -250,7 +250,16 @@ def run_order(levels: Sequence[int]) -> list[int]:
 def all_rows(runs: Sequence[Sequence[Observed]], pair_tokens: float = 0.0
              ) -> tuple[np.ndarray, np.ndarray]:
     """Every run's measured steps together (each run's timeline apart)."""
-    parts = [step_rows(run, pair_tokens=pair_tokens) for run in runs if run]
+    return _stacked(_run_rows(runs, pair_tokens))
+
+
+def _run_rows(runs: Sequence[Sequence[Observed]], pair_tokens: float
+              ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """step_rows of each run that has requests."""
+    return [step_rows(run, pair_tokens=pair_tokens) for run in runs if run]
+
+
+def _stacked(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
     if not parts:
         raise ValueError("calibration: no finished requests to learn from")
     return np.vstack([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
@@ -282,11 +291,11 @@ def calibrate(runs: Sequence[Sequence[Observed]], trim_mads: float = 6.0,
     runs' own mean speed differs around the one line (the relative standard deviation of
     each run's mean measured/fitted decode step): a server on a shared machine is not
     equally fast from one run to the next, and a prediction must allow for it."""
-    x, y = all_rows(runs, pair_tokens)
+    parts = _run_rows(runs, pair_tokens)  # each run's rows once: the fit and its spread
+    x, y = _stacked(parts)
     coef, ratios = fit_rows(x, y, trim_mads, max_ratios)
     means = []
-    for run in runs:
-        rx, ry = step_rows(run, pair_tokens=pair_tokens)
+    for rx, ry in parts:
         dec = rx[:, 4] == 0
         if dec.sum() >= 20:
             means.append(float(np.mean(ry[dec] / np.maximum(rx[dec] @ coef, 1e-9))))
