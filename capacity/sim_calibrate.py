@@ -220,11 +220,15 @@ class Calibration:
     # KV tokens per decoding sequence seen in the fit (p10, p90): outside it, the split
     # between the per-sequence and the per-KV-token cost is an extrapolation
     context_range: tuple[float, float] | None = None
+    # each calibration run's speed, a factor on the step model (fit_rows; 1.0 for a run
+    # without requests), in the order of the runs
+    run_speeds: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"step_model": self.step.to_dict(), "ttft_overhead_s": self.ttft_overhead_s,
                 "tail_s": self.tail_s, "rows": self.rows, "spans_used": self.spans_used,
-                "run_sd": self.run_sd, "context_range": self.context_range}
+                "run_sd": self.run_sd, "context_range": self.context_range,
+                "run_speeds": list(self.run_speeds)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Calibration:
@@ -232,7 +236,8 @@ class Calibration:
             return cls(LinearStepModel.from_dict(d["step_model"]), float(d["ttft_overhead_s"]),
                        float(d["tail_s"]), int(d.get("rows", 0)), int(d.get("spans_used", 0)),
                        float(d.get("run_sd", 0.0)),
-                       tuple(d["context_range"]) if d.get("context_range") else None)
+                       tuple(d["context_range"]) if d.get("context_range") else None,
+                       tuple(float(v) for v in d.get("run_speeds") or ()))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"calibration profile: missing or bad field {exc}") from None
 
@@ -294,8 +299,10 @@ def _run_speeds(x: np.ndarray, y: np.ndarray, run_of: np.ndarray, runs: np.ndarr
 
 
 def fit_rows(x: np.ndarray, y: np.ndarray, trim_mads: float = 6.0, max_ratios: int = 400,
-             run_of: np.ndarray | None = None) -> tuple[np.ndarray, list[float]]:
-    """(coefficients a, b, c, d, ttft overhead; the decode rows' measured/fitted ratios).
+             run_of: np.ndarray | None = None
+             ) -> tuple[np.ndarray, list[float], np.ndarray]:
+    """(coefficients a, b, c, d, ttft overhead; the decode rows' measured/fitted ratios;
+    each run's speed, by run index: ones without `run_of`).
     Rows farther than `trim_mads` MADs above the line (a host stall, two steps read as
     one) leave the line but stay in the noise.
 
@@ -312,20 +319,23 @@ def fit_rows(x: np.ndarray, y: np.ndarray, trim_mads: float = 6.0, max_ratios: i
         raise ValueError(f"calibration: {len(y)} measured steps; at least 8 are needed")
     runs = np.unique(run_of) if run_of is not None else np.zeros(0, dtype=int)
     per_run = len(runs) > 1
-    speed = _run_speeds(x, y, run_of, runs)[run_of] if per_run else np.ones(len(y))
+    factors = _run_speeds(x, y, run_of, runs) if per_run else np.ones(1 + int(runs.max(
+        initial=0)))
+    speed = factors[run_of] if per_run else np.ones(len(y))
     coef = nnls(x * speed[:, None], y)
     resid = y - (x * speed[:, None]) @ coef
     mad = float(np.median(np.abs(resid - np.median(resid)))) or 1e-12
     keep = resid <= np.median(resid) + trim_mads * 1.4826 * mad
     if keep.sum() >= 8 and not keep.all():
         if per_run:  # the speeds again, without the rows left out
-            speed = _run_speeds(x[keep], y[keep], run_of[keep], runs)[run_of]
+            factors = _run_speeds(x[keep], y[keep], run_of[keep], runs)
+            speed = factors[run_of]
         coef = nnls(x[keep] * speed[keep, None], y[keep])
     decode = x[:, 4] == 0
     ratios = np.sort(y[decode] / np.maximum(speed[decode] * (x[decode] @ coef), 1e-9))
     if len(ratios) > max_ratios:  # its quantiles, tails included
         ratios = np.quantile(ratios, np.linspace(0, 1, max_ratios))
-    return coef, [float(r) for r in ratios]
+    return coef, [float(r) for r in ratios], factors
 
 
 def calibrate(runs: Sequence[Sequence[Observed]], trim_mads: float = 6.0,
@@ -336,7 +346,9 @@ def calibrate(runs: Sequence[Sequence[Observed]], trim_mads: float = 6.0,
     equally fast from one run to the next, and a prediction must allow for it."""
     parts = _run_rows(runs, pair_tokens)  # each run's rows once: the fit and its spread
     x, y, run_of = _stacked(parts)
-    coef, ratios = fit_rows(x, y, trim_mads, max_ratios, run_of)
+    coef, ratios, factors = fit_rows(x, y, trim_mads, max_ratios, run_of)
+    with_requests = iter(factors)  # the rows' runs are the runs with requests, in order
+    speeds = [float(next(with_requests)) if run else 1.0 for run in runs]
     means = []
     for rx, ry in parts:
         dec = rx[:, 4] == 0
@@ -354,7 +366,7 @@ def calibrate(runs: Sequence[Sequence[Observed]], trim_mads: float = 6.0,
     ctx = x[dec, 3] / x[dec, 2]
     context = (float(np.percentile(ctx, 10)), float(np.percentile(ctx, 90))) if len(ctx) else None
     return Calibration(step, float(coef[4]), statistics.median(tails) if tails else 0.0,
-                       len(y), spans, run_sd, context)
+                       len(y), spans, run_sd, context, tuple(speeds))
 
 
 # Past this run-to-run spread of the server's own speed, a calibration's coefficients say
@@ -458,7 +470,7 @@ def bootstrap(runs: Sequence[Sequence[Observed]], n: int = 20, seed: int = 0,
                                                                     len(blocks))])
         else:
             pick = rng.integers(0, len(y), len(y))
-        coef, _ = fit_rows(x[pick], y[pick], max_ratios=0, run_of=run_of[pick])
+        coef, _, _ = fit_rows(x[pick], y[pick], max_ratios=0, run_of=run_of[pick])
         out.append({"a_s": float(coef[0]), "prefill_s_per_token": float(coef[1]),
                     "decode_s_per_seq": float(coef[2]), "kv_s_per_token": float(coef[3]),
                     "ttft_overhead_s": float(coef[4])})

@@ -136,10 +136,11 @@ def predict(make_workload: Callable[[int], Workload], config: SchedulerConfig,
     boots = profile.bootstrap if profile else []
     run_sd = cal.run_sd if cal else 0.0
     reps = []
+    n_runs = len(cal.run_speeds) if cal else 0
     for i in range(1, replicas + 1):
         model = refits[(i - 1) % len(refits)] if refits else main
         if run_sd and isinstance(model, LinearStepModel):  # this run's server speed
-            model = model.scaled(math.exp(random.Random(f"speed:{i}").gauss(0.0, run_sd)))
+            model = model.scaled(math.exp(run_sd * speed_draw(f"speed:{i}", n_runs)))
         o = boots[(i - 1) % len(boots)].get("ttft_overhead_s", over) if boots else over
         reps.append(run_summary(make_workload(i), config, model, i, o, tail))  # type: ignore[arg-type]
     users = make_workload(0).closed_loop_users
@@ -152,6 +153,19 @@ def predict(make_workload: Callable[[int], Workload], config: SchedulerConfig,
             "per doubling")
     point["step_model"] = getattr(main, "label", "custom")
     return point
+
+
+def speed_draw(seed: str, runs: int) -> float:
+    """A new run's log speed, in units of the calibration runs' spread: the prediction
+    for one more run from `runs` seen, whose spread is itself estimated (Student's t with
+    runs - 1 degrees of freedom, times sqrt(1 + 1/runs)); a standard normal draw where
+    fewer than 3 runs say nothing of it."""
+    rng = random.Random(seed)
+    z = rng.gauss(0.0, 1.0)
+    if runs < 3:
+        return z
+    df = runs - 1
+    return z / math.sqrt(rng.gammavariate(df / 2, 2.0) / df) * math.sqrt(1 + 1 / runs)
 
 
 def model_error_from(checks: Sequence[dict[str, Any]], floor: float = 0.02

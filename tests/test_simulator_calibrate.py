@@ -182,20 +182,23 @@ class Concave:
         return 0.004 + 20e-6 * prefill + 900e-6 * decodes ** 0.5
 
 
-def _profile_from(model, levels=(1, 2, 4)) -> dict:
+def _profile_from(model, levels=(1, 2, 4), models=None) -> dict:
+    """build_profile on runs "measured" on `model` (or on models[i] for run i)."""
     from types import SimpleNamespace
 
     from servescope.capacity.sim_profile import Workload, run_summary
     from servescope.commands.simulate_calibrate import build_profile
 
-    runs = [measure(c, 60, seed=40 + c, model=model) for c in levels]
+    models = models or [model] * len(levels)
+    runs = [measure(c, 60, seed=40 + c + 100 * levels[:i].count(c), model=m)
+            for i, (c, m) in enumerate(zip(levels, models, strict=True))]
     config = SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=512)
     summaries = []
-    for c, obs in zip(levels, runs, strict=True):  # the "measured" summary of each run
+    for c, obs, m in zip(levels, runs, models, strict=True):  # each run's "measured" summary
         reqs = [SimRequest(f"m{i}", 0.0, o.prompt_tokens, o.output_tokens)
                 for i, o in enumerate(sorted(obs, key=lambda o: o.send_s))]
         span = max(o.end_s for o in obs) - min(o.send_s for o in obs)
-        summaries.append(run_summary(Workload(reqs, c, span), config, model))
+        summaries.append(run_summary(Workload(reqs, c, span), config, m))
     scenario = SimpleNamespace(slos=SimpleNamespace(model_dump=dict))
     return build_profile(list(levels), runs, summaries,
                          {"max_num_seqs": 8, "max_num_batched_tokens": 512},
@@ -221,6 +224,37 @@ def test_the_profile_measures_its_error_past_the_levels_it_was_fitted_on():
                                       + 2 * concave.extrapolation_error[itl])
     assert concave.error_for(None)[itl] == concave.model_error[itl]  # open loop
 
+
+
+def test_the_machines_swings_reach_the_intervals_once():
+    """Runs at different speeds (a shared machine, by the minute): each calibration run is
+    replayed at its own fitted speed, so the model error holds what the model misses (little,
+    on a linear server) and the swings go into the intervals as the runs' spread, drawn as a
+    new run's speed is predicted from a few (Student's t: wider tails than a normal)."""
+    import statistics
+
+    from servescope.capacity.sim_calibrate import run_order
+    from servescope.capacity.sim_profile import Profile, speed_draw
+
+    factors = [1.0, 1.25, 0.85, 1.15, 0.8, 1.05]  # not by level: 1, 2, 4, 4, 2, 1
+    order = run_order([1, 2, 4])
+    profile = Profile.from_dict(_profile_from(
+        None, tuple(order), [TRUE.scaled(f) for f in factors]))
+    cal = profile.calibration
+    # the fitted speeds follow the machine's (relative to their mean)
+    mean = statistics.mean(factors)
+    for got, f in zip(cal.run_speeds, factors, strict=True):
+        assert got == pytest.approx(f / mean, rel=0.03)
+    assert cal.run_sd == pytest.approx(statistics.stdev(factors) / mean, rel=0.25)
+    # replayed at their own speeds, the runs are predicted within a few percent (at the
+    # mean speed, a run 25% slow would have put 20-25% into every interval a second time)
+    assert profile.model_error["itl_ms.p50"] < 0.05
+    assert profile.model_error["output_tokens_per_s"] < 0.05
+    # six runs: the draws' 5-95 % range is wider than a normal's 3.29 sd
+    draws = sorted(speed_draw(f"s{i}", 6) for i in range(4000))
+    assert 3.6 < draws[3799] - draws[199] < 5.2
+    normal = sorted(speed_draw(f"s{i}", 2) for i in range(4000))
+    assert normal[3799] - normal[199] == pytest.approx(3.29, rel=0.08)
 
 
 class Slowing:
@@ -327,8 +361,8 @@ def test_each_runs_own_speed_keeps_a_neighbours_spells_out_of_the_line():
     runs = [measure(c, 30, seed=70 + i, model=TRUE.scaled(speeds[c]))
             for i, c in enumerate(order)]
     x, y, run_of = all_rows(runs)
-    pooled, _ = fit_rows(x, y)
-    per_run, ratios = fit_rows(x, y, run_of=run_of)
+    pooled, _, _ = fit_rows(x, y)
+    per_run, ratios, _ = fit_rows(x, y, run_of=run_of)
     mean_speed = float(np.mean([speeds[c] for c in order]))
 
     def per_seq_share(coef) -> float:  # one more sequence, over the step of one

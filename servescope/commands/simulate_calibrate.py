@@ -86,14 +86,19 @@ def build_profile(levels: list[int], runs: list[list[Any]], summaries: list[dict
     cal = calibrate(runs, pair_tokens=pair_tokens)
     profile = Profile(cal, scheduler, bootstrap(runs, pair_tokens=pair_tokens), {}, source)
     config = profile.config()
+    # Each run is replayed at its own speed (the fit's): what a replay then misses is the
+    # model's, while the machine's swings from run to run reach the intervals once, as
+    # run_sd (the replicas' speed draws), not a second time through the model error.
+    speeds = cal.run_speeds or (1.0,) * len(runs)
     checks, works = [], []
-    for level, obs, measured in zip(levels, runs, summaries, strict=True):
+    for level, obs, measured, speed in zip(levels, runs, summaries, speeds, strict=True):
         reqs = [SimRequest(f"m{i}", 0.0, o.prompt_tokens, o.output_tokens)
                 for i, o in enumerate(sorted(obs, key=lambda o: o.send_s))]
         span = max(o.end_s for o in obs) - min(o.send_s for o in obs)
         work = Workload(reqs, level, span, 0.0, 0, scenario.slos.model_dump())
         works.append(work)
-        predicted = run_summary(work, config, cal.step, 0, cal.ttft_overhead_s, cal.tail_s)
+        predicted = run_summary(work, config, cal.step.scaled(speed), 0, cal.ttft_overhead_s,
+                                cal.tail_s)
         checks.append({"concurrency": level, "errors": rel_errors(predicted, measured)})
     profile.checks = checks
     profile.model_error = model_error_from(checks)
@@ -105,6 +110,8 @@ def build_profile(levels: list[int], runs: list[list[Any]], summaries: list[dict
         # farther predictions
         lower = calibrate([r for lv, r in zip(levels, runs, strict=True) if lv < top],
                           pair_tokens=pair_tokens)
+        # at the lower fit's own speed, not the top runs' fitted ones: those would take
+        # up the very difference between levels this measures
         errors: dict[str, list[float]] = {}
         for lv, work, measured in zip(levels, works, summaries, strict=True):
             if lv != top:
