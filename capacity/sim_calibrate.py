@@ -220,8 +220,8 @@ class Calibration:
     # KV tokens per decoding sequence seen in the fit (p10, p90): outside it, the split
     # between the per-sequence and the per-KV-token cost is an extrapolation
     context_range: tuple[float, float] | None = None
-    # each calibration run's speed, a factor on the step model (fit_rows; 1.0 for a run
-    # without requests), in the order of the runs
+    # each calibration run's own speed: its mean measured/fitted decode step (1.0 for a
+    # run with too few steps to tell), in the order of the runs
     run_speeds: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
@@ -253,9 +253,8 @@ def run_order(levels: Sequence[int]) -> list[int]:
 
 
 def all_rows(runs: Sequence[Sequence[Observed]], pair_tokens: float = 0.0
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every run's measured steps together (each run's timeline apart), and each row's run
-    (its index among the runs with requests)."""
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Every run's measured steps together (each run's timeline apart)."""
     return _stacked(_run_rows(runs, pair_tokens))
 
 
@@ -265,77 +264,30 @@ def _run_rows(runs: Sequence[Sequence[Observed]], pair_tokens: float
     return [step_rows(run, pair_tokens=pair_tokens) for run in runs if run]
 
 
-def _stacked(parts: list[tuple[np.ndarray, np.ndarray]]
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _stacked(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
     if not parts:
         raise ValueError("calibration: no finished requests to learn from")
-    run_of = np.concatenate([np.full(len(p[1]), i) for i, p in enumerate(parts)])
-    return np.vstack([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), run_of
+    return np.vstack([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def _run_speeds(x: np.ndarray, y: np.ndarray, run_of: np.ndarray, runs: np.ndarray,
-                rounds: int = 30) -> np.ndarray:
-    """Each run's speed for step = speed(run) x (x @ coef), by least squares over the runs'
-    speeds and the line together (Gauss-Newton: the model is linear in each given the
-    other; the first run's speed is held at 1), then scaled to average 1 over the runs.
-    All ones where a speed comes out non-positive (too few rows to tell)."""
-    first, rest = runs[0], runs[1:]
-    speed = np.ones(int(runs.max()) + 1)
-    coef, *_ = np.linalg.lstsq(x, y, rcond=None)
-    for _ in range(rounds):
-        s = speed[run_of]
-        fitted = x @ coef
-        jac = np.column_stack([x * s[:, None], *[np.where(run_of == r, fitted, 0.0)
-                                                 for r in rest]])
-        delta, *_ = np.linalg.lstsq(jac, y - s * fitted, rcond=None)
-        coef = coef + delta[:x.shape[1]]
-        speed[rest] += delta[x.shape[1]:]
-        if np.max(np.abs(delta[x.shape[1]:]), initial=0.0) < 1e-7:
-            break
-    speed[first] = 1.0
-    if not np.all(speed[runs] > 0):
-        return np.ones_like(speed)
-    return speed / speed[runs].mean()
-
-
-def fit_rows(x: np.ndarray, y: np.ndarray, trim_mads: float = 6.0, max_ratios: int = 400,
-             run_of: np.ndarray | None = None
-             ) -> tuple[np.ndarray, list[float], np.ndarray]:
-    """(coefficients a, b, c, d, ttft overhead; the decode rows' measured/fitted ratios;
-    each run's speed, by run index: ones without `run_of`).
-    Rows farther than `trim_mads` MADs above the line (a host stall, two steps read as
-    one) leave the line but stay in the noise.
-
-    With `run_of` (each row's run), every run also gets its own speed, a factor on the
-    whole line: step = speed(run) x (a + b x prefill + c x decodes + d x kv), the factors
-    averaging 1 over the runs, so the line is the calibration's mean speed. The line's
-    shape then comes from the steps within each run (the same minute, the same speed: a
-    step with 3 sequences against the one with 4 just after), not from comparing runs, and
-    a shared machine that runs one level's runs 20% slower than the next's (more than a
-    sequence costs) no longer tilts it. The speeds come first (`_run_speeds`), then the
-    line given them (non-negative, trimmed). The ratios are each row's against its own
-    run's speed: the noise within a run; the runs' spread is `calibrate`'s run_sd."""
+def fit_rows(x: np.ndarray, y: np.ndarray, trim_mads: float = 6.0, max_ratios: int = 400
+             ) -> tuple[np.ndarray, list[float]]:
+    """(coefficients a, b, c, d, ttft overhead; the decode rows' measured/fitted ratios).
+    Rows farther than `trim_mads` MADs above the first line (a host stall, two steps read as
+    one) leave the line but stay in the noise."""
     if len(y) < 8:
         raise ValueError(f"calibration: {len(y)} measured steps; at least 8 are needed")
-    runs = np.unique(run_of) if run_of is not None else np.zeros(0, dtype=int)
-    per_run = len(runs) > 1
-    factors = _run_speeds(x, y, run_of, runs) if per_run else np.ones(1 + int(runs.max(
-        initial=0)))
-    speed = factors[run_of] if per_run else np.ones(len(y))
-    coef = nnls(x * speed[:, None], y)
-    resid = y - (x * speed[:, None]) @ coef
+    coef = nnls(x, y)
+    resid = y - x @ coef
     mad = float(np.median(np.abs(resid - np.median(resid)))) or 1e-12
     keep = resid <= np.median(resid) + trim_mads * 1.4826 * mad
     if keep.sum() >= 8 and not keep.all():
-        if per_run:  # the speeds again, without the rows left out
-            factors = _run_speeds(x[keep], y[keep], run_of[keep], runs)
-            speed = factors[run_of]
-        coef = nnls(x[keep] * speed[keep, None], y[keep])
+        coef = nnls(x[keep], y[keep])
     decode = x[:, 4] == 0
-    ratios = np.sort(y[decode] / np.maximum(speed[decode] * (x[decode] @ coef), 1e-9))
+    ratios = np.sort(y[decode] / np.maximum(x[decode] @ coef, 1e-9))
     if len(ratios) > max_ratios:  # its quantiles, tails included
         ratios = np.quantile(ratios, np.linspace(0, 1, max_ratios))
-    return coef, [float(r) for r in ratios], factors
+    return coef, [float(r) for r in ratios]
 
 
 def calibrate(runs: Sequence[Sequence[Observed]], trim_mads: float = 6.0,
@@ -345,15 +297,16 @@ def calibrate(runs: Sequence[Sequence[Observed]], trim_mads: float = 6.0,
     each run's mean measured/fitted decode step): a server on a shared machine is not
     equally fast from one run to the next, and a prediction must allow for it."""
     parts = _run_rows(runs, pair_tokens)  # each run's rows once: the fit and its spread
-    x, y, run_of = _stacked(parts)
-    coef, ratios, factors = fit_rows(x, y, trim_mads, max_ratios, run_of)
-    with_requests = iter(factors)  # the rows' runs are the runs with requests, in order
-    speeds = [float(next(with_requests)) if run else 1.0 for run in runs]
-    means = []
-    for rx, ry in parts:
+    x, y = _stacked(parts)
+    coef, ratios = fit_rows(x, y, trim_mads, max_ratios)
+    means, speeds = [], []
+    with_requests = iter(parts)  # the runs with requests, in order
+    for run in runs:
+        rx, ry = next(with_requests) if run else (np.zeros((0, 5)), np.zeros(0))
         dec = rx[:, 4] == 0
         if dec.sum() >= 20:
             means.append(float(np.mean(ry[dec] / np.maximum(rx[dec] @ coef, 1e-9))))
+        speeds.append(means[-1] if dec.sum() >= 20 else 1.0)
     run_sd = float(np.std(means, ddof=1) / np.mean(means)) if len(means) >= 2 else 0.0
     # A few back-to-back runs understate how the speed of a server on a shared machine
     # wanders: take the larger of their spread and the drift seen inside them
@@ -460,7 +413,7 @@ def bootstrap(runs: Sequence[Sequence[Observed]], n: int = 20, seed: int = 0,
               pair_tokens: float = 0.0) -> list[dict[str, float]]:
     """`n` refits on rows drawn with replacement: the fit's own uncertainty, for the
     prediction intervals (coefficients and overhead only; the noise stays the main fit's)."""
-    x, y, run_of = all_rows(runs, pair_tokens)
+    x, y = all_rows(runs, pair_tokens)
     blocks = _time_blocks(runs)
     rng = np.random.default_rng(seed)
     out = []
@@ -470,7 +423,7 @@ def bootstrap(runs: Sequence[Sequence[Observed]], n: int = 20, seed: int = 0,
                                                                     len(blocks))])
         else:
             pick = rng.integers(0, len(y), len(y))
-        coef, _, _ = fit_rows(x[pick], y[pick], max_ratios=0, run_of=run_of[pick])
+        coef, _ = fit_rows(x[pick], y[pick], max_ratios=0)
         out.append({"a_s": float(coef[0]), "prefill_s_per_token": float(coef[1]),
                     "decode_s_per_seq": float(coef[2]), "kv_s_per_token": float(coef[3]),
                     "ttft_overhead_s": float(coef[4])})

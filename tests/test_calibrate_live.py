@@ -49,6 +49,10 @@ def test_calibrate_fits_the_real_server_and_simulate_uses_it(vllm_server, vllm_s
     assert [c["concurrency"] for c in p["checks"]] == [1, 2, 2, 1] == p["source"]["order"]
     assert p["source"]["target"] == vllm_server.url and len(p["source"]["runs"]) == 4
     assert "replay of concurrency 2" in res.stdout
+    # each run's own speed against the fit, kept and said
+    speeds = cal["run_speeds"]
+    assert len(speeds) == 4 and all(0.5 < v < 2 for v in speeds), speeds
+    assert "each run's step time against the fit" in res.stdout
     # attention's price per prefill pair, from the config.json of the folder the server
     # names (the architecture the calibration cannot fit from short prompts)
     arch = p["source"]["pair_tokens_from"]

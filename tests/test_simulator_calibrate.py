@@ -163,7 +163,7 @@ def test_the_bootstrap_resamples_blocks_of_time_not_single_steps():
     from servescope.capacity.sim_calibrate import step_rows_timed
 
     runs = [measure(c, 40, seed=30 + c) for c in (1, 4)]
-    _, y, _ = all_rows(runs)
+    _, y = all_rows(runs)
     blocks = _time_blocks(runs)
     idx = np.sort(np.concatenate(blocks))
     assert (idx == np.arange(len(y))).all()
@@ -215,9 +215,8 @@ def test_the_profile_measures_its_error_past_the_levels_it_was_fitted_on():
     concave = Profile.from_dict(_profile_from(Concave()))
     itl = "itl_ms.p50"
     assert linear[itl] < 0.01  # the simulator measuring itself: exact
-    # the line through 1 and 2 users puts 4 users' step too long: the secant's 0.2 ms
-    # (about 4 %), less what the KV term takes of the curve (1.8 % measured)
-    assert 0.01 < concave.extrapolation_error[itl] < 0.1
+    # the line through 1 and 2 users puts 4 users' step 0.2 ms (about 4 %) too long
+    assert 0.02 < concave.extrapolation_error[itl] < 0.1
     within, past = concave.error_for(4), concave.error_for(16)
     assert within[itl] == concave.model_error[itl]  # inside the calibrated levels: no more
     assert past[itl] == pytest.approx(concave.model_error[itl]
@@ -228,9 +227,10 @@ def test_the_profile_measures_its_error_past_the_levels_it_was_fitted_on():
 
 def test_the_machines_swings_reach_the_intervals_once():
     """Runs at different speeds (a shared machine, by the minute): each calibration run is
-    replayed at its own fitted speed, so the model error holds what the model misses (little,
-    on a linear server) and the swings go into the intervals as the runs' spread, drawn as a
-    new run's speed is predicted from a few (Student's t: wider tails than a normal)."""
+    replayed at its own speed (its mean step against the fit), so the model error holds
+    what the model misses (little, on a linear server) and the swings go into the
+    intervals as the runs' spread, drawn as a new run's speed is predicted from a few
+    (Student's t: wider tails than a normal)."""
     import statistics
 
     from servescope.capacity.sim_calibrate import run_order
@@ -241,10 +241,10 @@ def test_the_machines_swings_reach_the_intervals_once():
     profile = Profile.from_dict(_profile_from(
         None, tuple(order), [TRUE.scaled(f) for f in factors]))
     cal = profile.calibration
-    # the fitted speeds follow the machine's (relative to their mean)
+    # each run's speed against the one line follows the machine's (relative to their mean)
     mean = statistics.mean(factors)
     for got, f in zip(cal.run_speeds, factors, strict=True):
-        assert got == pytest.approx(f / mean, rel=0.03)
+        assert got == pytest.approx(f / mean, rel=0.05)
     assert cal.run_sd == pytest.approx(statistics.stdev(factors) / mean, rel=0.25)
     # replayed at their own speeds, the runs are predicted within a few percent (at the
     # mean speed, a run 25% slow would have put 20-25% into every interval a second time)
@@ -313,71 +313,28 @@ class SlowingSteadily:
         return TRUE.step_seconds(prefill, decodes, kv) * (1 + 5e-5 * self.n)
 
 
-def test_a_steady_drift_stays_out_of_the_per_sequence_cost():
-    """On a server that slows steadily, one line through one pass up (1, 2, 4) puts the
-    slowest minutes on the most sequences and tilts: 8 sequences come out far slower,
-    relative to the truth, than one. Two things keep it out, each enough alone here: the
-    mirrored order (1, 2, 4, 4, 2, 1: half the requests each), which gives every level the
-    same mean time, and the fit's speed per run (fit_rows), which takes the line's shape
-    from the steps within each run."""
-    import numpy as np
-
-    from servescope.capacity.sim_calibrate import fit_rows, run_order
+def test_the_mirrored_run_order_keeps_a_steady_drift_out_of_the_per_sequence_cost():
+    """On a server that slows steadily, one pass up (1, 2, 4) puts the slowest minutes on
+    the most sequences and tilts the line: 8 sequences come out far slower, relative to
+    the truth, than one. The mirrored order (1, 2, 4, 4, 2, 1: half the requests each)
+    gives every level the same mean time: the fit is slow by the drift's mean, alike at
+    every batch size."""
+    from servescope.capacity.sim_calibrate import run_order
 
     assert run_order([1, 2, 4]) == [1, 2, 4, 4, 2, 1]
 
-    def tilt(coef) -> float:  # the fit against the truth, 8 sequences over 1
+    def tilt(cal: Calibration) -> float:  # the fit against the truth, 8 sequences over 1
         def rel(n: int) -> float:
-            return float(coef[0] + coef[2] * n + coef[3] * n * 150) \
-                / TRUE.step_seconds(0, n, n * 150)
+            return cal.step.step_seconds(0, n, n * 150) / TRUE.step_seconds(0, n, n * 150)
         return rel(8) / rel(1)
 
     server = SlowingSteadily()
-    once = [measure(c, 60, seed=50 + c, model=server) for c in (1, 2, 4)]
+    once = calibrate([measure(c, 60, seed=50 + c, model=server) for c in (1, 2, 4)])
     server = SlowingSteadily()
-    mirrored = [measure(c, 30, seed=50 + i, model=server)
-                for i, c in enumerate(run_order([1, 2, 4]))]
-    for runs, pooled_tilted in ((once, True), (mirrored, False)):
-        x, y, _ = all_rows(runs)
-        pooled = tilt(fit_rows(x, y)[0])
-        assert (pooled > 1.15) if pooled_tilted else pooled == pytest.approx(1.0, abs=0.03)
-        per_run = calibrate(runs).step
-        assert tilt(np.array([per_run.a_s, 0, per_run.decode_s_per_seq,
-                              per_run.kv_s_per_token])) == pytest.approx(1.0, abs=0.03)
-
-
-def test_each_runs_own_speed_keeps_a_neighbours_spells_out_of_the_line():
-    """A shared machine runs some minutes 15-25% faster or slower than others, more than
-    one sequence costs: here the runs at 1 user happen to be slow and those at 4 fast. One
-    line through all the runs reads that as sequences costing nothing; with a speed per run
-    the line comes from the steps within each run and finds the true cost, and the runs'
-    speeds come out as they were."""
-    import numpy as np
-
-    from servescope.capacity.sim_calibrate import fit_rows, run_order
-
-    speeds = {1: 1.25, 2: 1.0, 4: 0.8}  # the machine, by chance, during each level
-    order = run_order([1, 2, 4])
-    runs = [measure(c, 30, seed=70 + i, model=TRUE.scaled(speeds[c]))
-            for i, c in enumerate(order)]
-    x, y, run_of = all_rows(runs)
-    pooled, _, _ = fit_rows(x, y)
-    per_run, ratios, _ = fit_rows(x, y, run_of=run_of)
-    mean_speed = float(np.mean([speeds[c] for c in order]))
-
-    def per_seq_share(coef) -> float:  # one more sequence, over the step of one
-        return coef[2] / (coef[0] + coef[2] + 150 * coef[3])
-
-    truth = per_seq_share([TRUE.a_s, 0, TRUE.decode_s_per_seq, TRUE.kv_s_per_token])
-    assert per_seq_share(pooled) < 0.5 * truth  # the spells flatten the pooled line
-    assert per_seq_share(per_run) == pytest.approx(truth, rel=0.15)
-    # the line is the calibration's mean speed, and the noise left is within the runs
-    assert per_run[0] == pytest.approx(TRUE.a_s * mean_speed, rel=0.1)
-    assert np.percentile(ratios, 90) / np.percentile(ratios, 10) < 1.1
-    # calibrate uses it, and still reports the runs' spread for the intervals
-    cal = calibrate(runs)
-    assert cal.step.decode_s_per_seq == pytest.approx(per_run[2], rel=1e-6)
-    assert cal.run_sd > 0.15
+    mirrored = calibrate([measure(c, 30, seed=50 + i, model=server)
+                          for i, c in enumerate(run_order([1, 2, 4]))])
+    assert tilt(once) > 1.15
+    assert tilt(mirrored) == pytest.approx(1.0, abs=0.03)
 
 
 def test_tokens_read_together_are_spread_over_the_gap_before_them():

@@ -86,9 +86,9 @@ def build_profile(levels: list[int], runs: list[list[Any]], summaries: list[dict
     cal = calibrate(runs, pair_tokens=pair_tokens)
     profile = Profile(cal, scheduler, bootstrap(runs, pair_tokens=pair_tokens), {}, source)
     config = profile.config()
-    # Each run is replayed at its own speed (the fit's): what a replay then misses is the
-    # model's, while the machine's swings from run to run reach the intervals once, as
-    # run_sd (the replicas' speed draws), not a second time through the model error.
+    # Each run is replayed at its own speed (its mean step against the line): what a replay
+    # then misses is the model's, while the machine's swings from run to run reach the
+    # intervals once, as run_sd (the replicas' speed draws), not again as model error.
     speeds = cal.run_speeds or (1.0,) * len(runs)
     checks, works = [], []
     for level, obs, measured, speed in zip(levels, runs, summaries, speeds, strict=True):
@@ -110,8 +110,8 @@ def build_profile(levels: list[int], runs: list[list[Any]], summaries: list[dict
         # farther predictions
         lower = calibrate([r for lv, r in zip(levels, runs, strict=True) if lv < top],
                           pair_tokens=pair_tokens)
-        # at the lower fit's own speed, not the top runs' fitted ones: those would take
-        # up the very difference between levels this measures
+        # at the lower fit's own speed, not the top runs' own: those would take up the
+        # very difference between levels this measures
         errors: dict[str, list[float]] = {}
         for lv, work, measured in zip(levels, works, summaries, strict=True):
             if lv != top:
@@ -235,6 +235,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     else:
         print(f"  prefill attention left out: {pairs_from}; long prompts will be predicted "
               "too fast")
+    speeds = c.get("run_speeds") or []
+    if len(speeds) > 1:
+        print("  each run's step time against the fit (1.20: its steps took 20% longer), "
+              f"concurrency {', '.join(map(str, order))}: "
+              f"{' '.join(f'{v:.2f}' for v in speeds)}; the intervals carry the spread "
+              f"({c['run_sd']:.0%})")
     if c.get("context_range"):
         lo, hi = c["context_range"]
         print(f"  contexts seen: {lo:.0f}-{hi:.0f} KV tokens per decoding sequence (p10-p90); "
@@ -245,7 +251,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         print(f"  warning: {w}")
     for chk in profile["checks"]:
         errs = ", ".join(f"{k} {v:+.0%}" for k, v in chk["errors"].items() if v is not None)
-        print(f"  replay of concurrency {chk['concurrency']}: {errs}")
+        print(f"  replay of concurrency {chk['concurrency']} at its own speed: {errs}")
     ext = profile.get("extrapolation_error") or {}
     if ext:
         shown = ", ".join(f"{k} {ext[k]:.0%}" for k in ("output_tokens_per_s", "itl_ms.p50",
