@@ -240,15 +240,12 @@ def report(out: dict[str, Any]) -> list[str]:
             lines.append(f"  prefill pair = {sm['pair_tokens']:.3g} prompt tokens, "
                          f"{sm['pair_tokens'] * sm['prefill_s_per_token'] * 1e9:.0f} ns "
                          "(from the architecture)")
-        if len(c.get("run_speeds") or []) > 1:
-            order = out["profile"]["source"].get("order") or []
-            lines.append(f"  each run's step time against the fit (concurrency "
-                         f"{', '.join(map(str, order))}): "
-                         f"{' '.join(f'{v:.2f}' for v in c['run_speeds'])}; "
-                         f"run_sd {c['run_sd']:.1%}")
-        from servescope.capacity.sim_calibrate import Calibration, warnings_for
+        from servescope.capacity.sim_calibrate import Calibration, speeds_line, warnings_for
 
-        lines += [f"  warning: {w}" for w in warnings_for(Calibration.from_dict(c))]
+        cal = Calibration.from_dict(c)
+        if line := speeds_line(cal, out["profile"]["source"].get("order") or []):
+            lines.append(f"  {line}")
+        lines += [f"  warning: {w}" for w in warnings_for(cal)]
         ext = out["profile"].get("extrapolation_error") or {}
         if ext:
             lines.append("extrapolation error per doubling of the users (fitted at 1-2, "

@@ -299,14 +299,16 @@ def calibrate(runs: Sequence[Sequence[Observed]], trim_mads: float = 6.0,
     parts = _run_rows(runs, pair_tokens)  # each run's rows once: the fit and its spread
     x, y = _stacked(parts)
     coef, ratios = fit_rows(x, y, trim_mads, max_ratios)
-    means, speeds = [], []
+    means, speeds = [], []  # each run's mean speed: those that tell it; every run's
     with_requests = iter(parts)  # the runs with requests, in order
     for run in runs:
         rx, ry = next(with_requests) if run else (np.zeros((0, 5)), np.zeros(0))
         dec = rx[:, 4] == 0
-        if dec.sum() >= 20:
-            means.append(float(np.mean(ry[dec] / np.maximum(rx[dec] @ coef, 1e-9))))
-        speeds.append(means[-1] if dec.sum() >= 20 else 1.0)
+        if dec.sum() < 20:
+            speeds.append(1.0)
+            continue
+        means.append(float(np.mean(ry[dec] / np.maximum(rx[dec] @ coef, 1e-9))))
+        speeds.append(means[-1])
     run_sd = float(np.std(means, ddof=1) / np.mean(means)) if len(means) >= 2 else 0.0
     # A few back-to-back runs understate how the speed of a server on a shared machine
     # wanders: take the larger of their spread and the drift seen inside them
@@ -344,6 +346,16 @@ def warnings_for(cal: Calibration) -> list[str]:
                    "sequences as fast as one): the runs' speeds disagree; predictions past "
                    "the calibrated users will be too fast")
     return out
+
+
+def speeds_line(cal: Calibration, order: Sequence[int]) -> str | None:
+    """Each calibration run's speed against the fit, for a person (None with one run)."""
+    if len(cal.run_speeds) < 2:
+        return None
+    return (f"each run's step time against the fit (1.20: its steps took 20% longer), "
+            f"concurrency {', '.join(map(str, order))}: "
+            f"{' '.join(f'{v:.2f}' for v in cal.run_speeds)}; the intervals carry the "
+            f"spread ({cal.run_sd:.0%})")
 
 
 def _decode_mids(obs: Sequence[Observed]) -> np.ndarray:

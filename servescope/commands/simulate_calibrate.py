@@ -89,9 +89,9 @@ def build_profile(levels: list[int], runs: list[list[Any]], summaries: list[dict
     # Each run is replayed at its own speed (its mean step against the line): what a replay
     # then misses is the model's, while the machine's swings from run to run reach the
     # intervals once, as run_sd (the replicas' speed draws), not again as model error.
-    speeds = cal.run_speeds or (1.0,) * len(runs)
     checks, works = [], []
-    for level, obs, measured, speed in zip(levels, runs, summaries, speeds, strict=True):
+    for level, obs, measured, speed in zip(levels, runs, summaries, cal.run_speeds,
+                                           strict=True):
         reqs = [SimRequest(f"m{i}", 0.0, o.prompt_tokens, o.output_tokens)
                 for i, o in enumerate(sorted(obs, key=lambda o: o.send_s))]
         span = max(o.end_s for o in obs) - min(o.send_s for o in obs)
@@ -235,19 +235,16 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     else:
         print(f"  prefill attention left out: {pairs_from}; long prompts will be predicted "
               "too fast")
-    speeds = c.get("run_speeds") or []
-    if len(speeds) > 1:
-        print("  each run's step time against the fit (1.20: its steps took 20% longer), "
-              f"concurrency {', '.join(map(str, order))}: "
-              f"{' '.join(f'{v:.2f}' for v in speeds)}; the intervals carry the spread "
-              f"({c['run_sd']:.0%})")
+    from servescope.capacity.sim_calibrate import Calibration, speeds_line, warnings_for
+
+    cal = Calibration.from_dict(c)
+    if line := speeds_line(cal, order):
+        print(f"  {line}")
     if c.get("context_range"):
         lo, hi = c["context_range"]
         print(f"  contexts seen: {lo:.0f}-{hi:.0f} KV tokens per decoding sequence (p10-p90); "
               "predictions far outside extrapolate the KV cost")
-    from servescope.capacity.sim_calibrate import Calibration, warnings_for
-
-    for w in warnings_for(Calibration.from_dict(c)):
+    for w in warnings_for(cal):
         print(f"  warning: {w}")
     for chk in profile["checks"]:
         errs = ", ".join(f"{k} {v:+.0%}" for k, v in chk["errors"].items() if v is not None)
