@@ -299,16 +299,14 @@ def calibrate(runs: Sequence[Sequence[Observed]], trim_mads: float = 6.0,
     parts = _run_rows(runs, pair_tokens)  # each run's rows once: the fit and its spread
     x, y = _stacked(parts)
     coef, ratios = fit_rows(x, y, trim_mads, max_ratios)
-    means, speeds = [], []  # each run's mean speed: those that tell it; every run's
+    read: list[float | None] = []  # each run's mean speed; None: too few steps to tell
     with_requests = iter(parts)  # the runs with requests, in order
     for run in runs:
         rx, ry = next(with_requests) if run else (np.zeros((0, 5)), np.zeros(0))
         dec = rx[:, 4] == 0
-        if dec.sum() < 20:
-            speeds.append(1.0)
-            continue
-        means.append(float(np.mean(ry[dec] / np.maximum(rx[dec] @ coef, 1e-9))))
-        speeds.append(means[-1])
+        read.append(float(np.mean(ry[dec] / np.maximum(rx[dec] @ coef, 1e-9)))
+                    if dec.sum() >= 20 else None)
+    means = [v for v in read if v is not None]
     run_sd = float(np.std(means, ddof=1) / np.mean(means)) if len(means) >= 2 else 0.0
     # A few back-to-back runs understate how the speed of a server on a shared machine
     # wanders: take the larger of their spread and the drift seen inside them
@@ -321,7 +319,8 @@ def calibrate(runs: Sequence[Sequence[Observed]], trim_mads: float = 6.0,
     ctx = x[dec, 3] / x[dec, 2]
     context = (float(np.percentile(ctx, 10)), float(np.percentile(ctx, 90))) if len(ctx) else None
     return Calibration(step, float(coef[4]), statistics.median(tails) if tails else 0.0,
-                       len(y), spans, run_sd, context, tuple(speeds))
+                       len(y), spans, run_sd, context,
+                       tuple(1.0 if v is None else v for v in read))
 
 
 # Past this run-to-run spread of the server's own speed, a calibration's coefficients say
