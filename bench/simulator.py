@@ -114,7 +114,7 @@ def _measure(scenario: Any, url: str, store: Any) -> tuple[int, dict[str, Any]]:
 
 
 def validate(args: argparse.Namespace) -> dict[str, Any]:
-    from servescope.capacity.sim_calibrate import run_order
+    from servescope.capacity.sim_calibrate import run_order, run_speed
     from servescope.capacity.sim_profile import Profile, Workload, predict, rel_errors
     from servescope.collectors.otlp import OTLPReceiver
     from servescope.commands.simulate_calibrate import (
@@ -197,19 +197,23 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
 
             predicted = predict(make, config, profile, replicas=args.replicas)
             _log(f"measure: {name}, {args.duration:g}s")
-            _, measured = _measure(sc, server.url, store)
+            run_id, measured = _measure(sc, server.url, store)
             first_measured = first_measured or measured
             results.append({"case": name, "predicted": _flat(predicted), "measured":
                             _flat(measured), "interval90": predicted["interval90"],
-                            "errors": rel_errors(predicted, measured, FIGS)})
+                            "errors": rel_errors(predicted, measured, FIGS),
+                            **at_own_speed(profile, config, make(0), store, run_id,
+                                           measured)})
         out["cases"] = results
         # The server against itself: the first case measured again (a fresh seed, as every
         # run), how far apart two runs of one load are here: the floor under any error
         name, base, kw = cases[0]
         _log(f"repeat: {name}, {args.duration:g}s")
-        _, again = _measure(fresh(base, **kw), server.url, store)
+        again_id, again = _measure(fresh(base, **kw), server.url, store)
         out["repeat"] = {"case": name, "first": _flat(first_measured), "again": _flat(again),
-                         "differences": rel_errors(again, first_measured, FIGS)}
+                         "differences": rel_errors(again, first_measured, FIGS),
+                         "speeds": [results[0].get("own_speed"), run_speed(
+                             measured_run(store, again_id)[0], profile.calibration.step)]}
     finally:
         server.stop()
         receiver.stop()
@@ -217,6 +221,25 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(tmp, ignore_errors=True)
     out["engine_wall_s"] = time.monotonic() - t_start
     return out
+
+
+def at_own_speed(profile: Any, config: Any, work: Any, store: Any, run_id: int,
+                 measured: dict[str, Any]) -> dict[str, Any]:
+    """The prediction again, after the run, at the speed the server ran it (its decode
+    steps against the calibrated line: sim_calibrate.run_speed): what the model misses
+    once the machine's speed during the run is known. A diagnostic that splits each error
+    into the machine's part and the model's, not a prediction (it reads the run)."""
+    from servescope.capacity.sim_calibrate import run_speed
+    from servescope.capacity.sim_profile import rel_errors, run_summary
+    from servescope.commands.simulate_calibrate import measured_run
+
+    cal = profile.calibration
+    speed = run_speed(measured_run(store, run_id)[0], cal.step)
+    if speed is None:
+        return {"own_speed": None}
+    again = run_summary(work, config, cal.step.scaled(speed), 0, cal.ttft_overhead_s,
+                        cal.tail_s)
+    return {"own_speed": speed, "own_speed_errors": rel_errors(again, measured, FIGS)}
 
 
 def _flat(summary: dict[str, Any]) -> dict[str, Any]:
@@ -253,6 +276,7 @@ def report(out: dict[str, Any]) -> list[str]:
                                                        if k in FIGS))
     inside = total = 0
     worst: dict[str, float] = {}
+    worst_own: dict[str, float] = {}
     for case in out.get("cases", []):
         lines.append(f"-- {case['case']}")
         lines.append(f"{'figure':<22}{'predicted':>11}{'90% interval':>22}{'measured':>11}"
@@ -270,17 +294,35 @@ def report(out: dict[str, Any]) -> list[str]:
             ivs = f"[{iv[0]:.1f}, {iv[1]:.1f}]" if iv else "-"
             lines.append(f"{k:<22}{_n(p):>11}{ivs:>22}{_n(m):>11}"
                          f"{'-' if e is None else f'{e:+.1%}':>8}{'y' if held else 'n':>4}")
+        if case.get("own_speed_errors"):
+            errs = case["own_speed_errors"]
+            lines.append(f"  after the run, at the speed it ran ({case['own_speed']:.2f}x the "
+                         "calibration's): " + ", ".join(
+                             f"{k} {errs[k]:+.1%}" for k in GOALS if errs.get(k) is not None))
+            for k, e in errs.items():
+                if e is not None:
+                    worst_own[k] = max(worst_own.get(k, 0.0), abs(e))
     if total:
         lines.append(f"interval coverage: {inside}/{total} = {inside / total:.0%} (goal >= 90%)")
     for k, goal in GOALS.items():
         if k in worst:
             lines.append(f"goal {k} within {goal:.0%}: worst {worst[k]:.1%} "
-                         f"{'met' if worst[k] <= goal else 'MISSED'}")
+                         f"{'met' if worst[k] <= goal else 'MISSED'}"
+                         + (f"; at each run's own speed {worst_own[k]:.1%}" if k in worst_own
+                            else ""))
+    speeds = [c["own_speed"] for c in out.get("cases", []) if c.get("own_speed")]
+    if speeds:
+        lines.append(f"the server's speed in the cases: {min(speeds):.2f}-{max(speeds):.2f}x "
+                     "the calibration's (the machine's part of the errors; the 'own speed' "
+                     "figures are the model's part, read after each run, not predictions)")
     if "repeat" in out:
         r = out["repeat"]
         diffs = {k: v for k, v in r["differences"].items() if v is not None}
         lines.append(f"repeatability: {r['case']} measured again, the second run against the "
                      "first: " + ", ".join(f"{k} {v:+.1%}" for k, v in diffs.items()))
+        if None not in (sp := r.get("speeds") or [None]):
+            lines.append(f"  the server's speed in the two runs: {sp[0]:.2f}x, then {sp[1]:.2f}x "
+                         "the calibration's")
         over = [k for k, goal in GOALS.items() if abs(diffs.get(k, 0.0)) > goal]
         if over:
             lines.append("  the server's own run-to-run difference exceeds the goal for "

@@ -220,8 +220,8 @@ class Calibration:
     # KV tokens per decoding sequence seen in the fit (p10, p90): outside it, the split
     # between the per-sequence and the per-KV-token cost is an extrapolation
     context_range: tuple[float, float] | None = None
-    # each calibration run's own speed: its mean measured/fitted decode step (1.0 for a
-    # run with too few steps to tell), in the order of the runs
+    # each calibration run's own speed (rows_speed; 1.0 for a run with too few steps to
+    # tell), in the order of the runs
     run_speeds: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
@@ -299,20 +299,17 @@ def calibrate(runs: Sequence[Sequence[Observed]], trim_mads: float = 6.0,
     parts = _run_rows(runs, pair_tokens)  # each run's rows once: the fit and its spread
     x, y = _stacked(parts)
     coef, ratios = fit_rows(x, y, trim_mads, max_ratios)
-    read: list[float | None] = []  # each run's mean speed; None: too few steps to tell
+    step = LinearStepModel(float(coef[0]), float(coef[1]), float(coef[2]), float(coef[3]),
+                           ratios, pair_tokens=pair_tokens)
+    read: list[float | None] = []  # each run's speed; None: too few steps to tell
     with_requests = iter(parts)  # the runs with requests, in order
     for run in runs:
-        rx, ry = next(with_requests) if run else (np.zeros((0, 5)), np.zeros(0))
-        dec = rx[:, 4] == 0
-        read.append(float(np.mean(ry[dec] / np.maximum(rx[dec] @ coef, 1e-9)))
-                    if dec.sum() >= 20 else None)
+        read.append(rows_speed(*next(with_requests), step) if run else None)
     means = [v for v in read if v is not None]
     run_sd = float(np.std(means, ddof=1) / np.mean(means)) if len(means) >= 2 else 0.0
     # A few back-to-back runs understate how the speed of a server on a shared machine
     # wanders: take the larger of their spread and the drift seen inside them
     run_sd = max(run_sd, speed_drift(runs, coef, pair_tokens=pair_tokens))
-    step = LinearStepModel(float(coef[0]), float(coef[1]), float(coef[2]), float(coef[3]),
-                           ratios, pair_tokens=pair_tokens)
     tails = [o.end_s - o.token_s[-1] for run in runs for o in run if o.token_s]
     spans = sum(1 for run in runs for o in run if o.server_prefill_s is not None)
     dec = (x[:, 4] == 0) & (x[:, 2] > 0)
@@ -321,6 +318,32 @@ def calibrate(runs: Sequence[Sequence[Observed]], trim_mads: float = 6.0,
     return Calibration(step, float(coef[4]), statistics.median(tails) if tails else 0.0,
                        len(y), spans, run_sd, context,
                        tuple(1.0 if v is None else v for v in read))
+
+
+# Fewer decode steps than this and a run's speed is not read (its mean is too noisy)
+MIN_SPEED_ROWS = 20
+
+
+def rows_speed(x: np.ndarray, y: np.ndarray, step: LinearStepModel) -> float | None:
+    """A run's speed against a calibrated step model, from its step rows (step_rows): the
+    mean measured/fitted time of its decode steps, over the mean of the model's own noise
+    (the ratios it draws from), so that 1.0 is the calibration's average speed and the
+    model scaled by it (LinearStepModel.scaled) takes the run's mean step time, its noise
+    counted once. None with fewer than MIN_SPEED_ROWS decode steps."""
+    dec = x[:, 4] == 0
+    if dec.sum() < MIN_SPEED_ROWS:
+        return None
+    coef = np.array([step.a_s, step.prefill_s_per_token, step.decode_s_per_seq,
+                     step.kv_s_per_token, 0.0])
+    noise = float(np.mean(step.ratios)) if step.ratios else 1.0
+    return float(np.mean(y[dec] / np.maximum(x[dec] @ coef, 1e-9))) / noise
+
+
+def run_speed(obs: Sequence[Observed], step: LinearStepModel) -> float | None:
+    """rows_speed of one measured run (any run: a calibration's or a later one)."""
+    if not obs:
+        return None
+    return rows_speed(*step_rows(obs, pair_tokens=step.pair_tokens), step)
 
 
 # Past this run-to-run spread of the server's own speed, a calibration's coefficients say

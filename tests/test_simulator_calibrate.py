@@ -16,6 +16,7 @@ from servescope.capacity.sim_calibrate import (
     all_rows,
     bootstrap,
     calibrate,
+    run_speed,
     speed_drift,
     step_rows,
     warnings_for,
@@ -255,6 +256,32 @@ def test_the_machines_swings_reach_the_intervals_once():
     assert 3.6 < draws[3799] - draws[199] < 5.2
     normal = sorted(speed_draw(f"s{i}", 2) for i in range(4000))
     assert normal[3799] - normal[199] == pytest.approx(3.29, rel=0.08)
+
+
+def test_a_later_runs_speed_counts_the_steps_noise_once():
+    """A server with stalls (one step in five takes 1.9x: its noise averages 1.18x the
+    line) is calibrated, then measured again 30% faster. The later run's speed reads 0.7
+    against the calibration, and the calibrated model scaled by it takes that run's mean
+    step: its noise is drawn once, not also inside the speed (which would read 0.82)."""
+    import statistics
+
+    import numpy as np
+
+    stalls = LinearStepModel(TRUE.a_s, TRUE.prefill_s_per_token, TRUE.decode_s_per_seq,
+                             TRUE.kv_s_per_token, [0.96] * 4 + [1.9])
+    runs = [measure(users, 60, seed, model=stalls) for seed, users in enumerate((1, 2, 4, 4))]
+    cal = calibrate(runs)
+    assert statistics.mean(cal.run_speeds) == pytest.approx(1.0, abs=0.04)
+    later = measure(4, 60, 9, model=stalls.scaled(0.7))
+    speed = run_speed(later, cal.step)
+    assert speed == pytest.approx(0.7, rel=0.05)
+    x, y = step_rows(later)
+    dec = x[:, 4] == 0
+    scaled = cal.step.scaled(speed)
+    model_mean = np.mean([scaled.step_seconds(p, d, k) for _, p, d, k, _ in x[dec]])
+    noise = statistics.mean(cal.step.ratios)
+    assert model_mean * noise == pytest.approx(float(np.mean(y[dec])), rel=0.05)
+    assert run_speed(later[:1], cal.step) is None  # too few steps to tell
 
 
 class Slowing:
