@@ -39,6 +39,7 @@ class Workload:
     warmup_requests: int = 0
     slos: dict[str, dict[str, float]] = field(default_factory=dict)
     max_requests: int | None = None
+    ramp_s: float = 0.0  # closed loop: the users' first sends spread over this (simulate_run)
 
 
 def rel_errors(predicted: dict[str, Any], measured: dict[str, Any],
@@ -113,8 +114,9 @@ class Profile:
 def run_summary(work: Workload, config: SchedulerConfig, step: StepModel, seed: int = 0,
                 overhead_s: float = 0.0, tail_s: float = 0.0) -> dict[str, Any]:
     run = simulate_run(work.requests, config, step, closed_loop_users=work.closed_loop_users,
-                       duration_s=work.duration_s, think_s=work.think_s, seed=seed,
-                       overhead_s=overhead_s, tail_s=tail_s, max_requests=work.max_requests)
+                       duration_s=work.duration_s, think_s=work.think_s, ramp_s=work.ramp_s,
+                       seed=seed, overhead_s=overhead_s, tail_s=tail_s,
+                       max_requests=work.max_requests)
     return summarize_run(run, work.slos, work.warmup_requests)
 
 

@@ -52,6 +52,7 @@ def simulate_run(
     closed_loop_users: int | None = None,
     duration_s: float | None = None,
     think_s: float = 0.0,
+    ramp_s: float = 0.0,
     seed: int = 0,
     max_steps: int | None = None,
     overhead_s: float = 0.0,
@@ -61,7 +62,9 @@ def simulate_run(
     """Simulate a workload. Open loop: requests arrive at their arrival_s. Closed loop:
     `closed_loop_users` users start at 0 and each sends the next request of the list (its
     arrival_s ignored) `think_s` after its previous one finished; with `duration_s` the list
-    is reused until then. In both, no request arrives after `duration_s` (when given) and
+    is reused until then; `ramp_s` spreads the users' first sends evenly over that many
+    seconds (as a load generator's spawn rate does; 0: all at once, in lockstep while the
+    lengths are equal). In both, no request arrives after `duration_s` (when given) and
     the ones in flight finish.
     `overhead_s`: time from a request's send to the engine (HTTP, tokenization, the way
     back: a calibration's ttft_overhead_s), `tail_s` from its last token to the end of the
@@ -116,7 +119,7 @@ def simulate_run(
             order += 1
 
     if closed:
-        issue([0.0] * closed_loop_users)
+        issue([ramp_s * i / closed_loop_users for i in range(closed_loop_users)])
     else:
         for r in pool:
             if duration_s is None or r.arrival_s <= duration_s:

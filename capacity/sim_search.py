@@ -10,13 +10,14 @@ are the expensive part). Pure: the caller builds the requests (loadgen is not im
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from servescope.capacity.sim_profile import Profile, Workload, predict, run_summary
 from servescope.capacity.sim_setup import SimSetup
-from servescope.capacity.sim_types import SchedulerConfig, StepModel
+from servescope.capacity.sim_types import SchedulerConfig, SimRequest, StepModel
 
 DEFAULT_SEQS = (8, 16, 32, 64, 128, 256)
 DEFAULT_TOKENS = (2048, 8192, 16384)
@@ -123,6 +124,47 @@ def search(base: SchedulerConfig | SimSetup, workload: Workload,
             "step_model": label, "calibrated": profile is not None, "slos": work.slos,
             "base": {"kv_blocks": config.kv_blocks, "block_size": config.block_size,
                      "policy": config.policy}}
+
+
+def users_levels(max_num_seqs: int, serve: int | None = None, most: int = 1024) -> list[int]:
+    """Closed-loop users to draw a load curve at: 1, 2, 4, ... up to twice max_num_seqs (the
+    knee and the queue past it) or the concurrency to serve, whichever is larger, at most
+    `most`; the last level is that top itself."""
+    top = min(most, max(2 * max_num_seqs, serve or 0, 1))
+    levels, n = [], 1
+    while n < top:
+        levels.append(n)
+        n *= 2
+    return [*levels, top]
+
+
+def load_curve(base: SimSetup, lengths: Sequence[tuple[int, int]], users: Sequence[int],
+               window: Window = Window(), seed: int = 0) -> dict[str, Any]:
+    """The setup (its scheduler and physics step model, uncalibrated) under closed-loop
+    load at each number of `users`, no think time: each user sends requests whose (prompt,
+    output) lengths are drawn from `lengths` in a seeded order. The users join evenly over
+    one request's unloaded time (a load generator's ramp): started together, users of
+    equal lengths would stay in lockstep, every prompt arriving in the same step. Returns
+    {rows (one per users count: search's row plus "users"), window, ramp_s, step_model}."""
+    if not lengths:
+        raise ValueError("sim_search.load_curve: no request lengths")
+    if not users or min(users) < 1:
+        raise ValueError("sim_search.load_curve: give users counts of at least 1")
+    n = window.max_requests or MAX_REQUESTS
+    order = random.Random(seed)
+    reqs = [SimRequest(f"r{i}", 0.0, *lengths[order.randrange(len(lengths))])
+            for i in range(n)]
+    alone = run_summary(Workload(reqs[:20], closed_loop_users=1), base.config, base.physics)
+    ramp = (alone["e2e_ms"]["p50"] or 0.0) / 1000
+    rows = []
+    for u in users:
+        work = _windowed(Workload(reqs, closed_loop_users=u, duration_s=window.seconds,
+                                  ramp_s=ramp), window)
+        row = _row(base.config.max_num_seqs, base.config.max_num_batched_tokens,
+                   run_summary(work, base.config, base.physics))
+        rows.append({"users": u, **row})
+    return {"rows": rows, "window": window.describe(), "ramp_s": ramp,
+            "step_model": getattr(base.physics, "label", "physics")}
 
 
 def format_search(result: dict[str, Any], top: int = 5) -> list[str]:

@@ -1,8 +1,10 @@
 """Capacity page: how much more a live server holds (KV headroom in tokens and in requests
 of the current mean length), what the advisor reads from a sweep (what to set, and why),
 and a what-if planner (GPU, model, quantization, KV dtype, max_num_seqs, workload ->
-headroom, concurrency, GPUs needed, latency bounds). A fourth section, predicted against
-measured for a sweep, is the simulator's (dashboard/capacity_sim.py) when it is installed.
+headroom, concurrency, GPUs needed, latency bounds). The simulator's parts
+(dashboard/capacity_sim.py), when it is installed: the what-if's load curve (throughput,
+TTFT and ITL by users on the planned setup) and a fourth section, predicted against measured
+for a sweep.
 """
 
 from __future__ import annotations
@@ -155,14 +157,16 @@ def sweep_advice(store: Store) -> int | None:
 
 
 # -- c. what-if ----------------------------------------------------------------------------
-def _workload(store: Store, key: str) -> Workload | None:
+def _workload(store: Store, key: str) -> tuple[Workload, list[tuple[int, int]]] | None:
+    """The workload's lengths (the planner's summary of them) and the (prompt, output)
+    pairs themselves, for the simulator."""
     how = st.radio("Workload", ["fixed lengths", "a stored run's lengths"], horizontal=True,
                    key=f"{key}-how")
     if how == "fixed lengths":
         left, right = st.columns(2)
-        prompt = left.number_input("Prompt tokens", 1, 1_000_000, 1000, key=f"{key}-prompt")
-        output = right.number_input("Output tokens", 1, 1_000_000, 200, key=f"{key}-output")
-        return Workload.fixed(int(prompt), int(output))
+        prompt = int(left.number_input("Prompt tokens", 1, 1_000_000, 1000, key=f"{key}-prompt"))
+        output = int(right.number_input("Output tokens", 1, 1_000_000, 200, key=f"{key}-output"))
+        return Workload.fixed(prompt, output), [(prompt, output)]
     runs = [r for r in store.runs() if r.get("status") != "running"]
     if not runs:
         st.caption("No finished run in the store: give fixed lengths.")
@@ -175,7 +179,8 @@ def _workload(store: Store, key: str) -> Workload | None:
     if not pairs:
         st.caption("That run recorded no token counts: give fixed lengths.")
         return None
-    return Workload.from_samples(pairs, f"run #{run_id} ({len(pairs):,} requests measured)")
+    return (Workload.from_samples(pairs, f"run #{run_id} ({len(pairs):,} requests measured)"),
+            pairs)
 
 
 def _choice(label: str, options: list[str], default: str, key: str, where: Any = st) -> str:
@@ -199,7 +204,8 @@ def what_if(store: Store) -> None:
                                    key="whatif-len"))
     serve = int(c[3].number_input("Concurrency to serve (0: none)", 0, 1_000_000, 0,
                                   key="whatif-concurrency"))
-    work = _workload(store, "whatif")
+    chosen = _workload(store, "whatif")
+    work, lengths = chosen if chosen else (None, [])
     inp = PlanInput(model=catalog.model(model), hardware=catalog.hardware(gpu), gpus=count,
                     quantization=None if quant == "checkpoint's" else quant,
                     kv_cache_dtype=kv_dtype, max_num_seqs=seqs or None,
@@ -246,6 +252,11 @@ def what_if(store: Store) -> None:
     with st.expander("Assumptions"):
         for line in result["assumptions"]:
             st.markdown(f"- {line}")
+    try:
+        from servescope.dashboard import capacity_sim
+    except ImportError:
+        return
+    capacity_sim.render_load_curve(inp, tp, lengths, s.sequences_fitting(w["total_p95"]))
 
 
 def gpu_options(inp: PlanInput) -> list[dict[str, Any]]:

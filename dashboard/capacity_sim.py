@@ -1,6 +1,13 @@
-"""The Capacity page's predicted-against-measured section: for a stored sweep, the
+"""The Capacity page's simulator parts, each prediction labelled "simulated".
+
+The what-if's load curve (render_load_curve): the planned setup (vLLM's scheduler and KV
+blocks from the planner, the step time from physics: uncalibrated, said plainly) under
+closed-loop load at 1, 2, 4, ... users past max_num_seqs, on the workload's lengths
+(capacity/sim_search.load_curve): throughput, TTFT and ITL by users.
+
+The predicted-against-measured section (render_predicted): for a stored sweep, the
 simulator's prediction of every level beside what the level measured (throughput, TTFT,
-ITL), each prediction labelled "simulated".
+ITL).
 
 How it predicts (pure, from the store): the step time is calibrated on the sweep's lowest
 levels, half of them but at least two and one left to predict (capacity/sim_calibrate.py,
@@ -15,6 +22,8 @@ levels are the calibration's own, so only the levels above them test the simulat
 
 from __future__ import annotations
 
+import dataclasses
+import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +32,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from servescope.analysis.join import joined_phases, run_records, same_server
+from servescope.capacity.plan import PlanInput
 from servescope.capacity.sim_calibrate import (
     Calibration,
     Observed,
@@ -30,10 +40,19 @@ from servescope.capacity.sim_calibrate import (
     observed_requests,
 )
 from servescope.capacity.sim_run import simulate_run
+from servescope.capacity.sim_search import load_curve, users_levels
+from servescope.capacity.sim_setup import sim_setup
 from servescope.capacity.sim_summary import summarize_run
 from servescope.capacity.simulator import SchedulerConfig, SimRequest
 from servescope.core.store import Store
-from servescope.dashboard.figures import COLORS, PLOTLY_CONFIG, layout, note_if_empty
+from servescope.dashboard.figures import (
+    COLORS,
+    PLOTLY_CONFIG,
+    layout,
+    legend_below,
+    note_if_empty,
+)
+from servescope.dashboard.figures_capacity import load_curve_figures, load_curve_frame
 
 DEFAULT_MAX_NUM_SEQS = 256  # vLLM's on a GPU when the server does not say
 DEFAULT_BATCHED_TOKENS = 8192
@@ -177,7 +196,7 @@ def predicted_figures(table: pd.DataFrame, level_name: str) -> list[go.Figure]:
                                      line={"color": color, "dash": "dash"},
                                      marker={"symbol": "diamond-open"}))
         layout(fig, f"{title}: measured vs simulated", level_name, unit)
-        figs.append(note_if_empty(fig, "no level to compare"))
+        figs.append(note_if_empty(legend_below(fig), "no level to compare"))
     return figs
 
 
@@ -208,9 +227,62 @@ def render_predicted(store: Store, sweep_id: int) -> None:
     cols = st.columns(len(PANELS))
     for i, (col, fig) in enumerate(zip(cols, predicted_figures(table, kind), strict=True)):
         col.plotly_chart(fig, key=f"capacity-sim-{sweep_id}-{i}", config=PLOTLY_CONFIG)
-    shown = table.assign(error=table["error"].map(
-        lambda e: None if e is None or pd.isna(e) else f"{e:+.0%}"))
+    shown = table.assign(measured=table["measured"].round(1),
+                         simulated=table["simulated"].round(1),
+                         error=table["error"].map(
+                             lambda e: None if e is None or pd.isna(e) else f"{e:+.0%}"))
     st.dataframe(shown.rename(columns={"simulated": "simulated (predicted)"}),
                  hide_index=True)
     for note in notes:
         st.caption(note)
+
+
+# -- the what-if's load curve ---------------------------------------------------------------
+MAX_LENGTHS = 2000  # a stored run's (prompt, output) pairs drawn from, at most
+
+
+@st.cache_data(show_spinner="simulating the load curve...", max_entries=16)
+def _curve(inp: PlanInput, tp: int, lengths: tuple[tuple[int, int], ...],
+           users: tuple[int, ...]) -> tuple[dict[str, Any], str, list[str]]:
+    ss = sim_setup(inp, tp)
+    return load_curve(ss, list(lengths), list(users)), ss.describe(), ss.physics.assumptions()
+
+
+def render_load_curve(inp: PlanInput, tp: int, lengths: list[tuple[int, int]],
+                      fit: int | None) -> None:
+    """The what-if's setup under load, simulated from physics (dashboard/capacity.py calls
+    it with its PlanInput, the tensor parallelism it planned, the workload's lengths and the
+    sequences the KV cache holds)."""
+    st.subheader("Simulated load (physics, uncalibrated)")
+    if not lengths:
+        st.caption("Give the workload's lengths above to simulate it.")
+        return
+    left, right = st.columns(2)
+    batched = int(left.number_input("max_num_batched_tokens (0: vLLM's default)", 0,
+                                    10_000_000, 0, key="whatif-sim-batched"))
+    serve = int(right.number_input("Users up to (0: twice max_num_seqs)", 0, 4096, 0,
+                                   key="whatif-sim-users"))
+    if batched:
+        inp = dataclasses.replace(inp, max_num_batched_tokens=batched, assumptions=[])
+    if len(lengths) > MAX_LENGTHS:
+        lengths = random.Random(0).sample(lengths, MAX_LENGTHS)
+    try:
+        seqs = sim_setup(inp, tp).config.max_num_seqs
+        users = users_levels(seqs, serve or None, most=serve or 1024)
+        curve, described, assumptions = _curve(inp, tp, tuple(lengths), tuple(users))
+    except ValueError as exc:
+        st.error(f"Cannot simulate this setup: {exc}")
+        return
+    frame = load_curve_frame(curve["rows"])
+    st.caption(f"SIMULATED, uncalibrated: one replica ({described}), "
+               f"{'; '.join(assumptions)}. Closed-loop users, no think time, joining over "
+               f"{curve['ramp_s']:.1f} s (one request's unloaded time); "
+               f"{curve['window']}. For a measured answer: `servescope calibrate` on the "
+               "hardware, then `servescope simulate --profile`.")
+    marks = {"max_num_seqs": seqs, "sequences that fit (KV)": fit if fit and fit < seqs
+             else None}
+    cols = st.columns(3)
+    for i, (col, fig) in enumerate(zip(cols, load_curve_figures(frame, marks), strict=True)):
+        col.plotly_chart(fig, key=f"whatif-sim-{i}", config=PLOTLY_CONFIG)
+    with st.expander("Simulated figures by users"):
+        st.dataframe(frame.round(1), hide_index=True)

@@ -115,6 +115,16 @@ def layout(fig: go.Figure, title: str, x_title: str, y_title: str) -> go.Figure:
     return fig
 
 
+def legend_below(fig: go.Figure) -> go.Figure:
+    """The legend under the plot, for a narrow chart whose legend would wrap into its
+    title."""
+    fig.update_layout(legend={"orientation": "h", "yanchor": "top", "y": -0.3, "xanchor": "left",
+                              "x": 0},
+                      margin={"l": 10, "r": 10, "t": 40, "b": 10},
+                      height=CHART_HEIGHT + 40)
+    return fig
+
+
 def clock_axis(fig: go.Figure) -> go.Figure:
     """Clock-time ticks (dates only when the range spans days), never rotated."""
     fig.update_xaxes(

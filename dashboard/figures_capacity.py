@@ -17,7 +17,13 @@ import plotly.graph_objects as go
 
 from servescope.analysis.promql import increase
 from servescope.analysis.series import gauge_series, kv_usage_series
-from servescope.dashboard.figures import COLORS, layout, note_if_empty, time_lines
+from servescope.dashboard.figures import (
+    COLORS,
+    layout,
+    legend_below,
+    note_if_empty,
+    time_lines,
+)
 
 # The series the headroom section reads (Store.samples concepts).
 HEADROOM_CONCEPTS = ("kv_usage", "kv_capacity_tokens", "kv_free_tokens", "running", "waiting",
@@ -274,3 +280,56 @@ def fit_curve_figure(curve: pd.DataFrame, marks: Mapping[str, float | None]) -> 
     fig.update_yaxes(type="log")
     fig.update_layout(hovermode="closest")
     return note_if_empty(fig, "the model does not fit")
+
+
+# -- the what-if's simulated load curve ------------------------------------------------------
+LOAD_PANELS = (  # (title, y axis, [(row key, percentile or None, series name, color)])
+    ("Throughput by users (simulated)", "output tokens/s",
+     [("output_tokens_per_s", None, "output tokens/s", COLORS["running"])]),
+    ("TTFT by users (simulated)", "ms",
+     [("ttft_ms", "p50", "TTFT p50", "#f28e2b"), ("ttft_ms", "p90", "TTFT p90", "#e15759")]),
+    ("ITL by users (simulated)", "ms",
+     [("itl_ms", "p50", "ITL p50", "#76b7b2"), ("itl_ms", "p90", "ITL p90", "#4e79a7")]),
+)
+
+
+def load_curve_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """sim_search.load_curve's rows as one row per users count: users, the panels' series,
+    requests/s and preemptions."""
+    out = []
+    for r in rows:
+        row: dict[str, Any] = {"users": r["users"]}
+        for _, _, series in LOAD_PANELS:
+            for key, pct, name, _ in series:
+                row[name] = r[key] if pct is None else (r.get(key) or {}).get(pct)
+        row["requests/s"] = r.get("requests_per_s")
+        row["preemptions"] = r.get("preemptions")
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def load_curve_figures(frame: pd.DataFrame, marks: Mapping[str, float | None]
+                       ) -> list[go.Figure]:
+    """Throughput, TTFT and ITL against closed-loop users (log axis), dashed "simulated",
+    with `marks` (max_num_seqs, the sequences the KV cache holds) as vertical lines."""
+    figs = []
+    for title, unit, series in LOAD_PANELS:
+        fig = go.Figure()
+        if not frame.empty:
+            for _, _, name, color in series:
+                fig.add_trace(go.Scatter(x=frame["users"], y=frame[name],
+                                         name=f"{name} simulated", mode="lines+markers",
+                                         line={"color": color, "dash": "dash"},
+                                         marker={"symbol": "diamond-open"}))
+            top = max((v for _, _, n, _ in series for v in frame[n].dropna()), default=0.0)
+            for (label, x), color in zip(marks.items(), ("#9aa5b1", "#e15759"), strict=False):
+                if x and top:  # a line as a trace: named in the legend, right on a log axis
+                    fig.add_trace(go.Scatter(x=[x, x], y=[0, top], mode="lines",
+                                             name=f"{label} {x:,.0f}", hoverinfo="skip",
+                                             line={"dash": "dot", "color": color}))
+        fig = layout(fig, title, "closed-loop users", unit)
+        fig.update_xaxes(type="log")
+        if title.startswith("TTFT"):  # from one prefill to minutes of queue
+            fig.update_yaxes(type="log")
+        figs.append(note_if_empty(legend_below(fig), "nothing simulated"))
+    return figs

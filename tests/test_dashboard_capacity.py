@@ -15,6 +15,8 @@ from test_dashboard_sweep import add_sweep
 
 from servescope.capacity import catalog
 from servescope.capacity.plan import PlanInput, Workload, plan
+from servescope.capacity.sim_search import load_curve, users_levels
+from servescope.capacity.sim_setup import sim_setup
 from servescope.collectors.mappings import MAPPINGS
 from servescope.collectors.normalize import normalize
 from servescope.core.records import Sample
@@ -169,6 +171,26 @@ def test_page_on_an_empty_store_says_what_to_do_and_still_plans(
                               workload=Workload.fixed(1000, 200)))
     assert metrics["Planned KV capacity (tokens)"] == f"{expected['kv_capacity_tokens']:,}"
     assert metrics["Sequences that fit"] == f"{expected['max_concurrent_sequences']:,}"
+    # the what-if's load curve, simulated from physics on the same setup and lengths
+    inp = PlanInput(model=catalog.model("llama-3.1-8b"), hardware=catalog.hardware("h100-sxm"),
+                    gpus=1, workload=Workload.fixed(1000, 200))
+    ss = sim_setup(inp, 1)
+    users = users_levels(ss.config.max_num_seqs)
+    curve = {r["users"]: r for r in load_curve(ss, [(1000, 200)], users)["rows"]}
+    captions = texts(at.caption)
+    assert "SIMULATED, uncalibrated" in captions and ss.describe() in captions
+    keys = " ".join(c.proto.id for c in at.get("plotly_chart"))
+    assert all(f"-whatif-sim-{i}" in keys for i in range(3)), keys
+    table = next(d.value for d in at.dataframe if "users" in d.value.columns)
+    assert list(table["users"]) == users
+    for _, row in table.iterrows():
+        want = curve[row["users"]]
+        assert row["output tokens/s"] == pytest.approx(want["output_tokens_per_s"], abs=0.06)
+        assert row["TTFT p90"] == pytest.approx(want["ttft_ms"]["p90"], abs=0.06)
+    # a smaller token budget reaches the simulated scheduler
+    at.number_input(key="whatif-sim-batched").set_value(2048).run()
+    assert not at.exception, at.exception
+    assert "max_num_batched_tokens 2048" in texts(at.caption)
 
 
 def test_page_shows_headroom_advice_and_a_what_if(

@@ -50,7 +50,8 @@ def test_the_capacity_page_renders_every_section(dashboard):
     # one before it still drawing (CI once saw the live headroom's metrics missing)
     needed = ["KV headroom of live servers", "Headroom (requests)", "Advice from a sweep",
               "Limit", "What if", "Planned KV capacity (tokens)",
-              "Sequences that fit by request length", "Predicted vs measured"]
+              "Sequences that fit by request length", "Simulated load (physics, uncalibrated)",
+              "Throughput by users (simulated)", "Predicted vs measured"]
     every = " && ".join(f"document.body.innerText.includes({json.dumps(s)})" for s in needed)
     try:
         browser.wait_for(every, 90)
@@ -60,11 +61,15 @@ def test_the_capacity_page_renders_every_section(dashboard):
     plots = "Array.from(document.querySelectorAll('.js-plotly-plot'))"
     drawn = f"{plots}.filter(p => p.querySelector('.trace .point, .trace .js-line, " \
             f".trace path')).length"
-    assert browser.wait_for(f"{drawn} >= 4 && {drawn}") >= 4
+    assert browser.wait_for(f"{drawn} >= 7 && {drawn}") >= 7
     time.sleep(2)  # what renders after the last figure has had its turn
     assert browser.evaluate(NO_EXCEPTION), browser.evaluate("document.body.innerText")[:3000]
     assert "Page not found" not in browser.evaluate("document.body.innerText")
-    for name in ("top", "bottom"):  # the page scrolls inside Streamlit's main container
+    for name in ("top", "simulated", "bottom"):  # the page scrolls in Streamlit's main
+        if name == "simulated":
+            browser.evaluate("Array.from(document.querySelectorAll('h3')).find(h => "
+                             "h.innerText.includes('Simulated load')).scrollIntoView()")
+            time.sleep(1)
         if name == "bottom":
             browser.evaluate("document.querySelector('[data-testid=\"stMain\"]')"
                              ".scrollTo(0, 1e6)")

@@ -16,7 +16,13 @@ from servescope.capacity import catalog
 from servescope.capacity.setup import PlanInput
 from servescope.capacity.sim_calibrate import Calibration
 from servescope.capacity.sim_profile import Profile, Workload
-from servescope.capacity.sim_search import Window, format_search, search
+from servescope.capacity.sim_search import (
+    Window,
+    format_search,
+    load_curve,
+    search,
+    users_levels,
+)
 from servescope.capacity.sim_setup import sim_setup
 from servescope.capacity.simulator import SchedulerConfig, SimRequest
 from servescope.capacity.steptime import LinearStepModel
@@ -69,6 +75,34 @@ def test_batching_wins_on_a_memory_bound_physics_model():
     assert res["step_model"].startswith("uncalibrated")
     lines = format_search(res)
     assert "simulated, uncalibrated" in lines[0] and len(lines) >= 4
+
+
+def test_a_load_curve_batches_up_to_max_num_seqs_then_queues():
+    """The what-if's load curve on Llama 3.1 8B / one H100 (physics) with max_num_seqs 16:
+    throughput and ITL rise together up to 16 users; past it the running set is full, so
+    throughput stays and the new users wait (TTFT grows with them)."""
+    inp = PlanInput(model=catalog.model("llama-3.1-8b"), hardware=catalog.hardware("h100-sxm"),
+                    max_num_seqs=16)
+    ss = sim_setup(inp)
+    assert users_levels(16) == [1, 2, 4, 8, 16, 32]
+    assert users_levels(16, serve=100, most=64) == [1, 2, 4, 8, 16, 32, 64]
+    lengths = [(rng_p, rng_o) for rng_p, rng_o in zip(range(200, 1200, 50),
+                                                      range(50, 250, 10), strict=True)]
+    curve = load_curve(ss, lengths, [1, 4, 16, 32, 64], Window(60.0, 1000))
+    rows = {r["users"]: r for r in curve["rows"]}
+    tput = {u: r["output_tokens_per_s"] for u, r in rows.items()}
+    itl = {u: r["itl_ms"]["p50"] for u, r in rows.items()}
+    ttft = {u: r["ttft_ms"]["p50"] for u, r in rows.items()}
+    assert tput[1] < tput[4] < tput[16]
+    assert itl[1] < itl[4] < itl[16]  # batching raises throughput and ITL together
+    # decode never beats reading the weights once per step
+    assert itl[1] / 1000 >= ss.physics.weight_bytes / ss.physics.bandwidth_bytes_s
+    assert tput[64] == pytest.approx(tput[32], rel=0.05)  # the running set is full
+    assert tput[32] == pytest.approx(tput[16], rel=0.1)
+    assert ttft[64] > 2 * ttft[32] > 2 * ttft[16]  # the queue grows with the users
+    assert curve["ramp_s"] > 0 and "uncalibrated" in curve["step_model"]
+    with pytest.raises(ValueError, match="lengths"):
+        load_curve(ss, [], [1])
 
 
 def test_pairs_vllm_refuses_are_skipped_and_bad_input_is_named():

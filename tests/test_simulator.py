@@ -285,6 +285,20 @@ def test_a_closed_loop_user_sends_the_next_request_the_moment_one_finishes():
     assert all(r.queue_s == 0 for r in run.requests)
 
 
+def test_a_ramp_spreads_the_users_first_sends_and_breaks_their_lockstep():
+    # Four users of equal lengths: started together, each step admits all four and they
+    # finish together forever; joined over 40 ms (a load generator's ramp), they arrive 10 ms
+    # apart, and most stay apart (a prompt admitted in a longer step can catch another up)
+    reqs = [SimRequest(f"r{i}", 0.0, 50, 5) for i in range(40)]
+    together = simulate_run(reqs, SchedulerConfig(), Flat(), closed_loop_users=4)
+    ramped = simulate_run(reqs, SchedulerConfig(), Flat(), closed_loop_users=4, ramp_s=0.04)
+    assert sorted(r.arrival_s for r in ramped.requests)[:4] == pytest.approx(
+        [0.0, 0.01, 0.02, 0.03])
+    assert len({round(r.arrival_s, 9) for r in together.requests}) == 10  # 10 rounds of 4
+    assert len({round(r.arrival_s, 9) for r in ramped.requests}) > 25
+    assert len(ramped.requests) == 40 and ramped.unfinished == 0
+
+
 class PairRecorder:
     """A flat step that records the prefill attention pairs each step reports."""
 
