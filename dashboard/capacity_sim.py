@@ -36,13 +36,20 @@ from servescope.capacity.plan import PlanInput
 from servescope.capacity.sim_calibrate import (
     Calibration,
     Observed,
+    bootstrap,
     calibrate,
     observed_requests,
 )
-from servescope.capacity.sim_run import simulate_run
+from servescope.capacity.sim_profile import (
+    Profile,
+    Workload,
+    model_error_from,
+    predict,
+    rel_errors,
+    run_summary,
+)
 from servescope.capacity.sim_search import load_curve, users_levels
 from servescope.capacity.sim_setup import sim_setup
-from servescope.capacity.sim_summary import summarize_run
 from servescope.capacity.simulator import SchedulerConfig, SimRequest
 from servescope.core.store import Store
 from servescope.dashboard.figures import (
@@ -143,34 +150,59 @@ def _int(v: Any) -> int | None:
         return None
 
 
-def predict_level(lv: Level, kind: str, config: SchedulerConfig,
-                  cal: Calibration) -> dict[str, Any]:
-    """The simulated summary of one level, replaying its measured requests' lengths."""
+def level_workload(lv: Level, kind: str, replica: int = 0) -> Workload:
+    """One level's load for the simulator: its measured requests' lengths, in a closed loop
+    of `level` users for the run's length (a concurrency sweep) or at their measured send
+    times (a rate sweep); a replica > 0 shuffles which lengths come when."""
     obs = sorted(lv.observed, key=lambda o: o.send_s)
     first = obs[0].send_s
     span = max(o.end_s for o in obs) - first
     closed = kind == "concurrency"
-    reqs = [SimRequest(f"m{i}", 0.0 if closed else o.send_s - first, o.prompt_tokens,
-                       o.output_tokens) for i, o in enumerate(obs)]
-    run = simulate_run(reqs, config, cal.step, closed_loop_users=int(lv.level) if closed
-                       else None, duration_s=span if closed else None, seed=0,
-                       overhead_s=cal.ttft_overhead_s, tail_s=cal.tail_s)
-    return summarize_run(run)
+    lengths = [(o.prompt_tokens, o.output_tokens) for o in obs]
+    if replica:
+        random.Random(replica).shuffle(lengths)
+    reqs = [SimRequest(f"m{i}", 0.0 if closed else o.send_s - first, p, n)
+            for i, (o, (p, n)) in enumerate(zip(obs, lengths, strict=True))]
+    return Workload(reqs, closed_loop_users=int(lv.level) if closed else None,
+                    duration_s=span if closed else None)
+
+
+def predict_level(lv: Level, kind: str, config: SchedulerConfig,
+                  cal: Calibration) -> dict[str, Any]:
+    """The simulated summary of one level, replaying its measured requests' lengths."""
+    return run_summary(level_workload(lv, kind), config, cal.step, 0, cal.ttft_overhead_s,
+                       cal.tail_s)
 
 
 def prediction_table(levels: list[Level], kind: str, config: SchedulerConfig,
-                     cal: Calibration, fitted: int) -> pd.DataFrame:
+                     cal: Calibration, fitted: int, replicas: int = 0) -> pd.DataFrame:
     """One row per level and figure: measured, predicted (simulated), relative error, and
-    whether the level was one the step time was fitted on."""
+    whether the level was one the step time was fitted on. With `replicas`, also the 90 %
+    interval (low, high) as `servescope simulate --profile` gives it: the replicas run on
+    refits of the calibration (a block bootstrap of its steps) at server speeds drawn from
+    its levels' spread, with its step noise, widened by its own replay error (the fitted
+    levels' errors); no extrapolation term past them."""
+    points = [predict_level(lv, kind, config, cal) for lv in levels]
+    intervals: list[dict[str, Any]] = [{} for _ in levels]
+    if replicas:
+        checks = [{"errors": rel_errors(p, lv.summary)}
+                  for lv, p in zip(levels[:fitted], points, strict=False)]
+        profile = Profile(cal, {}, bootstrap([lv.observed for lv in levels[:fitted]]),
+                          model_error_from(checks),
+                          {"levels": [lv.level for lv in levels[:fitted]]})
+        for i, lv in enumerate(levels):
+            intervals[i] = predict(lambda r, lv=lv: level_workload(lv, kind, r), config,
+                                   profile, replicas=replicas)["interval90"]
     rows = []
-    for i, lv in enumerate(levels):
-        predicted = predict_level(lv, kind, config, cal)
+    for i, (lv, predicted) in enumerate(zip(levels, points, strict=True)):
         for _, _, series in PANELS:
             for key, pct, name in series:
                 m, p = _figure(lv.summary, key, pct), _figure(predicted, key, pct)
+                iv = intervals[i].get(key if pct is None else f"{key}.{pct}")
                 rows.append({"level": lv.level, "series": name, "measured": m,
                              "simulated": p, "error": (p - m) / m if m and p is not None
-                             else None, "calibration": i < fitted})
+                             else None, "calibration": i < fitted,
+                             "low": iv[0] if iv else None, "high": iv[1] if iv else None})
     return pd.DataFrame(rows)
 
 
@@ -191,10 +223,15 @@ def predicted_figures(table: pd.DataFrame, level_name: str) -> list[go.Figure]:
             color = SERIES_COLORS.get(name)
             fig.add_trace(go.Scatter(x=rows["level"], y=rows["measured"], name=f"{name} measured",
                                      mode="lines+markers", line={"color": color, "width": 2.5}))
+            band = None
+            if "low" in rows and rows["low"].notna().all():  # the 90 % interval
+                band = {"type": "data", "symmetric": False, "thickness": 1, "width": 4,
+                        "array": rows["high"] - rows["simulated"],
+                        "arrayminus": rows["simulated"] - rows["low"]}
             fig.add_trace(go.Scatter(x=rows["level"], y=rows["simulated"],
                                      name=f"{name} simulated", mode="lines+markers",
                                      line={"color": color, "dash": "dash"},
-                                     marker={"symbol": "diamond-open"}))
+                                     marker={"symbol": "diamond-open"}, error_y=band))
         layout(fig, f"{title}: measured vs simulated", level_name, unit)
         figs.append(note_if_empty(legend_below(fig), "no level to compare"))
     return figs
@@ -219,22 +256,44 @@ def render_predicted(store: Store, sweep_id: int) -> None:
         return
     kind = sweep.get("kind") or "concurrency"
     config, notes = measured_scheduler(store, sweep)
-    table = prediction_table(levels, kind, config, cal, n_fit)
+    key = (str(store.path), sweep_id, tuple(lv.run_id for lv in levels), repr(config))
+    table = _table(levels, kind, config, cal, n_fit, REPLICAS, key)
     fitted = ", ".join(f"{lv.level:g}" for lv in levels[:n_fit])
     st.caption(f"SIMULATED: step time calibrated on {kind} {fitted} of this sweep "
-               f"({cal.rows} measured steps); dashed lines are the simulator's, solid the "
-               "measurements. Levels above the calibration ones are predictions.")
+               f"({cal.rows} measured steps); dashed lines are the simulator's, with 90% "
+               f"intervals ({REPLICAS} replicas on refits of the calibration, at server speeds "
+               "drawn from its levels' spread, widened by its replay error; nothing added "
+               "for extrapolating past the fitted levels), solid the measurements. Levels "
+               "above the calibration ones are predictions.")
     cols = st.columns(len(PANELS))
     for i, (col, fig) in enumerate(zip(cols, predicted_figures(table, kind), strict=True)):
         col.plotly_chart(fig, key=f"capacity-sim-{sweep_id}-{i}", config=PLOTLY_CONFIG)
     shown = table.assign(measured=table["measured"].round(1),
                          simulated=table["simulated"].round(1),
                          error=table["error"].map(
-                             lambda e: None if e is None or pd.isna(e) else f"{e:+.0%}"))
-    st.dataframe(shown.rename(columns={"simulated": "simulated (predicted)"}),
-                 hide_index=True)
+                             lambda e: None if e is None or pd.isna(e) else f"{e:+.0%}"),
+                         interval=[f"{lo:.1f}-{hi:.1f}" if pd.notna(lo) and pd.notna(hi)
+                                   else None for lo, hi in zip(table["low"], table["high"],
+                                                               strict=True)],
+                         inside=[bool(lo <= m <= hi) if pd.notna(lo) and pd.notna(m) else None
+                                 for lo, m, hi in zip(table["low"], table["measured"],
+                                                      table["high"], strict=True)])
+    st.dataframe(shown.drop(columns=["low", "high"]).rename(columns={
+        "simulated": "simulated (predicted)", "interval": "90% interval",
+        "inside": "measured inside"}), hide_index=True)
     for note in notes:
         st.caption(note)
+
+
+REPLICAS = 10  # per level, for the 90 % intervals
+
+
+@st.cache_data(show_spinner="simulating the sweep's levels...", max_entries=8)
+def _table(_levels: list[Level], kind: str, _config: SchedulerConfig, _cal: Calibration,
+           fitted: int, replicas: int, key: tuple) -> pd.DataFrame:
+    """prediction_table, once per store, sweep and set of runs (`key`; the underscored
+    arguments follow from it and are not hashed)."""
+    return prediction_table(_levels, kind, _config, _cal, fitted, replicas)
 
 
 # -- the what-if's load curve ---------------------------------------------------------------

@@ -51,10 +51,18 @@ def test_the_simulator_predicts_the_levels_above_its_calibration(sweep_db):
         n_fit = capacity_sim.calibration_count(len(levels))
         assert n_fit == 3
         cal = capacity_sim.calibrate([lv.observed for lv in levels[:n_fit]])
-        table = capacity_sim.prediction_table(levels, "concurrency", config, cal, n_fit)
+        table = capacity_sim.prediction_table(levels, "concurrency", config, cal, n_fit,
+                                              replicas=10)
     top = table[(table["level"] == 8) & (table["series"] == "throughput")].iloc[0]
     assert not top["calibration"]
     assert 0.5 < top["simulated"] / top["measured"] < 2, top.to_dict()
+    # every prediction has its 90 % interval around it; the simulated server's own
+    # throughput falls inside at most levels (a short, noisy sweep: not all)
+    assert (table["low"] <= table["simulated"]).all() and \
+        (table["simulated"] <= table["high"]).all()
+    tput = table[table["series"] == "throughput"]
+    inside = ((tput["low"] <= tput["measured"]) & (tput["measured"] <= tput["high"])).sum()
+    assert inside >= 3, tput.to_dict("records")
     # Past max_num_seqs the extra users queue: TTFT grows several-fold, in both.
     ttft = table[table["series"] == "TTFT p50"].set_index("level")
     assert ttft.loc[8.0, "measured"] > 3 * ttft.loc[1.0, "measured"]
@@ -68,9 +76,12 @@ def test_the_capacity_section_draws_it_labelled_simulated(sweep_db, monkeypatch)
     assert any(c.value.startswith("SIMULATED: step time calibrated") for c in at.caption)
     charts = at.get("plotly_chart")
     assert len(charts) == 3
-    names = [t["name"] for c in charts for t in _spec(c)["data"]]
-    assert "throughput simulated" in names and "throughput measured" in names
-    assert at.dataframe[0].value["series"].nunique() == 5
+    traces = {t["name"]: t for c in charts for t in _spec(c)["data"]}
+    assert "throughput simulated" in traces and "throughput measured" in traces
+    assert traces["throughput simulated"]["error_y"]["array"]  # its 90 % intervals drawn
+    shown = at.dataframe[0].value
+    assert shown["series"].nunique() == 5
+    assert shown["90% interval"].notna().all() and shown["measured inside"].notna().all()
 
 
 def _spec(chart) -> dict:
