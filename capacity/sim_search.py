@@ -126,6 +126,9 @@ def search(base: SchedulerConfig | SimSetup, workload: Workload,
                      "policy": config.policy}}
 
 
+ROUNDS = 4  # a load curve's level sends at least this many requests a user
+
+
 def users_levels(max_num_seqs: int, serve: int | None = None, most: int = 1024) -> list[int]:
     """Closed-loop users to draw a load curve at: 1, 2, 4, ... up to twice max_num_seqs (the
     knee and the queue past it) or the concurrency to serve, whichever is larger, at most
@@ -158,12 +161,17 @@ def load_curve(base: SimSetup, lengths: Sequence[tuple[int, int]], users: Sequen
     ramp = (alone["e2e_ms"]["p50"] or 0.0) / 1000
     rows = []
     for u in users:
+        # at least ROUNDS requests a user: a window's request cap below the users would
+        # leave most of them idle
+        level = Window(window.seconds, max(n, ROUNDS * u))
         work = _windowed(Workload(reqs, closed_loop_users=u, duration_s=window.seconds,
-                                  ramp_s=ramp), window)
+                                  ramp_s=ramp), level)
         row = _row(base.config.max_num_seqs, base.config.max_num_batched_tokens,
                    run_summary(work, base.config, base.physics))
         rows.append({"users": u, **row})
-    return {"rows": rows, "window": window.describe(), "ramp_s": ramp,
+    return {"rows": rows, "ramp_s": ramp,
+            "window": f"{window.seconds:g} simulated seconds or {n:,} requests ({ROUNDS} a "
+                      "user where more) per level, whichever first",
             "step_model": getattr(base.physics, "label", "physics")}
 
 

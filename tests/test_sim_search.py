@@ -101,6 +101,9 @@ def test_a_load_curve_batches_up_to_max_num_seqs_then_queues():
     assert tput[32] == pytest.approx(tput[16], rel=0.1)
     assert ttft[64] > 2 * ttft[32] > 2 * ttft[16]  # the queue grows with the users
     assert curve["ramp_s"] > 0 and "uncalibrated" in curve["step_model"]
+    # more users than the window's request cap: each still sends several requests
+    (crowd,) = load_curve(ss, lengths, [600], Window(600.0, 500))["rows"]
+    assert crowd["requests"] == 4 * 600
     with pytest.raises(ValueError, match="lengths"):
         load_curve(ss, [], [1])
 
