@@ -11,8 +11,12 @@ rate (the rate 2 users drew: about two thirds of capacity).
 Printed: predicted against measured for throughput, TTFT, ITL and E2E (p50, p90, p99), the
 error of each, whether the interval held the measurement, and the issue's goals. Every
 run gets its own seed, so vLLM's prefix cache never serves a prompt from an earlier run.
-Last, the first case is measured again: the difference between the two runs is the
-server's own repeatability on this machine, the floor under any prediction's error.
+Then the first case is measured again: the difference between the two runs is the
+server's own repeatability on this machine, the floor under any prediction's error. Last,
+preemption: the server is restarted with a KV cache of 24 blocks of 128 tokens (about half
+of what the longer scenario's eight sequences want; --small-kv-blocks) and the longer
+scenario predicted (the same calibration, that server's blocks) and measured on it, vLLM's
+preemption counter beside the simulator's.
 
 Speed (no engine): 1,000 configurations (max_num_seqs x max_num_batched_tokens x users,
 seeded) of a 10-minute closed-loop chat workload on Llama 3.1 8B / H100 from physics,
@@ -136,11 +140,18 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
                         otlp_traces_endpoint=receiver.endpoint,
                         extra_args=["--max-num-batched-tokens", "2048"])
     t_start = time.monotonic()
-    server.start_and_wait(_log)
-    if server.cpus:
-        rest = set(os.sched_getaffinity(0)) - set(server.cpus)
-        if rest:
+    all_cpus = set(os.sched_getaffinity(0))
+
+    def start(srv: Any) -> None:
+        """Start a server (made while this process could run on every CPU: VLLMServer
+        splits the CPUs it sees), then keep this process (the load generator) off the CPUs
+        it took."""
+        srv.start_and_wait(_log)
+        rest = all_cpus - set(srv.cpus or ())
+        if srv.cpus and rest:
             os.sched_setaffinity(0, rest)
+
+    start(server)
     seed = [1000]
 
     def fresh(sc: Any, **kw: Any) -> Any:
@@ -214,6 +225,44 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
                          "differences": rel_errors(again, first_measured, FIGS),
                          "speeds": [results[0].get("own_speed"), run_speed(
                              measured_run(store, again_id)[0], profile.calibration.step)]}
+        # Preemption: the same server restarted with a KV cache for about half of the longer
+        # scenario's eight sequences (vLLM's --num-gpu-blocks-override), predicted from the
+        # same calibration with that server's blocks
+        if args.small_kv_blocks:
+            server.stop()
+            os.sched_setaffinity(0, all_cpus)  # the new server splits every CPU again
+            server = VLLMServer(
+                model_dir=server.model_dir, python=python, max_num_seqs=8,
+                otlp_traces_endpoint=receiver.endpoint,
+                extra_args=["--max-num-batched-tokens", "2048", "--num-gpu-blocks-override",
+                            str(args.small_kv_blocks)])
+            start(server)
+            name = f"longer c=8, KV {args.small_kv_blocks} blocks"
+            _log(f"warm-up: {name}, {args.warmup / 2:g}s (not compared)")
+            _measure(fresh(longer, concurrency=8, duration=args.warmup / 2), server.url, store)
+            small = _server_scheduler(server.url, ns)
+            config = profile.config(kv_blocks=small.get("kv_blocks"),
+                                    block_size=small.get("block_size"))
+            sc = fresh(longer, concurrency=8, duration=args.duration)
+            slos = sc.slos.model_dump()
+
+            def make_small(i: int, sc: Any = sc, slos: dict = slos) -> Workload:
+                w = scenario_workload(sc, seed_offset=i)
+                return Workload(w.requests, w.closed_loop_users, w.duration_s, w.think_s,
+                                w.warmup_requests, slos, w.max_requests)
+
+            predicted = predict(make_small, config, profile, replicas=args.replicas)
+            before = _preemptions(server.url)
+            _log(f"measure: {name}, {args.duration:g}s")
+            run_id, measured = _measure(sc, server.url, store)
+            results.append({"case": name, "predicted": _flat(predicted),
+                            "measured": _flat(measured),
+                            "interval90": predicted["interval90"],
+                            "errors": rel_errors(predicted, measured, FIGS),
+                            "preemptions": {"predicted": predicted.get("preemptions"),
+                                            "measured": _preemptions(server.url) - before},
+                            **at_own_speed(profile, config, make_small(0), store, run_id,
+                                           measured)})
     finally:
         server.stop()
         receiver.stop()
@@ -221,6 +270,13 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(tmp, ignore_errors=True)
     out["engine_wall_s"] = time.monotonic() - t_start
     return out
+
+
+def _preemptions(url: str) -> float:
+    """vLLM's preemption counter now (servescope's preemptions_total concept)."""
+    from servescope.collectors.scrape import scrape
+
+    return sum(x.value for x in scrape(url, "vllm").samples if x.concept == "preemptions_total")
 
 
 def at_own_speed(profile: Any, config: Any, work: Any, store: Any, run_id: int,
@@ -294,6 +350,10 @@ def report(out: dict[str, Any]) -> list[str]:
             ivs = f"[{iv[0]:.1f}, {iv[1]:.1f}]" if iv else "-"
             lines.append(f"{k:<22}{_n(p):>11}{ivs:>22}{_n(m):>11}"
                          f"{'-' if e is None else f'{e:+.1%}':>8}{'y' if held else 'n':>4}")
+        if case.get("preemptions"):
+            pre = case["preemptions"]
+            lines.append(f"  preemptions: predicted {pre['predicted']}, measured "
+                         f"{pre['measured']:g}")
         if case.get("own_speed_errors"):
             errs = case["own_speed_errors"]
             lines.append(f"  after the run, at the speed it ran ({case['own_speed']:.2f}x the "
@@ -357,6 +417,9 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--keep-store", type=Path,
                     help="keep the measured runs in this SQLite store (default: deleted)")
     ap.add_argument("--replicas", type=int, default=20)
+    ap.add_argument("--small-kv-blocks", type=int, default=24,
+                    help="the preemption case: vLLM restarted with this many KV blocks of 128 "
+                    "tokens (--num-gpu-blocks-override; 0: skip the case)")
     ap.add_argument("--configs", type=int, default=1000, help="speed check size (0: skip)")
     ap.add_argument("--no-engine", action="store_true", help="the speed check only")
     ap.add_argument("--out", type=Path, help="write the figures as JSON")
