@@ -119,7 +119,7 @@ def _measure(scenario: Any, url: str, store: Any) -> tuple[int, dict[str, Any]]:
 
 def validate(args: argparse.Namespace) -> dict[str, Any]:
     from servescope.capacity.sim_calibrate import run_order, run_speed
-    from servescope.capacity.sim_profile import Profile, Workload, predict, rel_errors
+    from servescope.capacity.sim_profile import Profile, predict, rel_errors
     from servescope.collectors.otlp import OTLPReceiver
     from servescope.commands.simulate_calibrate import (
         _server_scheduler,
@@ -127,7 +127,7 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
         measured_run,
         pair_tokens_for,
     )
-    from servescope.commands.simulate_requests import scenario_workload
+    from servescope.commands.simulate_requests import replica_maker
     from servescope.core.store import Store
     from servescope.engines.vllm_cpu import VLLMServer, ensure_env, ensure_model
     from servescope.loadgen.scenario import scenario_path
@@ -199,13 +199,7 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
         results, first_measured = [], None
         for name, base, kw in cases:
             sc = fresh(base, **kw)
-            slos = sc.slos.model_dump()
-
-            def make(i: int, sc: Any = sc, slos: dict = slos) -> Workload:
-                w = scenario_workload(sc, seed_offset=i)
-                return Workload(w.requests, w.closed_loop_users, w.duration_s, w.think_s,
-                                w.warmup_requests, slos, w.max_requests)
-
+            make = replica_maker(sc)
             predicted = predict(make, config, profile, replicas=args.replicas)
             _log(f"measure: {name}, {args.duration:g}s")
             run_id, measured = _measure(sc, server.url, store)
@@ -244,13 +238,7 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
             config = profile.config(kv_blocks=small.get("kv_blocks"),
                                     block_size=small.get("block_size"))
             sc = fresh(longer, concurrency=8, duration=args.duration)
-            slos = sc.slos.model_dump()
-
-            def make_small(i: int, sc: Any = sc, slos: dict = slos) -> Workload:
-                w = scenario_workload(sc, seed_offset=i)
-                return Workload(w.requests, w.closed_loop_users, w.duration_s, w.think_s,
-                                w.warmup_requests, slos, w.max_requests)
-
+            make_small = replica_maker(sc)
             predicted = predict(make_small, config, profile, replicas=args.replicas)
             before = _preemptions(server.url)
             _log(f"measure: {name}, {args.duration:g}s")

@@ -131,8 +131,8 @@ def _config_and_step(args: argparse.Namespace) -> tuple[Any, Any, Any, list[str]
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from servescope.capacity.sim_profile import Workload, predict
-    from servescope.commands.simulate_requests import scenario_workload
+    from servescope.capacity.sim_profile import predict
+    from servescope.commands.simulate_requests import replica_maker, scenario_workload
     from servescope.loadgen.scenario import ScenarioError, load_scenario, scenario_path
 
     _positive(args, "max_num_seqs", "max_num_batched_tokens", "kv_blocks", "block_size",
@@ -149,13 +149,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         config, step, profile, notes = _config_and_step(args)
     except ValueError as exc:
         raise CliError(str(exc), EXIT_BAD_INPUT) from None
-    slos = scenario.slos.model_dump()
-
-    def make(i: int) -> Workload:
-        w = scenario_workload(scenario, seed_offset=i)
-        return Workload(w.requests, w.closed_loop_users, w.duration_s, w.think_s,
-                        w.warmup_requests, slos, w.max_requests)
-
+    make = replica_maker(scenario)
     first = scenario_workload(scenario)
     shape = first.describe
     cal_range = profile.calibration.context_range if profile else None

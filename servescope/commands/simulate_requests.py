@@ -7,6 +7,7 @@ module hands it a plain request list."""
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,21 @@ class SimWorkload:
     warmup_requests: int
     describe: str
     max_requests: int | None = None
+
+
+def replica_maker(scenario: Any) -> Callable[[int], Any]:
+    """`sim_profile.predict`'s make_workload for a scenario: replica i's Workload (i > 0
+    redraws its lengths and arrivals), with the scenario's SLOs."""
+    from servescope.capacity.sim_profile import Workload
+
+    slos = scenario.slos.model_dump()
+
+    def make(i: int) -> Workload:
+        w = scenario_workload(scenario, seed_offset=i)
+        return Workload(w.requests, w.closed_loop_users, w.duration_s, w.think_s,
+                        w.warmup_requests, slos, w.max_requests)
+
+    return make
 
 
 def _conversation_requests(scenario: Any, index: int, arrival: float) -> list[SimRequest]:
