@@ -49,7 +49,7 @@ from servescope.capacity.sim_profile import (
     run_summary,
 )
 from servescope.capacity.sim_search import load_curve, users_levels
-from servescope.capacity.sim_setup import sim_setup
+from servescope.capacity.sim_setup import SimSetup, sim_setup
 from servescope.capacity.simulator import SchedulerConfig, SimRequest
 from servescope.core.store import Store
 from servescope.dashboard.figures import (
@@ -302,9 +302,12 @@ MAX_LENGTHS = 2000  # a stored run's (prompt, output) pairs drawn from, at most
 
 @st.cache_data(show_spinner="simulating the load curve...", max_entries=16)
 def _curve(inp: PlanInput, tp: int, lengths: tuple[tuple[int, int], ...],
-           users: tuple[int, ...]) -> tuple[dict[str, Any], str, list[str]]:
+           serve: int) -> tuple[dict[str, Any], SimSetup]:
+    """The setup and its load curve at 1, 2, 4, ... users up to `serve` (0: twice its
+    max_num_seqs)."""
     ss = sim_setup(inp, tp)
-    return load_curve(ss, list(lengths), list(users)), ss.describe(), ss.physics.assumptions()
+    users = users_levels(ss.config.max_num_seqs, serve or None, most=serve or 1024)
+    return load_curve(ss, list(lengths), users), ss
 
 
 def render_load_curve(inp: PlanInput, tp: int, lengths: list[tuple[int, int]],
@@ -326,16 +329,15 @@ def render_load_curve(inp: PlanInput, tp: int, lengths: list[tuple[int, int]],
     if len(lengths) > MAX_LENGTHS:
         lengths = random.Random(0).sample(lengths, MAX_LENGTHS)
     try:
-        seqs = sim_setup(inp, tp).config.max_num_seqs
-        users = users_levels(seqs, serve or None, most=serve or 1024)
-        curve, described, assumptions = _curve(inp, tp, tuple(lengths), tuple(users))
+        curve, ss = _curve(inp, tp, tuple(lengths), serve)
     except ValueError as exc:
         st.error(f"Cannot simulate this setup: {exc}")
         return
+    seqs = ss.config.max_num_seqs
     frame = load_curve_frame(curve["rows"])
-    st.caption(f"SIMULATED, uncalibrated: one replica ({described}), "
-               f"{'; '.join(assumptions)}. Closed-loop users, no think time, joining over "
-               f"{curve['ramp_s']:.1f} s (one request's unloaded time); "
+    st.caption(f"SIMULATED, uncalibrated: one replica ({ss.describe()}), "
+               f"{'; '.join(ss.physics.assumptions())}. Closed-loop users, no think time, "
+               f"joining over {curve['ramp_s']:.1f} s (one request's unloaded time); "
                f"{curve['window']}. For a measured answer: `servescope calibrate` on the "
                "hardware, then `servescope simulate --profile`.")
     marks = {"max_num_seqs": seqs, "sequences that fit (KV)": fit if fit and fit < seqs

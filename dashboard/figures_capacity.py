@@ -283,12 +283,14 @@ def fit_curve_figure(curve: pd.DataFrame, marks: Mapping[str, float | None]) -> 
 
 
 # -- the what-if's simulated load curve ------------------------------------------------------
-LOAD_PANELS = (  # (title, y axis, [(row key, percentile or None, series name, color)])
-    ("Throughput by users (simulated)", "output tokens/s",
+# (title, y axis, log y, [(row key, percentile or None, series name, color)]); TTFT's axis
+# is logarithmic: from one prefill to minutes of queue
+LOAD_PANELS = (
+    ("Throughput by users (simulated)", "output tokens/s", False,
      [("output_tokens_per_s", None, "output tokens/s", COLORS["running"])]),
-    ("TTFT by users (simulated)", "ms",
+    ("TTFT by users (simulated)", "ms", True,
      [("ttft_ms", "p50", "TTFT p50", "#f28e2b"), ("ttft_ms", "p90", "TTFT p90", "#e15759")]),
-    ("ITL by users (simulated)", "ms",
+    ("ITL by users (simulated)", "ms", False,
      [("itl_ms", "p50", "ITL p50", "#76b7b2"), ("itl_ms", "p90", "ITL p90", "#4e79a7")]),
 )
 
@@ -299,7 +301,7 @@ def load_curve_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     out = []
     for r in rows:
         row: dict[str, Any] = {"users": r["users"]}
-        for _, _, series in LOAD_PANELS:
+        for *_, series in LOAD_PANELS:
             for key, pct, name, _ in series:
                 row[name] = r[key] if pct is None else (r.get(key) or {}).get(pct)
         row["requests/s"] = r.get("requests_per_s")
@@ -313,7 +315,7 @@ def load_curve_figures(frame: pd.DataFrame, marks: Mapping[str, float | None]
     """Throughput, TTFT and ITL against closed-loop users (log axis), dashed "simulated",
     with `marks` (max_num_seqs, the sequences the KV cache holds) as vertical lines."""
     figs = []
-    for title, unit, series in LOAD_PANELS:
+    for title, unit, log_y, series in LOAD_PANELS:
         fig = go.Figure()
         if not frame.empty:
             for _, _, name, color in series:
@@ -329,7 +331,7 @@ def load_curve_figures(frame: pd.DataFrame, marks: Mapping[str, float | None]
                                              line={"dash": "dot", "color": color}))
         fig = layout(fig, title, "closed-loop users", unit)
         fig.update_xaxes(type="log")
-        if title.startswith("TTFT"):  # from one prefill to minutes of queue
+        if log_y:
             fig.update_yaxes(type="log")
         figs.append(note_if_empty(legend_below(fig), "nothing simulated"))
     return figs
