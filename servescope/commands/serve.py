@@ -35,8 +35,9 @@ def cmd_engine(args: argparse.Namespace) -> int:
         server = start_local_vllm(port=args.port, max_num_seqs=args.max_num_seqs)
     except EngineError as exc:
         raise CliError(str(exc)) from None
-    print(f"vLLM serving {server.served_model_name} at {server.url}; Ctrl-C stops it")
-    try:
+    try:  # the line first inside: a Ctrl-C or SIGTERM the moment it is read stops cleanly
+        print(f"vLLM serving {server.served_model_name} at {server.url}; Ctrl-C stops it",
+              flush=True)
         while server.proc and server.proc.poll() is None:
             time.sleep(1)
     except KeyboardInterrupt:
