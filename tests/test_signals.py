@@ -15,6 +15,7 @@ import pytest
 
 from helpers import REPO_ROOT
 from servescope.core.store import Store
+from servescope.engines.process import free_port
 from servescope.engines.vllm_cpu import split_cpus
 from testsupport.streaming_server import StreamingServer
 
@@ -63,7 +64,7 @@ def test_sigterm_stops_a_load_run_and_keeps_what_it_measured(tmp_path):
 
 @pytest.mark.engine  # starts the real vLLM through the CLI
 def test_engine_serve_confines_vllm_and_sigterm_stops_it(tmp_path):
-    proc = _cli("engine", "serve", "--max-num-seqs", "2")
+    proc = _cli("engine", "serve", "--max-num-seqs", "2", "--port", str(free_port()))
     tree: list[psutil.Process] = []
     try:
         deadline = time.monotonic() + 600

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +20,7 @@ from streamlit.testing.v1 import AppTest
 
 from browser import free_port
 from helpers import REPO_ROOT, servescope
+from servescope.engines.process import EngineError
 from servescope.engines.sim_driver import SimSpec
 from servescope.engines.sim_server import SimLocalServer
 
@@ -43,6 +45,25 @@ def scenario(tmp_path: Path) -> Path:
     path = tmp_path / "sim-mini.yaml"
     path.write_text(SCENARIO)
     return path
+
+
+def test_a_server_is_not_started_on_a_port_another_one_answers_on(tmp_path):
+    """Another server on the port would answer the health check for this one (CI saw
+    `engine serve` on 8000 take a stray server's answer as its vLLM's)."""
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        server = SimLocalServer(SimSpec("qwen3-8b", "a100-80gb"), port=port,
+                                log_path=tmp_path / "sim.log")
+        with pytest.raises(EngineError, match=f"127.0.0.1:{port}: something already listens"):
+            server.start()
+        assert server.proc is None  # nothing was launched
+    server.start_and_wait(progress=lambda _msg: None)  # the port free again: it starts
+    try:
+        assert httpx.get(f"{server.url}/health").status_code == 200
+    finally:
+        server.stop()
 
 
 def test_load_chat_runs_against_the_sim_server_with_server_usage(tmp_path):

@@ -44,6 +44,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def port_taken(host: str, port: int) -> bool:
+    """Whether something already listens on host:port. Bound as the servers bind (with
+    SO_REUSEADDR), so a port a stopped server left in TIME_WAIT counts as free."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
 @contextmanager
 def file_lock(path: Path):
     """Serialize installs between processes (a test run and `make run` at once)."""
@@ -176,6 +188,10 @@ class LocalServer:
     def start(self) -> None:
         if not self.port:
             self.port = free_port(self.host)
+        elif port_taken(self.host, self.port):
+            # else another server's health answer would pass for this one's
+            raise EngineError(f"cannot start {self.name} on {self.url}: something already "
+                              f"listens there; stop it or choose another port")
         self.log_path = self.log_path or (
             servescope_home() / "logs" / f"{self.log_prefix}-{self.port}.log")
         cmd, env = self.launch()
