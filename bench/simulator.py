@@ -240,7 +240,7 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
             sc = fresh(longer, concurrency=8, duration=args.duration)
             make_small = replica_maker(sc)
             predicted = predict(make_small, config, profile, replicas=args.replicas)
-            before = _preemptions(server.url)
+            before = {c: _counter(server.url, c) for c in RESUME_COUNTERS}
             _log(f"measure: {name}, {args.duration:g}s")
             run_id, measured = _measure(sc, server.url, store)
             results.append({"case": name, "predicted": _flat(predicted),
@@ -248,7 +248,8 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
                             "interval90": predicted["interval90"],
                             "errors": rel_errors(predicted, measured, FIGS),
                             "preemptions": {"predicted": predicted.get("preemptions"),
-                                            "measured": _preemptions(server.url) - before},
+                                            **{f"measured_{c}": _counter(server.url, c)
+                                               - before[c] for c in RESUME_COUNTERS}},
                             **at_own_speed(profile, config, make_small(0), store, run_id,
                                            measured)})
     finally:
@@ -260,11 +261,17 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _preemptions(url: str) -> float:
-    """vLLM's preemption counter now (servescope's preemptions_total concept)."""
+# vLLM's counters read around the preemption case: its preemptions, and the prefix cache's
+# hit tokens, which there are a resumed request's blocks found again (the longer scenario
+# shares no prefix); the simulator recomputes a resumed request in full
+RESUME_COUNTERS = ("preemptions_total", "prefix_cache_hits_total")
+
+
+def _counter(url: str, concept: str) -> float:
+    """One of vLLM's counters now, by servescope's concept name."""
     from servescope.collectors.scrape import scrape
 
-    return sum(x.value for x in scrape(url, "vllm").samples if x.concept == "preemptions_total")
+    return sum(x.value for x in scrape(url, "vllm").samples if x.concept == concept)
 
 
 def at_own_speed(profile: Any, config: Any, work: Any, store: Any, run_id: int,
@@ -341,7 +348,9 @@ def report(out: dict[str, Any]) -> list[str]:
         if case.get("preemptions"):
             pre = case["preemptions"]
             lines.append(f"  preemptions: predicted {pre['predicted']}, measured "
-                         f"{pre['measured']:g}")
+                         f"{pre['measured_preemptions_total']:g}; vLLM's prefix-cache hits "
+                         f"{pre['measured_prefix_cache_hits_total']:g} tokens (the simulator "
+                         "recomputes a resumed request in full: 0 is what it assumes)")
         if case.get("own_speed_errors"):
             errs = case["own_speed_errors"]
             lines.append(f"  after the run, at the speed it ran ({case['own_speed']:.2f}x the "
