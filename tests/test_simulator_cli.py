@@ -41,7 +41,7 @@ def test_simulate_with_a_profile_is_calibrated(tmp_path):
     res = servescope("simulate", "chat", "--profile", str(path), "--concurrency", "16",
                      "--duration", "20", "--replicas", "2", db=tmp_path / "s.db")
     assert res.returncode == 0, res.stderr
-    assert res.stdout.startswith("SIMULATED (calibrated)")
+    assert res.stdout.startswith("SIMULATED, calibrated: ")
     assert "widened by the calibration's own error" in res.stdout
     js = servescope("simulate", "chat", "--profile", str(path), "--concurrency", "16",
                     "--duration", "20", "--replicas", "2", "--json", db=tmp_path / "s.db")

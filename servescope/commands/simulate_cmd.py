@@ -188,7 +188,7 @@ def format_simulated(s: dict[str, Any]) -> list[str]:
         lo_hi = iv.get(key)
         return f"{v:.1f} [{lo_hi[0]:.1f}-{lo_hi[1]:.1f}]" if lo_hi else f"{v:.1f}"
 
-    lines = [f"SIMULATED ({s.get('step_model')}): {s['scenario']}, {s.get('load')}",
+    lines = [f"SIMULATED, {s.get('step_model')}: {s['scenario']}, {s.get('load')}",
              *[f"  {n}" for n in s.get("notes", [])],
              f"{'metric':<10}{'p50':>24}{'p90':>24}{'p99':>24}"]
     for m in ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms"):

@@ -112,5 +112,7 @@ def scenario_workload(scenario: Any, seed_offset: int = 0, max_requests: int | N
         i += 1
     reqs = reqs[:n]
     note = "" if len(stages) == 1 else f" (its {len(stages)} stages simulated at their peak)"
+    window = f"{duration:g}s" if not limit else f"{limit} requests or {duration:g}s, " \
+        "whichever ends first"
     return SimWorkload(reqs, users, duration, stages[0].think_time or 0.0, warmup,
-                       f"closed loop, {users} users, {duration:g}s{note}", limit)
+                       f"closed loop, {users} users, {window}{note}", limit)
