@@ -51,6 +51,7 @@ def test_a_server_is_not_started_on_a_port_another_one_answers_on(tmp_path):
     """Another server on the port would answer the health check for this one (CI saw
     `engine serve` on 8000 take a stray server's answer as its vLLM's)."""
     with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind
         other.bind(("127.0.0.1", 0))
         other.listen()
         port = other.getsockname()[1]
