@@ -42,6 +42,8 @@ def test_simulate_with_a_profile_is_calibrated(tmp_path):
                      "--duration", "20", "--replicas", "2", db=tmp_path / "s.db")
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith("SIMULATED, calibrated: ")
+    # the window ends at the scenario's request cap or the duration (as a load run stops)
+    assert "16 users, 2000 requests or 20s, whichever ends first" in res.stdout.splitlines()[0]
     assert "widened by the calibration's own error" in res.stdout
     js = servescope("simulate", "chat", "--profile", str(path), "--concurrency", "16",
                     "--duration", "20", "--replicas", "2", "--json", db=tmp_path / "s.db")
