@@ -133,7 +133,8 @@ def predict(make_workload: Callable[[int], Workload], config: SchedulerConfig,
     cal = profile.calibration if profile else None
     main = cal.step if cal else step
     over, tail = (cal.ttft_overhead_s, cal.tail_s) if cal else (0.0, 0.0)
-    point = run_summary(make_workload(0), config, main, 0, over, tail)  # type: ignore[arg-type]
+    work0 = make_workload(0)
+    point = run_summary(work0, config, main, 0, over, tail)  # type: ignore[arg-type]
     refits = profile.step_models() if profile else []
     boots = profile.bootstrap if profile else []
     run_sd = cal.run_sd if cal else 0.0
@@ -145,7 +146,7 @@ def predict(make_workload: Callable[[int], Workload], config: SchedulerConfig,
             model = model.scaled(math.exp(run_sd * speed_draw(f"speed:{i}", n_runs)))
         o = boots[(i - 1) % len(boots)].get("ttft_overhead_s", over) if boots else over
         reps.append(run_summary(make_workload(i), config, model, i, o, tail))  # type: ignore[arg-type]
-    users = make_workload(0).closed_loop_users
+    users = work0.closed_loop_users
     add_intervals(point, reps, profile.error_for(users) if profile else 0.0, level)
     levels = profile.source.get("levels") if profile else None
     if users and levels and users > max(levels) and profile.extrapolation_error:
